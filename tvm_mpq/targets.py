@@ -1,0 +1,105 @@
+"""Target profiles: one ISA configuration, and how to build for and simulate it.
+
+A *profile* (ISA string, LLVM attributes, simulator flags) is distinct from a
+*backend* (how a cost is obtained: spike, qemu, an RPC board, the host).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Profile:
+    """An ISA profile of a RISC-V core (or the host).
+
+    Attributes:
+        name: profile name, e.g. ``"rv64gc_zbb"``.
+        xlen: 32 or 64 (0 for the host).
+        mattr: LLVM target attributes.
+        mabi: LLVM / GCC ABI name.
+        march: GCC ``-march`` string for the bare-metal harness.
+        spike_isa: ``spike --isa=`` string.
+        qemu_cpu: ``qemu-system-riscv* -cpu`` string.
+        vlen: vector register length in bits (0: no vector unit).
+    """
+
+    name: str
+    xlen: int
+    mattr: tuple[str, ...] = ()
+    mabi: str = ""
+    march: str = ""
+    spike_isa: str = ""
+    qemu_cpu: str = ""
+    vlen: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def is_host(self) -> bool:
+        return self.xlen == 0
+
+    @property
+    def has_zbb(self) -> bool:
+        return "+zbb" in self.mattr
+
+    @property
+    def word_bits(self) -> int:
+        """Natural machine-word width used for bit-packing."""
+        return 32 if self.xlen == 32 else 64
+
+    def target_dict(self, os: str = "linux") -> dict[str, Any]:
+        """TVM target as a JSON dict.
+
+        Args:
+            os: ``"linux"`` (riscv*-unknown-linux-gnu) or ``"baremetal"``
+                (riscv*-unknown-elf). Ignored for the host.
+        """
+        if self.is_host:
+            return {"kind": "llvm"}
+        if os not in ("linux", "baremetal"):
+            raise ValueError(f"unknown os {os!r}: expected 'linux' or 'baremetal'")
+        arch = "riscv64" if self.xlen == 64 else "riscv32"
+        triple = f"{arch}-unknown-linux-gnu" if os == "linux" else f"{arch}-unknown-elf"
+        return {
+            "kind": "llvm",
+            "mtriple": triple,
+            "mcpu": "generic-rv64" if self.xlen == 64 else "generic-rv32",
+            "mabi": self.mabi,
+            "mattr": list(self.mattr),
+        }
+
+    def target(self, os: str = "linux"):
+        """The :class:`tvm.target.Target` for this profile."""
+        import tvm
+
+        return tvm.target.Target(self.target_dict(os))
+
+
+_RV64GC = ("+64bit", "+m", "+a", "+f", "+d", "+c")
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile("host", 0),
+        Profile("rv64gc", 64, _RV64GC, "lp64d", "rv64imafdc_zicsr", "rv64gc", "rv64"),
+        Profile(
+            "rv64gc_zbb", 64, _RV64GC + ("+zbb",), "lp64d", "rv64imafdc_zicsr_zbb",
+            "rv64gc_zbb", "rv64,zbb=true",
+        ),
+        Profile(
+            "rv64gcv", 64, _RV64GC + ("+v", "+zvl128b"), "lp64d", "rv64imafdcv_zicsr",
+            "rv64gcv_zvl128b", "rv64,v=true,vlen=128,vext_spec=v1.0", vlen=128,
+        ),
+        Profile("rv32imc", 32, ("+m", "+c"), "ilp32", "rv32imc_zicsr", "rv32imc", "rv32"),
+    ]
+}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """Look up a profile by name; raise ValueError naming the known ones."""
+    if isinstance(name, Profile):
+        return name
+    if name not in PROFILES:
+        raise ValueError(f"unknown target profile {name!r}; known: {', '.join(PROFILES)}")
+    return PROFILES[name]
