@@ -56,7 +56,7 @@ class Profile:
                 (riscv*-unknown-elf). Ignored for the host.
         """
         if self.is_host:
-            return {"kind": "llvm"}
+            return host_target_dict()
         if os not in ("linux", "baremetal"):
             raise ValueError(f"unknown os {os!r}: expected 'linux' or 'baremetal'")
         arch = "riscv64" if self.xlen == 64 else "riscv32"
@@ -74,6 +74,13 @@ class Profile:
         import tvm
 
         return tvm.target.Target(self.target_dict(os))
+
+
+def host_target_dict() -> dict[str, Any]:
+    """LLVM target for the machine we run on (its own CPU name, so e.g. AVX-512 popcount is used)."""
+    from tvm.target import codegen
+
+    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}
 
 
 _RV64GC = ("+64bit", "+m", "+a", "+f", "+d", "+c")

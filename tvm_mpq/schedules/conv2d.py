@@ -1,0 +1,212 @@
+"""Quantized conv2d computations (NCHW at the API) for every kernel variant.
+
+All variants compute  out[n, k, oh, ow] = sum_{c, r, s} x_pad[n, g*cg + c, oh*sh + r, ow*sw + s]
+* w[k, c, r, s]  with g = k // kg, x unsigned a-bit, w signed w-bit, padding
+filled with ``pad_value`` (the activation zero point in a quantized model).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import te
+
+from .kernel import KernelDef
+from .packing import n_words, pack_bitplanes, pack_subbyte, weight_code, word_dtype
+from .workload import Conv2dWorkload
+
+
+def _pad(data: te.Tensor, wl: Conv2dWorkload, pad_value, name: str = "pad") -> te.Tensor:
+    t, left, _, _ = wl.padding
+    if not any(wl.padding):
+        return data
+    value = tvm.tirx.const(pad_value, data.dtype)
+
+    def f(n, c, h, w):
+        inside = tvm.tirx.all(h >= t, h < t + wl.h, w >= left, w < left + wl.w)
+        return tvm.tirx.if_then_else(inside, data[n, c, h - t, w - left], value)
+
+    return te.compute((wl.n, wl.c, wl.hp, wl.wp), f, name=name)
+
+
+def _in_channel(wl: Conv2dWorkload, k, rc):
+    return rc if wl.groups == 1 else (k // wl.kg) * wl.cg + rc
+
+
+def _direct(wl: Conv2dWorkload, data: te.Tensor, weight: te.Tensor, acc: str,
+            name: str) -> te.Tensor:
+    """Direct grouped convolution of a padded input with an OIHW weight."""
+    rc = te.reduce_axis((0, wl.cg), "rc")
+    ry = te.reduce_axis((0, wl.kh), "ry")
+    rx = te.reduce_axis((0, wl.kw), "rx")
+    sh, sw = wl.stride
+    return te.compute(
+        wl.output_shape,
+        lambda n, k, oh, ow: te.sum(
+            data[n, _in_channel(wl, k, rc), oh * sh + ry, ow * sw + rx].astype(acc)
+            * weight[k, rc, ry, rx].astype(acc),
+            axis=[rc, ry, rx]),
+        name=name)
+
+
+def conv2d_fp32(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8, pad_value: int = 0,
+                **_) -> KernelDef:
+    """Float baseline: float32 input and weight, float32 accumulation."""
+    x = te.placeholder(wl.input_shape, "float32", "x")
+    w = te.placeholder(wl.weight_shape, "float32", "w")
+    out = _direct(wl, _pad(x, wl, float(pad_value)), w, "float32", "conv2d_fp32")
+    return KernelDef(wl, "fp32", w_bits, a_bits, [x, w, out],
+                     prepare_weight=lambda a: a.astype(np.float32),
+                     prepare_input=lambda a: a.astype(np.float32), pad_value=pad_value)
+
+
+def conv2d_int8(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8, pad_value: int = 0,
+                **_) -> KernelDef:
+    """uint8 activations x int8 weights -> int32 (any bits <= 8 stored as bytes)."""
+    x = te.placeholder(wl.input_shape, "uint8", "x")
+    w = te.placeholder(wl.weight_shape, "int8", "w")
+    out = _direct(wl, _pad(x, wl, pad_value), w, "int32", "conv2d_int8")
+    return KernelDef(wl, "int8", w_bits, a_bits, [x, w, out],
+                     prepare_weight=lambda a: a.astype(np.int8),
+                     prepare_input=lambda a: a.astype(np.uint8), pad_value=pad_value)
+
+
+def decode_subbyte(field, w_bits: int):
+    """TIR: an unsigned w-bit field -> its signed int32 value (bipolar for 1 bit)."""
+    v = field.astype("int32")
+    if w_bits == 1:
+        return v * 2 - 1
+    sign = 1 << (w_bits - 1)
+    return (v ^ sign) - sign
+
+
+def conv2d_unpack(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0,
+                  **_) -> KernelDef:
+    """Sub-byte packed weights (8 // w_bits per byte), unpacked to int8 for the arithmetic.
+
+    Each output channel's (c, r, s) weights are flattened and packed into bytes;
+    the unpack stage is a separate TE stage a schedule can place per output tile.
+    """
+    x = te.placeholder(wl.input_shape, "uint8", "x")
+    length = wl.cg * wl.kh * wl.kw
+    if w_bits == 8:
+        wp = te.placeholder(wl.weight_shape, "int8", "w")
+        wu = wp
+    else:
+        per = 8 // w_bits
+        wp = te.placeholder((wl.k, -(-length // per)), "uint8", "w_packed")
+        mask = (1 << w_bits) - 1
+
+        def unpack(k, c, r, s):
+            idx = (c * wl.kh + r) * wl.kw + s
+            byte = wp[k, idx // per]
+            field = (byte >> ((idx % per) * w_bits).astype("uint8")) & tvm.tirx.const(mask, "uint8")
+            return decode_subbyte(field, w_bits).astype("int8")
+
+        wu = te.compute(wl.weight_shape, unpack, name="w_unpack")
+    out = _direct(wl, _pad(x, wl, pad_value), wu, "int32", "conv2d_unpack")
+
+    def prep_w(a: np.ndarray) -> np.ndarray:
+        if w_bits == 8:
+            return a.astype(np.int8)
+        return pack_subbyte(a.reshape(wl.k, length), w_bits)
+
+    return KernelDef(wl, "unpack", w_bits, a_bits, [x, wp, out], prepare_weight=prep_w,
+                     prepare_input=lambda a: a.astype(np.uint8), pad_value=pad_value)
+
+
+def pack_act_te(data: te.Tensor, groups: int, cg: int, a_bits: int, word_bits: int,
+                name: str = "a_pack") -> te.Tensor:
+    """TIR bit-packing of (n, c, h, w) unsigned activations along channels within each group.
+
+    Result (n, groups, a_bits, words, h, w); bit j of word cw holds channel cw*word_bits + j
+    of the group; channels past cg are zero.
+    """
+    n, _, h, w = (int(d) for d in data.shape)
+    nw = n_words(cg, word_bits)
+    wdt = word_dtype(word_bits)
+    j = te.reduce_axis((0, word_bits), "j")
+
+    def f(nn, g, b, cw, hh, ww):
+        c = cw * word_bits + j
+        src = data[nn, g * cg + c, hh, ww] if groups > 1 else data[nn, c, hh, ww]
+        bit = ((src >> b.astype(data.dtype)) & tvm.tirx.const(1, data.dtype)).astype(wdt)
+        if nw * word_bits != cg:  # ragged last word: channels past cg contribute zero
+            bit = tvm.tirx.if_then_else(c < cg, bit, tvm.tirx.const(0, wdt))
+        return te.sum(bit << j.astype(wdt), axis=j)
+
+    return te.compute((n, groups, a_bits, nw, h, w), f, name=name)
+
+
+def plane_coef(bw: int, w_bits: int) -> int:
+    """Weight of bit-plane bw in the two's complement value (top plane negative)."""
+    if w_bits > 1 and bw == w_bits - 1:
+        return -(1 << bw)
+    return 1 << bw
+
+
+def conv2d_bitserial(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0,
+                     word_bits: int = 64, **_) -> KernelDef:
+    """Bit-serial conv: AND + popcount per (weight plane, activation plane), then combine.
+
+    Weights are pre-packed (k, w_bits, words, kh, kw); activations are padded and
+    packed in the kernel. Per-plane popcount sums are accumulated separately and
+    shifted once per output (not per word). Signed weights: two's complement planes
+    with a negative top plane; 1-bit weights are bipolar, w = 2b - 1, so
+    sum(w*a) = 2*sum(b*a) - sum(a).
+    """
+    wdt = word_dtype(word_bits)
+    nw = n_words(wl.cg, word_bits)
+    x = te.placeholder(wl.input_shape, "uint8", "x")
+    wp = te.placeholder((wl.k, w_bits, nw, wl.kh, wl.kw), wdt, "w_packed")
+    apack = pack_act_te(_pad(x, wl, pad_value), wl.groups, wl.cg, a_bits, word_bits)
+    sh, sw = wl.stride
+    rc = te.reduce_axis((0, nw), "rc")
+    ry = te.reduce_axis((0, wl.kh), "ry")
+    rx = te.reduce_axis((0, wl.kw), "rx")
+
+    def grp(k):
+        return 0 if wl.groups == 1 else k // wl.kg
+
+    planes = te.compute(
+        (wl.n, wl.k, w_bits, a_bits, wl.oh, wl.ow),
+        lambda n, k, bw, ba, oh, ow: te.sum(
+            tvm.tirx.popcount(apack[n, grp(k), ba, rc, oh * sh + ry, ow * sw + rx]
+                              & wp[k, bw, rc, ry, rx]).astype("int32"),
+            axis=[rc, ry, rx]),
+        name="bitserial_planes")
+    asum = None
+    if w_bits == 1:
+        rc2 = te.reduce_axis((0, nw), "rc2")
+        ry2 = te.reduce_axis((0, wl.kh), "ry2")
+        rx2 = te.reduce_axis((0, wl.kw), "rx2")
+        # sum of activations over the window, per group (shared by all k of the group)
+        asum = te.compute(
+            (wl.n, wl.groups, a_bits, wl.oh, wl.ow),
+            lambda n, g, ba, oh, ow: te.sum(
+                tvm.tirx.popcount(apack[n, g, ba, rc2, oh * sh + ry2, ow * sw + rx2]).astype(
+                    "int32"),
+                axis=[rc2, ry2, rx2]),
+            name="bitserial_asum")
+
+    def combine(n, k, oh, ow):
+        acc = None
+        for ba in range(a_bits):
+            for bw in range(w_bits):
+                term = planes[n, k, bw, ba, oh, ow]
+                coef = plane_coef(bw, w_bits) * (1 << ba) * (2 if w_bits == 1 else 1)
+                term = term * coef if coef != 1 else term
+                acc = term if acc is None else acc + term
+            if asum is not None:
+                acc = acc - asum[n, grp(k), ba, oh, ow] * (1 << ba)
+        return acc
+
+    out = te.compute(wl.output_shape, combine, name="conv2d_bitserial")
+
+    def prep_w(a: np.ndarray) -> np.ndarray:
+        # (k, cg, kh, kw) -> planes along cg: (k, w_bits, nw, kh, kw)
+        return pack_bitplanes(weight_code(a, w_bits), w_bits, axis=1, word_bits=word_bits)
+
+    return KernelDef(wl, "bitserial", w_bits, a_bits, [x, wp, out], prepare_weight=prep_w,
+                     prepare_input=lambda a: a.astype(np.uint8), word_bits=word_bits,
+                     pad_value=pad_value)
