@@ -352,7 +352,19 @@ def _harness_objects(gcc: str, prof: Profile, backend: str, wd: str) -> list[str
 def _cc(cmd: list[str], cwd: str | None = None) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
     if proc.returncode != 0:
-        raise _LinkError((proc.stderr or proc.stdout).strip())
+        raise _LinkError(_compact_ld((proc.stderr or proc.stdout).strip()))
+
+
+def _compact_ld(text: str, keep: int = 4) -> str:
+    """The distinct diagnostics of a gcc/ld error, without the long tool paths."""
+    lines = []
+    for ln in text.splitlines():
+        ln = re.sub(r"^\S*/bin/ld: ", "ld: ", ln.strip())
+        ln = re.sub(r"\(\.text\S*\+0x[0-9a-f]+\)", "", ln)
+        if ln and ln not in lines and not ln.startswith("collect2"):
+            lines.append(ln)
+    more = f" (+{len(lines) - keep} more)" if len(lines) > keep else ""
+    return " | ".join(lines[:keep]) + more
 
 
 class _LinkError(Exception):
@@ -497,6 +509,23 @@ def _measure(entries: list[_Entry], prof: Profile, backend: str, wd: str, deadli
     return results
 
 
+_MCAUSE = {0: "instruction address misaligned", 1: "instruction access fault",
+           2: "illegal instruction", 3: "breakpoint", 4: "load address misaligned",
+           5: "load access fault", 6: "store address misaligned", 7: "store access fault",
+           8: "ecall from U-mode", 11: "ecall from M-mode", 12: "instruction page fault",
+           13: "load page fault", 15: "store page fault"}
+
+
+def _describe_trap(line: str) -> str:
+    f = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+    try:
+        cause = int(f.get("mcause", "-1"), 16)
+    except ValueError:
+        return line[2:]
+    return (f"trap: {_MCAUSE.get(cause, f'mcause {cause}')} at pc={f.get('mepc')} "
+            f"(mtval={f.get('mtval')})")
+
+
 def _parse(sim: simulators.SimResult, todo: list[_Entry], results: dict[str, KernelRun]):
     """Record every reported kernel. Returns (done, index of the unfinished kernel, ...)."""
     started: int | None = None
@@ -528,7 +557,7 @@ def _parse(sim: simulators.SimResult, todo: list[_Entry], results: dict[str, Ker
                 results[name] = KernelRun(name, "ok", ins, cyc, "")
             started = None
         elif line.startswith("@@TRAP"):
-            trap = line[2:]
+            trap = _describe_trap(line)
         elif line.startswith("@@WATCHDOG"):
             watchdog = True
         elif line.startswith("@@DONE"):
