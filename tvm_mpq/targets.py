@@ -84,21 +84,27 @@ def host_target_dict() -> dict[str, Any]:
 
 
 _RV64GC = ("+64bit", "+m", "+a", "+f", "+d", "+c")
+# QEMU 7.2's generic rv64/rv32 CPUs enable Zba/Zbb/Zbc/Zbs (and rv32 enables A/F/D): switch
+# off what the profile lacks so QEMU traps on the same instructions as Spike.
+_NO_ZB = "zba=false,zbb=false,zbc=false,zbs=false"
 
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in [
         Profile("host", 0),
-        Profile("rv64gc", 64, _RV64GC, "lp64d", "rv64imafdc_zicsr", "rv64gc", "rv64"),
+        Profile("rv64gc", 64, _RV64GC, "lp64d", "rv64imafdc_zicsr", "rv64gc", f"rv64,{_NO_ZB}"),
         Profile(
             "rv64gc_zbb", 64, _RV64GC + ("+zbb",), "lp64d", "rv64imafdc_zicsr_zbb",
-            "rv64gc_zbb", "rv64,zbb=true",
+            "rv64gc_zbb", "rv64,zba=false,zbb=true,zbc=false,zbs=false",
         ),
         Profile(
             "rv64gcv", 64, _RV64GC + ("+v", "+zvl128b"), "lp64d", "rv64imafdcv_zicsr",
-            "rv64gcv_zvl128b", "rv64,v=true,vlen=128,vext_spec=v1.0", vlen=128,
+            "rv64gcv_zvl128b", f"rv64,v=true,vlen=128,vext_spec=v1.0,{_NO_ZB}", vlen=128,
         ),
-        Profile("rv32imc", 32, ("+m", "+c"), "ilp32", "rv32imc_zicsr", "rv32imc", "rv32"),
+        Profile(
+            "rv32imc", 32, ("+m", "+c"), "ilp32", "rv32imc_zicsr", "rv32imc",
+            f"rv32,a=false,f=false,d=false,{_NO_ZB}",
+        ),
     ]
 }
 
