@@ -67,6 +67,7 @@ class Profile:
             "mcpu": "generic-rv64" if self.xlen == 64 else "generic-rv32",
             "mabi": self.mabi,
             "mattr": list(self.mattr),
+            "num-cores": 1,  # MetaSchedule needs it; our RISC-V measurements are single-core
         }
 
     def target(self, os: str = "linux"):
@@ -80,7 +81,10 @@ def host_target_dict() -> dict[str, Any]:
     """LLVM target for the machine we run on (its own CPU name, so e.g. AVX-512 popcount is used)."""
     from tvm.target import codegen
 
-    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()}
+    import psutil
+
+    cores = psutil.cpu_count(logical=False) or 1
+    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores}
 
 
 _RV64GC = ("+64bit", "+m", "+a", "+f", "+d", "+c")

@@ -138,13 +138,6 @@ def pack_act_te(data: te.Tensor, groups: int, cg: int, a_bits: int, word_bits: i
     return te.compute((n, groups, a_bits, nw, h, w), f, name=name)
 
 
-def plane_coef(bw: int, w_bits: int) -> int:
-    """Weight of bit-plane bw in the two's complement value (top plane negative)."""
-    if w_bits > 1 and bw == w_bits - 1:
-        return -(1 << bw)
-    return 1 << bw
-
-
 def conv2d_bitserial(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0,
                      word_bits: int = 64, **_) -> KernelDef:
     """Bit-serial conv: AND + popcount per (weight plane, activation plane), then combine.
@@ -189,17 +182,20 @@ def conv2d_bitserial(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: in
                 axis=[rc2, ry2, rx2]),
             name="bitserial_asum")
 
-    def combine(n, k, oh, ow):
-        acc = None
-        for ba in range(a_bits):
-            for bw in range(w_bits):
-                term = planes[n, k, bw, ba, oh, ow]
-                coef = plane_coef(bw, w_bits) * (1 << ba) * (2 if w_bits == 1 else 1)
-                term = term * coef if coef != 1 else term
-                acc = term if acc is None else acc + term
-            if asum is not None:
-                acc = acc - asum[n, grp(k), ba, oh, ow] * (1 << ba)
-        return acc
+    # The plane combination is itself a small reduction (not an unrolled sum of constant
+    # plane indices): MetaSchedule's compute-at analysis fails on constant-index reads.
+    rba = te.reduce_axis((0, a_bits), "rba")
+    if w_bits == 1:
+        def combine(n, k, oh, ow):
+            term = planes[n, k, 0, rba, oh, ow] * 2 - asum[n, grp(k), rba, oh, ow]
+            return te.sum(term << rba, axis=rba)
+    else:
+        rbw = te.reduce_axis((0, w_bits), "rbw")
+
+        def combine(n, k, oh, ow):
+            mag = planes[n, k, rbw, rba, oh, ow] << (rbw + rba)
+            signed = tvm.tirx.Select(rbw == w_bits - 1, -mag, mag)
+            return te.sum(signed, axis=[rbw, rba])
 
     out = te.compute(wl.output_shape, combine, name="conv2d_bitserial")
 
