@@ -19,12 +19,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..targets import Profile, get_profile
 from . import simulators
 from .simulators import ToolchainError
+
+if TYPE_CHECKING:
+    import tvm
 
 HARNESS_DIR = Path(__file__).resolve().parent / "harness"
 _HARNESS_SOURCES = ("crt0.S", "htif.c", "tvm_rt_stubs.c", "driver.c")
@@ -48,7 +52,7 @@ class KernelCase:
     """
 
     name: str
-    func: object
+    func: tvm.tirx.PrimFunc
     args: list[np.ndarray]
     expected: dict[int, np.ndarray]
     rtol: float = 1e-5
