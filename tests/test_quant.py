@@ -208,8 +208,11 @@ def test_non_quantizable_layer_warns():
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, padding=2, dilation=2),
                         nn.ConvTranspose2d(4, 2, 2, stride=2)).eval()
+    hooked: list[str] = []
     with pytest.warns(NonQuantizableLayerWarning) as rec:
-        t = import_model(net, torch.randn(1, 3, 8, 8)).table
+        t = import_model(net, torch.randn(1, 3, 8, 8),
+                         convert_hook=lambda info, node, imp: hooked.append(info.name)).table
+    assert hooked == ["0", "1", "2"]  # hook returned None: default conversion kept
     msgs = [str(w.message) for w in rec if w.category is NonQuantizableLayerWarning]
     assert len(msgs) == 2 and "'1'" in msgs[0] and "dilation" in msgs[0]
     assert [r.quantizable for r in t] == [True, False, False]
