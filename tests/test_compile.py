@@ -1,0 +1,107 @@
+"""The TVM-compiled mixed-precision model computes what the fake-quant reference computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import tvm_mpq
+from tvm_mpq.calibration import calibrate
+
+
+class SmallNet(nn.Module):
+    """conv+bn+relu, depthwise stride 2, pointwise, residual add, mean pool, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False), nn.BatchNorm2d(8),
+                                nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.dw(x)
+        x = x + self.pw(x)  # residual: the next layer's input is signed (zero point > 0)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    m = SmallNet().eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+    return m
+
+
+def _check(net, plan, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 1, 12, 12, generator=g)
+    calib = torch.randn(32, 1, 12, 12, generator=g)
+    qp = calibrate(net, plan, calib)
+    cm = tvm_mpq.compile(net, x, plan, "host", qparams=qp)
+    y = cm(x)
+    exact = tvm_mpq.fake_quant(net, plan, qparams=qp, integer_accumulate=True)(x).detach().numpy()
+    fq = tvm_mpq.fake_quant(net, plan, qparams=qp)(x).detach().numpy()
+    fp = net(x).detach().numpy()
+    scale = max(1.0, float(np.abs(fq).max()))
+    # same integer sums, same float32 dequantization: only float rounding of the
+    # non-quantized ops (mean, add) may differ
+    assert np.abs(y - exact).max() <= 1e-6 * scale
+    assert np.abs(y - fq).max() <= 1e-5 * scale
+    return cm, y, fq, fp
+
+
+@pytest.mark.parametrize("bits", [(8, 8), (4, 4), (2, 2)])
+def test_uniform_plans_match_reference(net, bits):
+    plan = tvm_mpq.QuantPlan.uniform(net, w_bits=bits[0], a_bits=bits[1])
+    cm, y, fq, fp = _check(net, plan)
+    assert len(cm.sites) == len(plan.layers()) == 4
+    if bits == (2, 2):  # quantization really changed the output: the check is not vacuous
+        assert np.abs(fq - fp).max() > 1e-3
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_mixed_plans_match_reference(net, seed):
+    rng = np.random.default_rng(seed)
+    plan = tvm_mpq.QuantPlan.uniform(net, w_bits=8, a_bits=8)
+    for name in plan.layers():
+        if rng.random() < 0.2:
+            plan.set(name, w_bits="fp32", a_bits="fp32")
+            continue
+        wb, ab = int(rng.choice([1, 2, 4, 8])), int(rng.choice([1, 2, 4, 8]))
+        variant = str(rng.choice(["int8", "bitserial", "unpack", "auto"]))
+        plan.set(name, w_bits=wb, a_bits=ab, variant=None if variant == "auto" else variant)
+    _check(net, plan, seed)
+
+
+def test_fp32_plan_is_float_model(net):
+    plan = tvm_mpq.QuantPlan.fp32(net)
+    x = torch.randn(2, 1, 12, 12)
+    cm = tvm_mpq.compile(net, x, plan, "host")
+    assert cm.sites == []
+    np.testing.assert_allclose(cm(x), net(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_compile_needs_calibration(net):
+    with pytest.raises(ValueError, match="calib_data"):
+        tvm_mpq.compile(net, torch.randn(1, 1, 12, 12), tvm_mpq.QuantPlan.uniform(net), "host")
+
+
+def test_cross_export_riscv64_library(net, tmp_path):
+    plan = tvm_mpq.QuantPlan.uniform(net, w_bits=4, a_bits=4)
+    x = torch.randn(1, 1, 12, 12)
+    cm = tvm_mpq.compile(net, x, plan, "rv64gc_zbb", calib_data=torch.randn(8, 1, 12, 12))
+    assert all(s.kernel.variant == "bitserial" for s in cm.sites)
+    path = cm.export_library(str(tmp_path / "model.so"))
+    with open(path, "rb") as f:
+        head = f.read(20)
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 243  # EM_RISCV
