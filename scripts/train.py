@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (width_mult)")
     p.add_argument("--last-channel", type=int, default=None,
                    help="MobileNetV2 only: width of the final 1x1 conv (default torchvision's)")
+    p.add_argument("--stem-stride", type=int, default=None,
+                   help="MobileNets only: stride of the first conv (default 1)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=None,
@@ -49,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="disable random crop (pad 2) + horizontal flip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--contiguous", action="store_true",
+                   help="keep NCHW memory format (default channels_last: ~2x faster "
+                        "depthwise convs on CPU)")
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     p.add_argument("--out", type=Path, default=None,
                    help="checkpoint path (default tvm_mpq/data/<model>_fmnist.pt)")
@@ -93,9 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     kwargs: dict = {"width_mult": args.width, "in_channels": 1, "num_classes": 10}
     if args.last_channel is not None:
         kwargs["last_channel"] = args.last_channel
+    if args.stem_stride is not None:
+        kwargs["stem_stride"] = args.stem_stride
     model = build(args.model, **kwargs)
     n_params = sum(p.numel() for p in model.parameters())
     out = args.out or checkpoint_path(args.model)
+    fmt = torch.contiguous_format if args.contiguous else torch.channels_last
+    model = model.to(memory_format=fmt)
 
     x_train, y_train = load_fashion_mnist("train", args.limit)
     x_test, y_test = load_fashion_mnist("test")
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             xb, yb = x_train[idx], y_train[idx]
             if not args.no_augment:
                 xb = augment(xb, gen)
+            xb = xb.contiguous(memory_format=fmt)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -161,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = {
         "model": args.model,
         "kwargs": kwargs,
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
         "dataset": "fashion-mnist",
         "test_acc": test_acc,
         "test_acc_first1000": test_acc_1k,
