@@ -1,0 +1,217 @@
+"""RPC fan-out: tracker, simulator-host servers, RPCMeasurer retries, CLI status, board path.
+
+One tracker and five servers are shared by the module (process start-up dominates: each imports
+TVM): two real measurement servers (spike, rv64gc) and three plumbing self-test servers whose
+``tvm_mpq.measure_json`` just sleeps, so a kill can be placed mid-measurement reliably.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tvm_mpq.rpc import cli_rpc
+from tvm_mpq.rpc import server as S
+from tvm_mpq.rpc import tracker as T
+from tvm_mpq.rpc.client import RPCMeasurer, measure_on_board
+
+REAL_KEY = "spike-rv64gc"
+TEST_KEY = "selftest-rv64gc"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spike_available() -> bool:
+    try:
+        from tvm_mpq.rpc import simulators
+
+        simulators.find_spike()
+        simulators.find_dtc()
+        simulators.find_gcc()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    base = random.randint(20000, 50000)
+    tr = T.start_tracker("127.0.0.1", base, base + 50)
+    addr = ("127.0.0.1", tr.port)
+    groups: dict[str, S.ServerGroup] = {}
+    errors: list[BaseException] = []
+
+    def start(key: str, n: int, impl: str) -> None:
+        try:
+            groups[key] = S.start_servers(key, "rv64gc", n, tracker=addr, port=base + 100,
+                                          port_end=base + 200, impl=impl)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(REAL_KEY, 2, S.DEFAULT_IMPL)),
+               threading.Thread(target=start, args=(TEST_KEY, 3, "selftest"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        if errors:
+            raise errors[0]
+        S.wait_for_servers(addr, REAL_KEY, 2)
+        S.wait_for_servers(addr, TEST_KEY, 3)
+        yield tr, groups
+    finally:
+        for g in groups.values():
+            g.stop()
+        T.stop_tracker(tr)
+
+
+def test_tracker_status_lists_servers(cluster):
+    tr, groups = cluster
+    st = T.tracker_status("127.0.0.1", tr.port)
+    assert st.keys[REAL_KEY].total == 2
+    assert sorted(st.keys[REAL_KEY].servers) == sorted(f"127.0.0.1:{p}" for p in groups[REAL_KEY].ports)
+    assert st.keys[TEST_KEY].total == 3
+
+
+def test_cli_status_table(cluster, capsys):
+    tr, _ = cluster
+    assert cli_rpc.main(["status", "--tracker", f"127.0.0.1:{tr.port}"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith(REAL_KEY))
+    assert line.split()[1] == "2"  # total
+    assert cli_rpc.main(["status", "--tracker", f"127.0.0.1:{tr.port}", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["keys"][TEST_KEY]["total"] == 3
+
+
+def test_unreachable_tracker_message(capsys):
+    port = _free_port()
+    with pytest.raises(T.TrackerUnreachableError) as ei:
+        T.tracker_status("127.0.0.1", port)
+    msg = str(ei.value)
+    assert f"127.0.0.1:{port}" in msg and "tvm-mpq rpc tracker" in msg
+    with pytest.raises(T.TrackerUnreachableError):
+        RPCMeasurer("127.0.0.1", port, REAL_KEY).measure_many([{"sleep_s": 0}])
+    assert cli_rpc.main(["status", "--tracker", f"127.0.0.1:{port}"]) == 2
+    assert "tvm-mpq rpc tracker" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not _spike_available(), reason="spike / riscv64-unknown-elf-gcc not installed")
+def test_two_servers_measure_in_parallel(cluster):
+    tr, groups = cluster
+    from tvm_mpq.schedules.workload import DenseWorkload
+
+    reqs = [{"workload": DenseWorkload(1, 64, n).to_dict(), "variant": "int8", "w_bits": 8,
+             "a_bits": 8} for n in (8, 8, 16, 16)]
+    seen: list[int] = []
+    m = RPCMeasurer("127.0.0.1", tr.port, REAL_KEY, profile="rv64gc", backend="spike",
+                    on_record=lambda i, r: seen.append(i))
+    recs = m.measure_many(reqs)
+    assert sorted(seen) == [0, 1, 2, 3]
+    for r in recs:
+        assert r["status"] == "ok", r["message"]
+        assert isinstance(r["instructions"], int) and r["instructions"] > 0
+        assert r["profile"] == "rv64gc" and r["backend"] == "spike"
+    # deterministic counts, whichever server measured
+    assert recs[0]["instructions"] == recs[1]["instructions"]
+    assert recs[2]["instructions"] == recs[3]["instructions"] > recs[0]["instructions"]
+    used = {r["extra"]["rpc"]["server"] for r in recs}
+    assert used == {f"127.0.0.1:{p}" for p in groups[REAL_KEY].ports}
+
+
+def test_bad_request_is_a_failed_record(cluster):
+    tr, _ = cluster
+    r = RPCMeasurer("127.0.0.1", tr.port, REAL_KEY).measure({"variant": "int8"})
+    assert r["status"] == "run_error" and "lacks" in r["message"]
+    assert r["instructions"] is None
+
+
+def test_parallel_fan_out_and_wrong_profile(cluster):
+    tr, _ = cluster
+    m = RPCMeasurer("127.0.0.1", tr.port, TEST_KEY)
+    t0 = time.monotonic()
+    recs = m.measure_many([{"sleep_s": 1.0, "i": i} for i in range(6)])
+    # 6 x 1 s over 3 servers: about 2 s when parallel, 6 s when not
+    assert time.monotonic() - t0 < 5.0
+    assert [r["echo"]["i"] for r in recs] == list(range(6))
+    assert len({r["extra"]["rpc"]["server"] for r in recs}) == 3
+    bad = m.measure({"profile": "rv64gcv"})
+    assert bad["status"] == "run_error" and "rv64gc" in bad["message"]
+
+
+def _kill_later(group: S.ServerGroup, i: int, delay: float) -> threading.Thread:
+    t = threading.Thread(target=lambda: (time.sleep(delay), group.kill(i)))
+    t.start()
+    return t
+
+
+def test_killed_server_is_retried_then_recorded(cluster):
+    tr, groups = cluster
+    g = groups[TEST_KEY]
+    m = RPCMeasurer("127.0.0.1", tr.port, TEST_KEY, max_retries=1)
+    # 3 servers, 3 requests: each server holds one when server 0 dies
+    killer = _kill_later(g, 0, 1.0)
+    recs = m.measure_many([{"sleep_s": 2.5, "i": i} for i in range(3)])
+    killer.join()
+    assert [r["status"] for r in recs] == ["selftest"] * 3
+    lost = f"127.0.0.1:{g.ports[0]}"
+    retried = [r for r in recs if r["extra"]["rpc"].get("lost_servers")]
+    assert len(retried) == 1 and retried[0]["extra"]["rpc"]["lost_servers"] == [lost]
+    assert retried[0]["extra"]["rpc"]["server"] != lost
+
+    # no retries left: the request is recorded as failed, naming the lost server; the campaign
+    # finishes on the surviving server
+    m.max_retries = 0
+    killer = _kill_later(g, 1, 1.0)
+    recs = m.measure_many([{"sleep_s": 2.5, "i": i} for i in range(2)])
+    killer.join()
+    statuses = sorted(r["status"] for r in recs)
+    assert statuses == ["run_error", "selftest"]
+    failed = next(r for r in recs if r["status"] == "run_error")
+    assert f"lost server 127.0.0.1:{g.ports[1]}" in failed["message"]
+    assert failed["instructions"] is None and failed["cycles"] is None
+
+
+def test_no_server_for_key(cluster):
+    tr, _ = cluster
+    m = RPCMeasurer("127.0.0.1", tr.port, "spike-nosuchkey", queue_timeout_s=1.0)
+    t0 = time.monotonic()
+    recs = m.measure_many([{"sleep_s": 0}] * 3)
+    assert time.monotonic() - t0 < 10
+    assert all(r["status"] == "run_error" and "spike-nosuchkey" in r["message"] for r in recs)
+
+
+def test_measure_on_board_over_loopback(cluster, tmp_path):
+    """The board path against a standard TVM RPC server (our simulator host serves it too):
+    upload a host-compiled library, load_module, time_evaluator, check the outputs."""
+    import tvm
+    from tvm import te
+
+    tr, _ = cluster
+    n = 1024
+    a = te.placeholder((n,), "float32", name="a")
+    b = te.placeholder((n,), "float32", name="b")
+    c = te.compute((n,), lambda i: a[i] + b[i], name="c")
+    func = te.create_prim_func([a, b, c]).with_attr("global_symbol", "vadd")
+    lib = tvm.compile(tvm.IRModule({"vadd": func}), target="llvm")
+    path = str(tmp_path / "vadd.so")
+    lib.export_library(path)
+
+    sess = tvm.rpc.connect_tracker("127.0.0.1", tr.port).request(REAL_KEY)
+    x, y = np.arange(n, dtype="float32"), np.ones(n, dtype="float32")
+    res = measure_on_board(sess, path, "vadd", [x, y, np.zeros(n, "float32")], number=5, repeat=3,
+                           return_outputs=True)
+    assert res["status"] == "ok" and len(res["results"]) == 3
+    assert res["seconds_min"] <= res["seconds"] <= res["seconds_max"] and res["seconds"] > 0
+    np.testing.assert_array_equal(res["outputs"][2], x + y)
