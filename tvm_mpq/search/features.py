@@ -1,0 +1,190 @@
+"""Feature vectors of a cost query: (workload, variant, bits, target profile).
+
+A :class:`CostQuery` names one kernel on one target profile. :func:`featurize`
+turns queries into a float matrix whose columns are :data:`FEATURE_NAMES`
+(the *feature schema*; a saved cost model stores it and refuses to load
+against a different one, see :mod:`tvm_mpq.search.costmodel`).
+
+Features are analytic and cheap: shape numbers, MACs, bytes moved at the
+given bit-widths, the number of packed machine words a bit-serial output
+element reads, the variant (one-hot), the bits, and the profile (xlen, Zbb,
+VLEN). fp32 kernels ignore the bit-widths: their bits features are 32 whatever
+the record says (fp32 measurements are stored with placeholder bits).
+
+Public API::
+
+    q = CostQuery(workload, "bitserial", 2, 2, "rv64gc_zbb")   # or CostQuery.from_record(rec)
+    X = featurize([q, ...])                                     # (n, len(FEATURE_NAMES))
+    wl = layer_workload(layer_info)                             # LayerInfo -> schedules workload
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..plan import FP32
+from ..schedules.workload import Conv2dWorkload, DenseWorkload, Workload, workload_from_dict
+from ..targets import get_profile
+
+__all__ = [
+    "FEATURE_NAMES",
+    "FEATURE_SCHEMA_VERSION",
+    "QUANT_VARIANTS",
+    "CostQuery",
+    "featurize",
+    "layer_workload",
+]
+
+#: Bump when the meaning of a feature changes (the names alone would not show it).
+FEATURE_SCHEMA_VERSION = 1
+
+#: Kernel variants one-hot encoded, in this order.
+VARIANT_ORDER: tuple[str, ...] = ("fp32", "int8", "bitserial", "unpack")
+#: Variants a quantized layer can use.
+QUANT_VARIANTS: tuple[str, ...] = ("int8", "bitserial", "unpack")
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "is_conv", "is_dense", "depthwise", "pointwise",
+    "n", "c", "h", "w", "k", "kh", "kw", "oh", "ow", "stride", "groups", "cg", "kg",
+    "log_macs", "log_reduction", "log_out_elems", "log_in_elems", "log_w_elems",
+    *(f"var_{v}" for v in VARIANT_ORDER),
+    "w_bits", "a_bits", "log_bitprod",
+    "log_in_bytes", "log_w_bytes", "log_out_bytes", "log_total_bytes",
+    "words_per_reduction", "log_words_per_output", "log_plane_ops", "word_fill",
+    "xlen", "word_bits", "zbb", "vlen", "is_host",
+)
+
+
+@dataclass(frozen=True)
+class CostQuery:
+    """One kernel on one target profile.
+
+    Attributes:
+        workload: a ``Conv2dWorkload`` or ``DenseWorkload`` (:mod:`tvm_mpq.schedules`).
+        variant: "fp32", "int8", "bitserial" or "unpack".
+        w_bits, a_bits: bit-widths (ignored, and normalised to 8, for "fp32").
+        profile: target profile name (:data:`tvm_mpq.targets.PROFILES`).
+    """
+
+    workload: Workload
+    variant: str
+    w_bits: int
+    a_bits: int
+    profile: str
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANT_ORDER:
+            raise ValueError(f"unknown variant {self.variant!r}; expected one of {VARIANT_ORDER}")
+        if self.variant == "fp32":  # one canonical key per fp32 kernel (measure() needs bits <= 8)
+            object.__setattr__(self, "w_bits", 8)
+            object.__setattr__(self, "a_bits", 8)
+        elif self.w_bits not in (1, 2, 4, 8) or self.a_bits not in (1, 2, 4, 8):
+            raise ValueError(f"bits w{self.w_bits}a{self.a_bits} not supported by {self.variant!r}")
+
+    @classmethod
+    def from_record(cls, rec: Any) -> CostQuery:
+        """From a :class:`~tvm_mpq.rpc.database.MeasureRecord` (or its dict)."""
+        d = rec if isinstance(rec, dict) else rec.to_dict()
+        return cls(workload_from_dict(d["workload"]), d["variant"], int(d["w_bits"]),
+                   int(d["a_bits"]), d["profile"])
+
+    def key(self) -> tuple[str, str, int, int, str]:
+        """Hashable identity (workload key, variant, bits, profile)."""
+        return (self.workload.key(), self.variant, self.w_bits, self.a_bits, self.profile)
+
+    def request(self) -> tuple[Workload, str, int, int]:
+        """The ``(workload, variant, w_bits, a_bits)`` tuple ``rpc.measure.measure_many`` takes."""
+        return (self.workload, self.variant, self.w_bits, self.a_bits)
+
+    def describe(self) -> str:
+        bits = "fp32" if self.variant == "fp32" else f"w{self.w_bits}a{self.a_bits}"
+        return f"{self.workload.key()} {self.variant} {bits} @{self.profile}"
+
+
+def layer_workload(info: Any) -> Workload:
+    """The schedules workload of a :class:`~tvm_mpq.frontend.LayerInfo` call site
+    (same construction as the compiler's)."""
+    if info.kind == "conv2d":
+        ph, pw = info.padding
+        return Conv2dWorkload.make(info.input_shape, info.weight_shape, info.stride,
+                                   (ph, pw, ph, pw), info.groups)
+    return DenseWorkload.make(info.input_shape, info.weight_shape)
+
+
+def _as_conv(wl: Workload) -> Conv2dWorkload:
+    if isinstance(wl, DenseWorkload):
+        return Conv2dWorkload(wl.m, wl.d, 1, 1, wl.n_out, 1, 1)
+    return wl
+
+
+def _log(x: float) -> float:
+    return math.log2(max(float(x), 1.0))
+
+
+_PROFILE_CACHE: dict[str, tuple[float, float, float, float, float]] = {}
+
+
+def _profile_feats(name: str) -> tuple[float, float, float, float, float]:
+    if name not in _PROFILE_CACHE:
+        p = get_profile(name)
+        _PROFILE_CACHE[name] = (float(p.xlen), float(p.word_bits), float(p.has_zbb or p.is_host),
+                                float(p.vlen), float(p.is_host))
+    return _PROFILE_CACHE[name]
+
+
+def _row(q: CostQuery) -> list[float]:
+    wl = q.workload
+    cv = _as_conv(wl)
+    dense = isinstance(wl, DenseWorkload)
+    fp32 = q.variant == "fp32"
+    wb, ab = (FP32, FP32) if fp32 else (q.w_bits, q.a_bits)
+    xlen, word_bits, zbb, vlen, host = _profile_feats(q.profile)
+    red = cv.cg * cv.kh * cv.kw
+    out_elems = cv.n * cv.k * cv.oh * cv.ow
+    in_elems = cv.n * cv.c * cv.h * cv.w
+    w_elems = cv.k * cv.cg * cv.kh * cv.kw
+    # storage per element as each variant really keeps it: int8 stores bytes whatever the bits,
+    # unpack packs weights only, bitserial packs both sides into bit planes
+    if fp32:
+        in_b, w_b = 4.0, 4.0
+    elif q.variant == "int8":
+        in_b, w_b = 1.0, 1.0
+    elif q.variant == "unpack":
+        in_b, w_b = 1.0, wb / 8
+    else:
+        in_b, w_b = ab / 8, wb / 8
+    words = math.ceil(cv.cg / word_bits)
+    words_per_out = words * cv.kh * cv.kw * (wb * ab if q.variant == "bitserial" else 0)
+    plane_ops = out_elems * words_per_out if q.variant == "bitserial" else cv.macs
+    return [
+        float(not dense), float(dense), float(cv.is_depthwise),
+        float(cv.kh == 1 and cv.kw == 1 and cv.groups == 1),
+        cv.n, cv.c, cv.h, cv.w, cv.k, cv.kh, cv.kw, cv.oh, cv.ow, cv.stride[0], cv.groups,
+        cv.cg, cv.kg,
+        _log(cv.macs), _log(red), _log(out_elems), _log(in_elems), _log(w_elems),
+        *(float(q.variant == v) for v in VARIANT_ORDER),
+        float(wb), float(ab), _log(wb * ab),
+        _log(in_elems * in_b), _log(w_elems * w_b), _log(out_elems * 4),
+        _log(in_elems * in_b + w_elems * w_b + out_elems * 4),
+        float(words), _log(words_per_out), _log(plane_ops), cv.cg / (words * word_bits),
+        xlen, word_bits, zbb, vlen, host,
+    ]
+
+
+def featurize(queries: Sequence[CostQuery]) -> np.ndarray:
+    """Feature matrix ``(len(queries), len(FEATURE_NAMES))`` (float64)."""
+    if not queries:
+        return np.zeros((0, len(FEATURE_NAMES)))
+    X = np.asarray([_row(q) for q in queries], dtype=np.float64)
+    assert X.shape[1] == len(FEATURE_NAMES)
+    return X
+
+
+def query_macs(queries: Sequence[CostQuery]) -> np.ndarray:
+    """MACs of each query's workload (the cost model's per-MAC baseline)."""
+    return np.asarray([max(q.workload.macs, 1) for q in queries], dtype=np.float64)
