@@ -210,7 +210,7 @@ def _chosen_trace(work_dir: str, kd, index: int) -> str | None:
     recs = db.get_top_k(db.commit_workload(mod), index + 1)
     if len(recs) <= index:
         return None
-    return str(recs[index].trace.as_python())
+    return "\n".join(str(line) for line in recs[index].trace.as_python())
 
 
 def _tune(p: _Prepared, req: MeasureRequest, prof: Profile, backend: str,
