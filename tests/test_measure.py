@@ -1,0 +1,370 @@
+"""Measurement database, measure/measure_many (cache, failures, resume) and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tvm_mpq import cli
+from tvm_mpq.rpc import baremetal, simulators
+from tvm_mpq.rpc import measure as measure_mod
+from tvm_mpq.rpc.database import MeasureKey, MeasurementDB, MeasureRecord, schedule_tag
+from tvm_mpq.rpc.measure import MeasureRequest, measure, measure_many, measure_request_json
+from tvm_mpq.rpc.simulators import ToolchainError
+from tvm_mpq.schedules import Conv2dWorkload, DenseWorkload
+
+REPO = Path(__file__).resolve().parent.parent
+
+try:
+    simulators.find_gcc()
+    simulators.find_picolibc()
+    simulators.find_spike()
+    HAVE_TOOLS = True
+except ToolchainError:
+    HAVE_TOOLS = False
+
+needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="bare-metal toolchain not installed")
+
+DENSE = DenseWorkload.make((1, 64), (8, 64))
+CONV = Conv2dWorkload.make((1, 8, 6, 6), (8, 8, 3, 3), 1, 1)
+
+
+def _record(**kw) -> MeasureRecord:
+    d = dict(profile="rv64gc", backend="spike", workload_key=DENSE.key(), variant="int8",
+             w_bits=8, a_bits=8, schedule="default", workload=DENSE.to_dict(), status="ok",
+             instructions=1234, cycles=1236, macs=DENSE.macs)
+    d.update(kw)
+    return MeasureRecord(**d)
+
+
+_REAL_RUN_KERNELS = baremetal.run_kernels
+
+
+class _Counter:
+    """Wraps baremetal.run_kernels and counts the kernels it is asked to run."""
+
+    def __init__(self, monkeypatch, fail: bool = False) -> None:
+        self.cases = 0
+        self.calls = 0
+        real = _REAL_RUN_KERNELS  # not whatever an earlier _Counter installed
+
+        def wrapped(cases, *a, **k):
+            self.calls += 1
+            self.cases += len(cases)
+            if fail:
+                raise AssertionError("the simulator must not run")
+            return real(cases, *a, **k)
+
+        monkeypatch.setattr(baremetal, "run_kernels", wrapped)
+
+
+# ---- database ------------------------------------------------------------------------------
+
+
+def test_db_roundtrip(tmp_path):
+    path = tmp_path / "m.sqlite"
+    ok = _record()
+    bad = _record(variant="bitserial", w_bits=2, a_bits=2, status="wrong_result",
+                  instructions=None, cycles=None, message="3 mismatching elements")
+    tuned = _record(schedule=schedule_tag(16), tune_trials=16, schedule_trace="b0 = ...",
+                    schedule_hash="ab" * 32, extra={"rejected_records": 1})
+    with MeasurementDB(path) as db:
+        for r in (ok, bad, tuned):
+            db.put(r)
+        assert db.count() == 3 and len(db) == 3
+        assert db.count("rv64gc", "spike", status="ok") == 2
+    with MeasurementDB(path) as db:  # a fresh connection sees the committed records
+        assert db._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.get(ok.key) == ok
+        assert db.get(tuple(vars(bad.key).values())) == bad
+        assert db.get(MeasureKey("rv64gc", "spike", DENSE.key(), "int8", 8, 8, "tuned16")) == tuned
+        assert db.get(MeasureKey("rv64gc", "qemu", DENSE.key(), "int8", 8, 8)) is None
+        assert [r.variant for r in db.records("rv64gc", "spike", status="ok")] == ["int8", "int8"]
+        assert db.records(profile="rv64gcv") == []
+        db.put(_record(instructions=99, cycles=99))  # same key: replaced
+        assert db.get(ok.key).instructions == 99 and db.count() == 3
+        assert db.delete(ok.key) and db.get(ok.key) is None
+    assert json.loads(json.dumps(bad.to_dict())) == bad.to_dict()
+    assert MeasureRecord.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned
+
+
+def test_failed_record_never_has_a_number(tmp_path):
+    with pytest.raises(ValueError, match="must not carry numbers"):
+        _record(status="run_error", message="trap")  # instructions still set
+    with pytest.raises(ValueError, match="unknown status"):
+        _record(status="fine")
+    with pytest.raises(ValueError, match="needs instructions or seconds"):
+        _record(instructions=None, cycles=None)
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    db.put(_record(status="timeout", instructions=None, cycles=None, message="watchdog"))
+    with pytest.raises(sqlite3.IntegrityError):  # the schema refuses it too
+        db._conn.execute("UPDATE measurements SET instructions = 5")
+
+
+# ---- measure -------------------------------------------------------------------------------
+
+
+@needs_tools
+def test_measure_and_cache_hit(tmp_path, monkeypatch):
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    counter = _Counter(monkeypatch)
+    r = measure(DENSE, "bitserial", 2, 2, "rv64gc_zbb", "spike", db=db)
+    assert r.ok, r.message
+    assert r.instructions > 0 and r.cycles >= r.instructions and r.seconds is None
+    assert r.macs == DENSE.macs and r.schedule == "default" and r.tvm_version and r.host
+    assert counter.cases == 1
+    assert db.get(r.key) == r
+
+    _Counter(monkeypatch, fail=True)  # a second call must not run the simulator
+    again = measure(DENSE, "bitserial", 2, 2, "rv64gc_zbb", "spike", db=db)
+    assert again == r
+    # deterministic: measuring afresh gives the same count
+    counter = _Counter(monkeypatch)
+    fresh = measure(DENSE, "bitserial", 2, 2, "rv64gc_zbb", "spike", db=db, force=True)
+    assert counter.cases == 1 and fresh.instructions == r.instructions
+
+
+@needs_tools
+def test_measure_many_batches_and_keeps_order(tmp_path, monkeypatch):
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    reqs = [(CONV, "int8", 8, 8), (DENSE, "unpack", 4, 8), (CONV, "bitserial", 1, 1),
+            MeasureRequest(DENSE, "fp32", 8, 8), (CONV, "int8", 8, 8)]  # a duplicate
+    counter = _Counter(monkeypatch)
+    recs = measure_many(reqs, "rv64gc", "spike", db=db, chunk_size=3, progress=False)
+    assert counter.calls == 2 and counter.cases == 4  # 4 distinct kernels in chunks of 3
+    assert [(r.variant, r.w_bits) for r in recs] == [("int8", 8), ("unpack", 4), ("bitserial", 1),
+                                                      ("fp32", 8), ("int8", 8)]
+    assert all(r.ok for r in recs), [r.message for r in recs]
+    assert recs[0] == recs[4] and db.count() == 4
+
+
+@needs_tools
+def test_wrong_result_recorded_as_failure(tmp_path, monkeypatch):
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    real_ref = measure_mod.reference_output
+    monkeypatch.setattr(measure_mod, "reference_output", lambda kd, x, w: real_ref(kd, x, w) + 1)
+    r = measure(DENSE, "int8", 8, 8, "rv64gc", "spike", db=db)
+    assert r.status == "wrong_result" and "mismatch" in r.message
+    assert r.instructions is None and r.cycles is None and r.seconds is None
+    stored = db.get(r.key)
+    assert stored.status == "wrong_result" and stored.instructions is None
+    monkeypatch.setattr(measure_mod, "reference_output", real_ref)
+    _Counter(monkeypatch, fail=True)
+    assert measure(DENSE, "int8", 8, 8, "rv64gc", "spike", db=db).status == "wrong_result"
+    monkeypatch.undo()
+    fixed = measure_many([(DENSE, "int8", 8, 8)], "rv64gc", "spike", db=db, retry_failed=True,
+                         progress=False)[0]
+    assert fixed.ok and fixed.instructions > 0 and db.get(r.key).ok
+
+
+def test_unbuildable_kernel_recorded_as_build_error(tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("cannot lower this")
+
+    monkeypatch.setattr(measure_mod, "make_kernel", broken)
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    (r,) = measure_many([(DENSE, "int8", 8, 8)], "host", "host", db=db, progress=False)
+    assert r.status == "build_error" and "cannot lower this" in r.message
+    assert r.instructions is None and r.seconds is None
+    assert db.get(r.key).status == "build_error"
+
+
+def test_host_backend_wall_time():
+    r = measure(DENSE, "int8", 8, 8, "host", "host")
+    assert r.ok, r.message
+    assert r.seconds > 0 and r.seconds_std is not None and r.instructions is None
+    assert r.profile == "host" and r.backend == "host"
+
+
+def test_bad_requests():
+    with pytest.raises(ValueError, match="unknown variant"):
+        measure(DENSE, "int3", 8, 8)
+    with pytest.raises(ValueError, match="w_bits=3"):
+        measure(DENSE, "int8", 3, 8)
+    with pytest.raises(ValueError, match="unknown backend"):
+        measure(DENSE, "int8", 8, 8, "rv64gc", "verilator")
+    with pytest.raises(ValueError, match="host profile only"):
+        measure(DENSE, "int8", 8, 8, "rv64gc", "host")
+    with pytest.raises(ValueError, match="unknown target profile"):
+        measure(DENSE, "int8", 8, 8, "rv128", "spike")
+    with pytest.raises(ValueError, match="lacks"):
+        measure_request_json(json.dumps({"variant": "int8"}))
+    with pytest.raises(ValueError, match="unknown request fields"):
+        measure_request_json(json.dumps({"workload": DENSE.to_dict(), "variant": "int8",
+                                         "w_bits": 8, "a_bits": 8, "colour": "red"}))
+    with pytest.raises(ValueError, match="not valid JSON"):
+        measure_request_json("{")
+
+
+def test_missing_toolchain_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolchainError, match=r"riscv64-unknown-elf-gcc.*setup\.sh"):
+        measure(DENSE, "int8", 8, 8, "rv64gc", "spike", db=MeasurementDB(tmp_path / "m.sqlite"))
+    # nothing is stored for an environment problem
+    assert MeasurementDB(tmp_path / "m.sqlite").count() == 0
+
+
+@needs_tools
+def test_measure_request_json_roundtrip():
+    req = {"workload": DENSE.to_dict(), "variant": "unpack", "w_bits": 2, "a_bits": 8,
+           "profile": "rv64gc", "backend": "spike"}
+    out = json.loads(measure_request_json(json.dumps(req)))
+    assert out["status"] == "ok" and out["instructions"] > 0
+    assert out["workload"] == DENSE.to_dict() and out["profile"] == "rv64gc"
+
+
+# ---- resume after a killed process ---------------------------------------------------------
+
+_CAMPAIGN = textwrap.dedent("""
+    import sys
+    from tvm_mpq.rpc.measure import measure_many
+    from tvm_mpq.schedules import Conv2dWorkload
+    reqs = [(Conv2dWorkload.make((1, 8, 6 + i, 6 + i), (8, 8, 3, 3), 1, 1), "int8", 8, 8)
+            for i in range(12)]
+    measure_many(reqs, "rv64gc", "spike", db=sys.argv[1], chunk_size=1, progress=False)
+    print("CAMPAIGN DONE", flush=True)
+""")
+
+
+def _campaign_requests():
+    return [(Conv2dWorkload.make((1, 8, 6 + i, 6 + i), (8, 8, 3, 3), 1, 1), "int8", 8, 8)
+            for i in range(12)]
+
+
+@needs_tools
+def test_resume_after_killed_process(tmp_path, monkeypatch):
+    path = tmp_path / "campaign.sqlite"
+    MeasurementDB(path).close()  # create it so we can poll
+    proc = subprocess.Popen([sys.executable, "-c", _CAMPAIGN, str(path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        db = MeasurementDB(path)
+        while db.count() < 2:  # kill once some, not all, records are in
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "campaign made no progress"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    survived = db.records()
+    assert 2 <= len(survived) < 12
+    assert all(r.ok and r.instructions > 0 for r in survived)
+
+    counter = _Counter(monkeypatch)
+    recs = measure_many(_campaign_requests(), "rv64gc", "spike", db=db, chunk_size=4,
+                        progress=False)
+    assert counter.cases == 12 - len(survived)  # only the missing ones are measured
+    assert all(r.ok for r in recs) and db.count() == 12
+    before = {r.key: r for r in survived}
+    assert all(before[r.key] == r for r in recs if r.key in before)
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+
+
+@needs_tools
+def test_cli_json_output(tmp_path):
+    cmd = [sys.executable, "-m", "tvm_mpq.cli", "measure", "conv2d", "--input", "1x8x6x6",
+           "--out-channels", "8", "--kernel", "3", "--stride", "1", "--padding", "1",
+           "--groups", "1", "--w-bits", "2", "--a-bits", "2", "--variant", "bitserial",
+           "--profile", "rv64gc_zbb", "--backend", "spike", "--json", "--db",
+           str(tmp_path / "m.sqlite")]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rec = json.loads(out.stdout)  # stdout is the JSON record only
+    assert rec["status"] == "ok" and rec["instructions"] > 0
+    assert rec["workload_key"] == CONV.key()
+    assert MeasurementDB(tmp_path / "m.sqlite").count() == 1
+
+
+@needs_tools
+def test_cli_readable_line_and_failure_exit_code(tmp_path, monkeypatch, capfd):
+    args = ["measure", "dense", "--input", "1x64", "--out-features", "8", "--w-bits", "4",
+            "--a-bits", "4", "--variant", "unpack", "--profile", "rv64gc", "--db",
+            str(tmp_path / "m.sqlite")]
+    assert cli.main(args) == 0
+    line = capfd.readouterr().out.strip()
+    assert line.startswith(DENSE.key()) and "instructions" in line
+    real_ref = measure_mod.reference_output
+    monkeypatch.setattr(measure_mod, "reference_output", lambda kd, x, w: real_ref(kd, x, w) - 1)
+    assert cli.main([*args, "--force", "--json"]) == 1
+    rec = json.loads(capfd.readouterr().out)
+    assert rec["status"] == "wrong_result" and rec["instructions"] is None
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["measure", "conv2d", "--input", "1x64x28", "--out-channels", "64", "--w-bits", "2",
+      "--a-bits", "2", "--variant", "bitserial"], "--input: expected 4 positive integers"),
+    (["measure", "conv2d", "--input", "1x64x28x28", "--out-channels", "64", "--w-bits", "3",
+      "--a-bits", "2", "--variant", "bitserial"], "--w-bits: invalid choice: 3"),
+    (["measure", "conv2d", "--input", "1x64x28x28", "--out-channels", "64", "--groups", "3",
+      "--w-bits", "2", "--a-bits", "2", "--variant", "bitserial"], "does not divide"),
+    (["measure", "conv2d", "--input", "1x8x4x4", "--out-channels", "8", "--kernel", "7",
+      "--w-bits", "2", "--a-bits", "2", "--variant", "int8"], "larger than padded input"),
+    (["measure", "dense", "--input", "1x256", "--out-features", "10", "--w-bits", "8",
+      "--a-bits", "8", "--variant", "fp64"], "--variant: invalid choice"),
+    (["measure", "dense", "--input", "1x256", "--out-features", "0", "--w-bits", "8",
+      "--a-bits", "8", "--variant", "int8"], "--out-features: expected a positive integer"),
+    (["measure", "dense", "--input", "1x256", "--out-features", "10", "--w-bits", "8",
+      "--a-bits", "8", "--variant", "int8", "--profile", "rv64gc", "--backend", "host"],
+     "host profile only"),
+    (["measure", "dense", "--input", "1x256", "--w-bits", "8", "--a-bits", "8", "--variant",
+      "int8"], "--out-features"),
+    (["measure", "lstm"], "invalid choice: 'lstm'"),
+])
+def test_cli_bad_args(argv, problem, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_cli_plugin_registry(monkeypatch, capsys):
+    calls = []
+
+    def add_parser(sub):
+        p = sub.add_parser("hello", help="test plugin")
+        p.set_defaults(func=lambda args: calls.append(args.command) or 0)
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "hello", add_parser)
+    assert cli.main(["hello"]) == 0 and calls == ["hello"]
+    # absent plugin modules are skipped silently
+    monkeypatch.setattr(cli, "PLUGIN_MODULES", ["tvm_mpq.no_such_plugin"])
+    cli.build_parser()
+    assert "warning" not in capsys.readouterr().err
+
+
+# ---- tuning --------------------------------------------------------------------------------
+
+
+@needs_tools
+@pytest.mark.slow
+def test_tuned_measurement(tmp_path):
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    r = measure(DENSE, "bitserial", 2, 2, "rv64gc_zbb", "spike", db=db, tune_trials=4,
+                work_dir=str(tmp_path / "tune"))
+    assert r.ok, r.message
+    assert r.schedule == "tuned4" and r.tune_trials == 4
+    assert r.schedule_trace and len(r.schedule_hash) == 64 and r.instructions > 0
+    assert db.get(r.key) == r
+    default = measure(DENSE, "bitserial", 2, 2, "rv64gc_zbb", "spike", db=db)
+    assert default.key != r.key and db.count() == 2
+
+
+def test_schedule_tag():
+    assert schedule_tag(0) == "default" and schedule_tag(64) == "tuned64"
+    with pytest.raises(ValueError):
+        schedule_tag(-1)
