@@ -52,7 +52,7 @@ REQUEST_VERSION = 1
 
 __all__ = [
     "BACKENDS", "MeasureRequest", "ToolchainError", "check_backend", "default_work_dir",
-    "measure", "measure_many", "measure_request_json",
+    "format_record", "measure", "measure_many", "measure_request_json", "summarize",
 ]
 
 
@@ -281,7 +281,14 @@ def _run_sim_chunk(items: list[tuple[MeasureRequest, _Prepared]], prof: Profile,
 
     cases = [KernelCase(f"k{i}", p.func if p.func is not None else p.kd.prim_func(f"k{i}"),
                         p.args, {len(p.args) - 1: p.expected}) for i, (_, p) in enumerate(items)]
-    runs = run_kernels(cases, prof, backend, timeout_s=timeout_per_kernel_s * len(cases))
+    try:
+        runs = run_kernels(cases, prof, backend, timeout_s=timeout_per_kernel_s * len(cases))
+    except ToolchainError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the chunk failed as a whole: record, don't abort
+        msg = f"simulator run failed: {type(e).__name__}: {_last_line(e)}"
+        return [_record(req, prof, backend, seed, started, "run_error", msg, p=p)
+                for req, p in items]
     out = []
     for (req, p), r in zip(items, runs, strict=True):
         if r.status == "ok":
