@@ -1,0 +1,644 @@
+"""``tvm_mpq.tune()``: the end-to-end hardware-aware mixed-precision search.
+
+Stages (each checkpointed in ``workdir``; an interrupted run resumes where it stopped):
+
+1. import: ``torch.export`` -> Relax, the layer table (``layers.md``);
+2. sensitivity: per-layer post-training quantization on a small labelled subset
+   (``sensitivity.json``);
+3. measurement campaign: a designed sample of (workload, variant, bits) kernels measured
+   on the target (``measurements.sqlite``; every finished record is committed);
+4. cost model: XGBoost on the measurements (``costmodel.json``), its held-out accuracy
+   (``costmodel_report.json``);
+5. search: NSGA-II over per-layer bits (``search/``), costs = measured where measured,
+   predicted elsewhere; active learning: the kernels the front uses are measured, the
+   model refitted and the search re-run (``active_rounds`` times);
+6. refinement: the front members' accuracy evaluated for real (``eval_fn``);
+7. final measurement: every front plan's cost summed from measured kernels; the chosen
+   plan and the baselines (fp32, uniform int8, uniform w4a4) measured end to end as the
+   standalone artifact (whole-model retired instructions) and evaluated through the
+   TVM-compiled model.
+
+The result (:class:`TuneResult`) is saved to ``workdir/result`` and can be reloaded with
+:func:`load_result`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .calibration import fold_bn
+from .plan import FP32, LayerConfig, QuantPlan
+from .targets import PROFILES, Profile, get_profile
+
+log = logging.getLogger(__name__)
+
+#: user-facing target names -> profiles
+TARGET_ALIASES = {
+    "riscv": "rv64gc_zbb", "riscv64": "rv64gc", "riscv64-zbb": "rv64gc_zbb",
+    "riscv64-gc": "rv64gc", "riscv64-v": "rv64gcv", "riscv64-rvv": "rv64gcv",
+    "riscv32": "rv32imc", "host": "host", "llvm": "host",
+}
+DEFAULT_BITS: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4), (2, 4), (2, 2))
+DEFAULT_VARIANTS: tuple[str, ...] = ("int8", "bitserial", "unpack")
+BASELINES = {"fp32": None, "int8": (8, 8, "int8"), "w4a4": (4, 4, None)}
+
+
+def resolve_profile(target: str | Profile) -> Profile:
+    """Profile for ``target`` ("riscv", "riscv64-zbb", "riscv64", a profile name, ...)."""
+    if isinstance(target, Profile):
+        return target
+    name = TARGET_ALIASES.get(str(target).lower(), str(target))
+    if name not in PROFILES:
+        raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGET_ALIASES)} or a "
+                         f"profile name {sorted(PROFILES)}")
+    return get_profile(name)
+
+
+@dataclass
+class PlanPoint:
+    """One evaluated plan.
+
+    Attributes:
+        label: "front", "best", or a baseline name ("fp32", "int8", "w4a4").
+        predicted_cost: sum of the cost model's per-kernel predictions (measured kernels
+            enter with their measured cost).
+        measured_cost: sum of measured per-kernel costs (None if a kernel failed or
+            was not measured); instructions on simulators, seconds on wall-clock backends.
+        model_cost: whole-model cost of the standalone artifact (instructions), if run.
+        accuracy: accuracy on the held-out evaluation data (fake-quant reference in torch).
+        compiled_accuracy: accuracy through the TVM-compiled model, if evaluated.
+        drop: fp32 accuracy minus ``accuracy`` (fraction).
+        proxy_drop: sensitivity proxy of the drop.
+        size_bytes: weight bytes.
+    """
+
+    label: str
+    plan: QuantPlan
+    predicted_cost: float
+    measured_cost: float | None = None
+    model_cost: float | None = None
+    accuracy: float | None = None
+    compiled_accuracy: float | None = None
+    drop: float | None = None
+    proxy_drop: float | None = None
+    size_bytes: float = 0.0
+    meets_constraints: bool = False
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["plan"] = self.plan.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlanPoint:
+        d = dict(d)
+        d["plan"] = QuantPlan.from_dict(d["plan"])
+        return cls(**d)
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` found.
+
+    Attributes:
+        pareto: the Pareto front (latency, accuracy drop, size), fastest first.
+        best: the fastest front plan meeting the budgets (None if none does).
+        baselines: fp32, uniform int8 and uniform w4a4 plans, measured the same way.
+        message: outcome in words (e.g. why no plan meets the constraints).
+        profile, backend, cost_unit: where and how costs were measured.
+        costmodel_report: held-out accuracy of the cost model.
+        timings: wall seconds per stage.
+    """
+
+    pareto: list[PlanPoint]
+    best: PlanPoint | None
+    baselines: dict[str, PlanPoint]
+    message: str
+    profile: str
+    backend: str
+    cost_unit: str
+    fp32_accuracy: float | None = None
+    costmodel_report: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    workdir: str | None = None
+    _model: torch.nn.Module | None = field(default=None, repr=False)
+    _example_inputs: Any = field(default=None, repr=False)
+    _calib: Any = field(default=None, repr=False)
+
+    def compile(self, plan: QuantPlan | None = None, target: str | Profile | None = None):
+        """Compile ``plan`` (default: :attr:`best`) for the tuned target (see
+        :func:`tvm_mpq.compile`)."""
+        from .compiler import compile as mpq_compile
+
+        if plan is None:
+            if self.best is None:
+                raise ValueError(f"no plan met the constraints ({self.message}); pass one of "
+                                 "result.pareto[i].plan explicitly")
+            plan = self.best.plan
+        if self._model is None or self._calib is None:
+            raise ValueError("this result has no model/calibration data attached; "
+                             "load it with load_result(dir) from a saved tune() run")
+        return mpq_compile(self._model, self._example_inputs, plan, target or self.profile,
+                           calib_data=self._calib)
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1, "message": self.message, "profile": self.profile,
+            "backend": self.backend, "cost_unit": self.cost_unit,
+            "fp32_accuracy": self.fp32_accuracy,
+            "pareto": [p.to_dict() for p in self.pareto],
+            "best": self.best.to_dict() if self.best else None,
+            "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
+            "costmodel_report": self.costmodel_report, "timings": self.timings,
+            "settings": self.settings,
+        }
+
+    def save(self, directory: str) -> str:
+        """Write ``result.json`` (+ the model and calibration inputs, so :func:`load_result`
+        gives a result that can still :meth:`compile`)."""
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "result.json"), "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        if self._model is not None:
+            torch.save({"model": self._model, "example_inputs": self._example_inputs,
+                        "calib": self._calib}, os.path.join(directory, "model.pt"))
+        return directory
+
+    def report(self, directory: str | None = None) -> str:
+        """Write plots (Pareto front, per-layer bits of the best plan) and ``summary.md``;
+        returns the summary's path."""
+        from .report import write_report
+
+        directory = directory or os.path.join(self.workdir or ".", "result")
+        return write_report(self, directory)
+
+    def table(self) -> str:
+        """The Markdown table of baselines and chosen plans."""
+        from .report import summary_table
+
+        return summary_table(self)
+
+
+def load_result(directory: str) -> TuneResult:
+    """Load a result saved by :meth:`TuneResult.save` (or ``tune(..., workdir=...)``)."""
+    path = os.path.join(directory, "result.json")
+    if not os.path.exists(path) and os.path.exists(os.path.join(directory, "result", "result.json")):
+        directory = os.path.join(directory, "result")
+        path = os.path.join(directory, "result.json")
+    with open(path) as f:
+        d = json.load(f)
+    res = TuneResult(
+        [PlanPoint.from_dict(p) for p in d["pareto"]],
+        PlanPoint.from_dict(d["best"]) if d.get("best") else None,
+        {k: PlanPoint.from_dict(v) for k, v in d.get("baselines", {}).items()},
+        d["message"], d["profile"], d["backend"], d["cost_unit"], d.get("fp32_accuracy"),
+        d.get("costmodel_report", {}), d.get("timings", {}), d.get("settings", {}), directory)
+    mp = os.path.join(directory, "model.pt")
+    if os.path.exists(mp):
+        blob = torch.load(mp, weights_only=False)
+        res._model, res._example_inputs, res._calib = blob["model"], blob["example_inputs"], blob["calib"]
+    return res
+
+
+# ---------------------------------------------------------------------- helpers
+def _split_xy(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        return torch.as_tensor(x), torch.as_tensor(y)
+    return torch.as_tensor(data), None
+
+
+class _Stage:
+    """Times a stage and logs it."""
+
+    def __init__(self, timings: dict[str, float], name: str, progress: bool):
+        self.timings, self.name, self.progress = timings, name, progress
+
+    def __enter__(self) -> _Stage:
+        self.t0 = time.time()
+        if self.progress:
+            print(f"[tvm-mpq] {self.name} ...", flush=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.time() - self.t0
+        if self.progress and exc[0] is None:
+            print(f"[tvm-mpq] {self.name} done in {self.timings[self.name]:.1f}s", flush=True)
+
+
+class _MeasuredFirst:
+    """Cost function for the search: the measured cost where the DB has one, else the
+    cost model's prediction (calibrated by the measured points)."""
+
+    def __init__(self, cm: Any, measured: dict[tuple, float]):
+        self.cm, self.measured = cm, measured
+
+    def __call__(self, queries: Sequence[Any]) -> np.ndarray:
+        pred = np.asarray(self.cm(list(queries)), dtype=np.float64)
+        return np.asarray([self.measured.get(q.key(), p) for q, p in zip(queries, pred, strict=True)])
+
+
+def _measured_costs(db: Any, profile: str, backend: str, unit: str) -> dict[tuple, float]:
+    out: dict[tuple, float] = {}
+    for r in db.records(profile, backend, status="ok"):
+        d = r.to_dict() if hasattr(r, "to_dict") else r
+        if d.get("schedule", "default") != "default":
+            continue
+        v = d.get(unit)
+        if v is not None:
+            out[(d["workload_key"], d["variant"], int(d["w_bits"]), int(d["a_bits"]), profile)] = float(v)
+    return out
+
+
+def _plan_queries(plan: QuantPlan, table: Any, profile: Profile) -> list[Any]:
+    from .plan import resolve_variant
+    from .search.features import CostQuery, layer_workload
+
+    out = []
+    for r in table:
+        cfg = plan[r.name] if r.name in plan else LayerConfig(FP32, FP32)
+        if cfg.is_fp32 or not r.quantizable:
+            out.append(CostQuery(layer_workload(r), "fp32", 8, 8, profile.name))
+        else:
+            v = cfg.variant or resolve_variant(cfg.w_bits, cfg.a_bits, profile.name)
+            out.append(CostQuery(layer_workload(r), v, cfg.w_bits, cfg.a_bits, profile.name))
+    return out
+
+
+def _uniform(model: torch.nn.Module, w: int, a: int, variant: str | None,
+             problem: Any | None = None) -> QuantPlan:
+    plan = QuantPlan.uniform(model, w_bits=w, a_bits=a, variant=variant)
+    if variant is None and problem is not None:  # the variant the costs say is fastest
+        try:
+            plan = problem.decode(problem.encode(plan))
+        except (KeyError, ValueError):
+            pass
+    return plan
+
+
+# ---------------------------------------------------------------------- tune()
+def tune(  # noqa: C901 - one orchestrating function, stage by stage
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    target: str | Profile = "riscv",
+    *,
+    calib_data: Any,
+    eval_data: Any = None,
+    eval_fn: Callable[[Callable[[Any], Any]], float] | None = None,
+    max_accuracy_drop: float = 1.0,
+    latency_budget: float | None = None,
+    size_budget: float | None = None,
+    backend: str = "spike",
+    workdir: str = "tvm_mpq_tune",
+    bits: Sequence[tuple[int, int]] = DEFAULT_BITS,
+    variants: Sequence[str] = DEFAULT_VARIANTS,
+    measure_budget: int | None = None,
+    active_rounds: int = 1,
+    pop_size: int = 40,
+    generations: int = 40,
+    sensitivity_samples: int = 512,
+    final_eval_samples: int | None = None,
+    final_measure: bool = True,
+    compiled_eval: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> TuneResult:
+    """Search per-layer bit-widths that minimise measured cost on ``target``.
+
+    Args:
+        model: trained float torch model.
+        example_inputs: example input (fixes static shapes, batch included).
+        target: "riscv" (rv64gc_zbb), "riscv64-zbb", "riscv64" (rv64gc, no Zbb),
+            "riscv64-v", "riscv32", "host", or a profile name.
+        calib_data: calibration inputs (tensor or iterable of batches).
+        eval_data: ``(images, labels)`` held-out data: the first ``sensitivity_samples``
+            are used for per-layer sensitivity, all of it (or ``final_eval_samples``) for
+            the real accuracy of front members and baselines.
+        eval_fn: ``eval_fn(forward) -> accuracy`` (fraction), called with a callable that
+            maps a batch of inputs to logits; default: top-1 accuracy on ``eval_data``.
+        max_accuracy_drop: budget in accuracy POINTS (1.0 = one percentage point) vs fp32.
+        latency_budget: cost budget (instructions for simulators, seconds for "host").
+        size_budget: weight bytes budget.
+        backend: "spike", "qemu" (retired instructions) or "host" (wall seconds).
+        workdir: where every stage checkpoints; re-running resumes.
+        bits: candidate (w_bits, a_bits) per layer (fp32 is always allowed).
+        variants: candidate kernel variants.
+        measure_budget: kernels in the initial measurement design (default: every distinct
+            workload at every (variant, bits) -- exhaustive for small nets).
+        active_rounds: measure the front's unmeasured kernels, refit, re-search; this often.
+        pop_size, generations: NSGA-II settings.
+        final_measure: measure the chosen plan and baselines end to end (standalone
+            artifact on the simulator) and evaluate them through the compiled model.
+        seed: random seed.
+
+    Returns:
+        A :class:`TuneResult` (also saved to ``workdir/result``).
+    """
+    from .data import evaluate
+    from .frontend import import_model
+    from .rpc.database import MeasurementDB
+    from .rpc.measure import measure_many
+    from .search.costmodel import CostModel, evaluate_holdout, initial_design
+    from .search.nsga import refine, run_nsga
+    from .search.problem import MPQProblem
+    from .search.sensitivity import SensitivityTable, layer_sensitivity
+
+    profile = resolve_profile(target)
+    if backend == "host" and not profile.is_host:
+        raise ValueError("backend 'host' measures wall time on this machine: use target='host'")
+    if backend in ("spike", "qemu") and profile.is_host:
+        raise ValueError(f"backend {backend!r} simulates RISC-V: pick a RISC-V target")
+    if eval_data is None and eval_fn is None:
+        raise ValueError("tune needs eval_data=(images, labels) or eval_fn to measure accuracy")
+    unit = "seconds" if backend == "host" else "instructions"
+    os.makedirs(workdir, exist_ok=True)
+    timings: dict[str, float] = {}
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    model = model.eval()
+    calib_x = calib_data
+    ex, ey = _split_xy(eval_data) if eval_data is not None else (None, None)
+    if ex is not None and ey is None:
+        raise ValueError("eval_data must be (images, labels)")
+
+    def accuracy_of(forward: Callable[[Any], Any], n: int | None = None) -> float:
+        if eval_fn is not None:
+            return float(eval_fn(forward))
+        x, y = (ex, ey) if n is None else (ex[:n], ey[:n])
+        return float(evaluate(forward, x, y, batch_size=256))
+
+    qcache = _QParamsCache(model, calib_x)
+
+    def torch_forward(plan: QuantPlan) -> Callable[[Any], Any]:
+        from .fakequant import fake_quant
+
+        if not plan.quantized_layers():
+            return fold_bn(model).eval()
+        return fake_quant(model, plan, qparams=qcache(plan))
+
+    # 1. import ----------------------------------------------------------------------
+    with _Stage(timings, "import", progress):
+        imported = import_model(fold_bn(model), example_inputs)
+        table = imported.table
+        with open(os.path.join(workdir, "layers.md"), "w") as f:
+            f.write(table.to_markdown())
+        layers = table.quantizable_names()
+
+    # 2. sensitivity -------------------------------------------------------------------
+    sens_path = os.path.join(workdir, "sensitivity.json")
+    with _Stage(timings, "sensitivity", progress):
+        if os.path.exists(sens_path):
+            sens = SensitivityTable.load(sens_path)
+        else:
+            if ex is None:
+                raise ValueError("per-layer sensitivity needs eval_data=(images, labels)")
+            sens = layer_sensitivity(model, calib_x, (ex[:sensitivity_samples], ey[:sensitivity_samples]),
+                                     bits=list(bits), layers=layers, progress=progress)
+            sens.save(sens_path)
+
+    # 3. measurement campaign -----------------------------------------------------------
+    db = MeasurementDB(os.path.join(workdir, "measurements.sqlite"))
+    kwork = os.path.join(workdir, "kernels")
+
+    def measure(queries: Sequence[Any]) -> None:
+        reqs = list({q.key(): q.request() for q in queries}.values())
+        if reqs:
+            measure_many(reqs, profile.name, backend, db=db, progress=progress, work_dir=kwork)
+
+    with _Stage(timings, "measure", progress):
+        n_wl = len(table.distinct_workloads())
+        budget = measure_budget or n_wl * (1 + len(variants) * len(bits))
+        design = initial_design(table, list(variants), list(bits), profile.name, budget, seed=seed)
+        measure(design)
+
+    # 4.-5. cost model + search, with active learning ----------------------------------
+    search_dir = os.path.join(workdir, "search")
+    cm = None
+    front = None
+    problem = None
+    for rnd in range(active_rounds + 1):
+        with _Stage(timings, "cost model", progress):
+            recs = db.records(profile.name, backend, status="ok")
+            cm = CostModel(seed=seed).fit(recs)
+            cm.save(os.path.join(workdir, "costmodel.json"))
+            measured = _measured_costs(db, profile.name, backend, unit)
+        with _Stage(timings, "search", progress):
+            problem = MPQProblem(table, _MeasuredFirst(cm, measured), sens, profile.name,
+                                 bits=list(bits), variants=list(variants), metric="loss",
+                                 max_latency=latency_budget, max_size=size_budget, layers=layers)
+            front = run_nsga(problem, pop_size=pop_size, n_gen=generations, seed=seed + rnd,
+                             workdir=os.path.join(search_dir, f"round{rnd}"), progress=progress)
+        if rnd == active_rounds:
+            break
+        with _Stage(timings, "active learning", progress):
+            todo = [q for m in front.members for q in problem.plan_queries(m.plan, table)
+                    if q.key() not in measured]
+            for base in ((8, 8, "int8"), (4, 4, None)):
+                todo += [q for q in _plan_queries(_uniform(model, *base, problem), table, profile)
+                         if q.key() not in measured]
+            if not todo:
+                break
+            measure(todo)
+
+    with _Stage(timings, "cost model report", progress):
+        recs = db.records(profile.name, backend, status="ok")
+        report: dict[str, Any] = {}
+        try:
+            rep = evaluate_holdout(recs, groups="workload")
+            report = {"mape": rep.mape, "within_10pct": rep.within_10pct,
+                      "spearman": rep.spearman, "spearman_within": rep.spearman_within,
+                      "n": rep.n, "n_folds": rep.n_folds, "groups": rep.groups,
+                      "summary": rep.summary()}
+        except Exception as e:  # too few workloads for a held-out split: say so, keep going
+            report = {"error": f"{type(e).__name__}: {e}"}
+        with open(os.path.join(workdir, "costmodel_report.json"), "w") as f:
+            json.dump(report, f, indent=1, default=str)
+
+    # 6. refinement: real accuracy of front members ---------------------------------------
+    n_eval = final_eval_samples
+    with _Stage(timings, "refine", progress):
+        fp32_plan = QuantPlan.fp32(model)
+        fp32_acc = accuracy_of(torch_forward(fp32_plan), n_eval)
+        refined = refine(front, lambda p: accuracy_of(torch_forward(_full_plan(p, model)), n_eval),
+                         baseline=fp32_acc, keep_dominated=True, progress=progress)
+
+    # 7. costs from measurements, baselines, final end-to-end measurement ---------------
+    with _Stage(timings, "final", progress):
+        def point(label: str, plan: QuantPlan, acc: float | None = None,
+                  proxy: float | None = None) -> PlanPoint:
+            qs = _plan_queries(plan, table, profile)
+            measure([q for q in qs if q.key() not in measured])
+            measured.update(_measured_costs(db, profile.name, backend, unit))
+            pred = float(np.sum(cm(qs)))
+            meas = [measured.get(q.key()) for q in qs]
+            mcost = float(sum(meas)) if all(v is not None for v in meas) else None
+            if acc is None:
+                acc = accuracy_of(torch_forward(plan), n_eval)
+            drop = fp32_acc - acc
+            size = float(plan.weight_bytes(table))
+            ok = (drop * 100 <= max_accuracy_drop + 1e-9
+                  and (latency_budget is None or (mcost if mcost is not None else pred) <= latency_budget)
+                  and (size_budget is None or size <= size_budget))
+            notes = "" if mcost is not None else "a kernel of this plan failed to measure"
+            return PlanPoint(label, plan, pred, mcost, None, acc, None, drop, proxy, size, ok, notes)
+
+        pareto = [point("front", _full_plan(m.plan, model), m.accuracy, m.proxy_drop)
+                  for m in refined.members]
+        # keep the measured non-dominated set (cost measured, drop, size), fastest first
+        pareto = _non_dominated(pareto)
+        baselines = {
+            "fp32": point("fp32", fp32_plan, fp32_acc),
+            "int8": point("int8", _uniform(model, 8, 8, "int8")),
+            "w4a4": point("w4a4", _uniform(model, 4, 4, None, problem)),
+        }
+        feasible = [p for p in pareto if p.meets_constraints and p.measured_cost is not None]
+        best = min(feasible, key=lambda p: p.measured_cost) if feasible else None
+        if best is not None:
+            best.label = "best"
+            message = (f"best plan: {best.measured_cost:.4g} {unit} "
+                       f"({best.measured_cost / baselines['int8'].measured_cost:.2f}x uniform int8)"
+                       if baselines["int8"].measured_cost else "best plan found")
+        else:
+            closest = min(pareto, key=lambda p: p.drop if p.drop is not None else math.inf,
+                          default=None)
+            message = ("no plan meets the constraints (max accuracy drop "
+                       f"{max_accuracy_drop} points"
+                       + (f", latency <= {latency_budget:g}" if latency_budget else "")
+                       + (f", size <= {size_budget:g} B" if size_budget else "") + ")"
+                       + (f"; the most accurate front plan drops {closest.drop * 100:.2f} points"
+                          if closest and closest.drop is not None else "")
+                       + "; the front is returned anyway")
+        if final_measure:
+            _final_measure([best] + list(baselines.values()), model, example_inputs, qcache,
+                           profile, backend, workdir, accuracy_of if compiled_eval else None,
+                           n_eval, progress)
+
+    res = TuneResult(pareto, best, baselines, message, profile.name, backend, unit, fp32_acc,
+                     report, timings,
+                     {"bits": [list(b) for b in bits], "variants": list(variants),
+                      "max_accuracy_drop": max_accuracy_drop, "latency_budget": latency_budget,
+                      "size_budget": size_budget, "pop_size": pop_size,
+                      "generations": generations, "active_rounds": active_rounds,
+                      "measured_kernels": db.count(profile.name, backend)},
+                     workdir, model, example_inputs, calib_x)
+    res.save(os.path.join(workdir, "result"))
+    try:
+        res.report(os.path.join(workdir, "result"))
+    except Exception as e:  # a plotting problem must not lose the result
+        log.warning("report failed: %s", e)
+    return res
+
+
+class _QParamsCache:
+    """Quantization parameters of any plan from one calibration per bits pair.
+
+    Activation ranges are observed on the float model, where a layer's input does not
+    depend on how the other layers are planned, so a uniform plan's parameters of a layer
+    are that layer's parameters in every plan with the same bits (as in sensitivity).
+    """
+
+    def __init__(self, model: torch.nn.Module, calib: Any):
+        self.model, self.calib = model, calib
+        self.by_bits: dict[tuple[int, int], Any] = {}
+
+    def __call__(self, plan: QuantPlan) -> Any:
+        from .calibration import QuantParams, calibrate
+
+        qp = QuantParams()
+        for name in plan.quantized_layers():
+            cfg = plan[name]
+            key = (cfg.w_bits, cfg.a_bits)
+            if key not in self.by_bits:
+                self.by_bits[key] = calibrate(self.model, QuantPlan.uniform(
+                    self.model, w_bits=cfg.w_bits, a_bits=cfg.a_bits), self.calib)
+            qp.layers[name] = self.by_bits[key][name]
+        return qp
+
+
+def _full_plan(plan: QuantPlan, model: torch.nn.Module) -> QuantPlan:
+    """The search's plan covers the searched layers; give every other layer fp32."""
+    full = QuantPlan.fp32(model)
+    for name in plan.layers():
+        cfg = plan[name]
+        if name in full:
+            full.set(name, w_bits=cfg.w_bits, a_bits=cfg.a_bits, variant=cfg.variant)
+    return full
+
+
+def _non_dominated(points: list[PlanPoint]) -> list[PlanPoint]:
+    def cost(p: PlanPoint) -> float:
+        return p.measured_cost if p.measured_cost is not None else p.predicted_cost
+
+    keep = []
+    for p in points:
+        dominated = any(
+            cost(q) <= cost(p) and (q.drop or 0) <= (p.drop or 0) and q.size_bytes <= p.size_bytes
+            and (cost(q) < cost(p) or (q.drop or 0) < (p.drop or 0) or q.size_bytes < p.size_bytes)
+            for q in points if q is not p)
+        if not dominated:
+            keep.append(p)
+    uniq: dict[str, PlanPoint] = {}
+    for p in keep:
+        uniq.setdefault(json.dumps(p.plan.to_dict(), sort_keys=True), p)
+    return sorted(uniq.values(), key=cost)
+
+
+def _final_measure(points: list[PlanPoint | None], model: torch.nn.Module, example_inputs: Any,
+                   qcache: _QParamsCache, profile: Profile, backend: str, workdir: str,
+                   accuracy_of: Callable[..., float] | None, n_eval: int | None,
+                   progress: bool) -> None:
+    """Whole-model cost of the standalone artifact + accuracy through the compiled model."""
+    from .compiler import compile as mpq_compile
+
+    for p in points:
+        if p is None:
+            continue
+        try:
+            x1 = example_inputs[0][:1]
+            cm1 = mpq_compile(model, (x1,), p.plan, profile, qparams=qcache(p.plan))
+            if backend in ("spike", "qemu"):
+                from .standalone import export_standalone, run_standalone
+
+                d = os.path.join(workdir, "standalone", p.label)
+                art = export_standalone(cm1, d)
+                r = run_standalone(art, x1.numpy(), backend=backend)
+                if r.status == "ok":
+                    p.model_cost = float(r.instructions)
+                else:
+                    p.notes += f" standalone run {r.status}: {r.message}"
+            if accuracy_of is not None:
+                b = 64
+                cmb = mpq_compile(model, (torch.zeros(b, *x1.shape[1:]),), p.plan, "host",
+                                  qparams=cm1.qparams)
+                p.compiled_accuracy = accuracy_of(_Padded(cmb), n_eval)
+        except Exception as e:  # record the failure on the point; the others still run
+            log.warning("final measurement of %s failed: %s", p.label, e)
+            p.notes += f" final measurement failed: {type(e).__name__}: {e}"
+        if progress:
+            print(f"[tvm-mpq]   {p.label}: model {p.model_cost} {('instructions')}, "
+                  f"compiled accuracy {p.compiled_accuracy}", flush=True)
+
+
+class _Padded:
+    """Runs a static-batch compiled model on any batch size (pads the last chunk)."""
+
+    def __init__(self, cm: Any):
+        self.cm = cm
+
+    def __call__(self, xb: Any) -> np.ndarray:
+        if isinstance(xb, torch.Tensor):
+            xb = xb.numpy()
+        return self.cm.predict(np.asarray(xb, dtype=np.float32))
