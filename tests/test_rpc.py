@@ -105,6 +105,10 @@ def test_unreachable_tracker_message(capsys):
         RPCMeasurer("127.0.0.1", port, REAL_KEY).measure_many([{"sleep_s": 0}])
     assert cli_rpc.main(["status", "--tracker", f"127.0.0.1:{port}"]) == 2
     assert "tvm-mpq rpc tracker" in capsys.readouterr().err
+    from tvm_mpq import cli  # the `rpc` subcommand is plugged into the main CLI
+
+    assert cli.main(["rpc", "status", "--tracker", f"127.0.0.1:{port}"]) == 2
+    assert f"127.0.0.1:{port}" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not _spike_available(), reason="spike / riscv64-unknown-elf-gcc not installed")
@@ -215,3 +219,77 @@ def test_measure_on_board_over_loopback(cluster, tmp_path):
     assert res["status"] == "ok" and len(res["results"]) == 3
     assert res["seconds_min"] <= res["seconds"] <= res["seconds_max"] and res["seconds"] > 0
     np.testing.assert_array_equal(res["outputs"][2], x + y)
+
+
+@pytest.mark.slow
+def test_cli_tracker_and_serve_processes(tmp_path):
+    """`tvm-mpq rpc tracker` and `rpc serve -n 2` as processes; status; clean SIGTERM stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    srv_port = random.randint(20000, 50000)
+    py = [sys.executable, "-m", "tvm_mpq.rpc.cli_rpc"]
+    tr = subprocess.Popen(py + ["tracker", "--port", str(port)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    srv = None
+    try:
+        for _ in range(5):  # TVM logs "bind to" first
+            line = tr.stdout.readline()
+            if "listening on 127.0.0.1" in line or not line:
+                break
+        assert "listening on 127.0.0.1" in line, line
+        srv = subprocess.Popen(py + ["serve", "--profile", "rv64gc", "-n", "2", "--tracker",
+                                     f"127.0.0.1:{port}", "--port", str(srv_port),
+                                     "--log-dir", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+        assert "2 RPC server(s) for key 'spike-rv64gc'" in srv.stdout.readline()
+        S.wait_for_servers(("127.0.0.1", port), "spike-rv64gc", 2, timeout=60)
+        out = subprocess.run(py + ["status", "--tracker", f"127.0.0.1:{port}"], capture_output=True,
+                             text=True, timeout=120).stdout
+        assert any(ln.split()[:2] == ["spike-rv64gc", "2"] for ln in out.splitlines())
+    finally:
+        for p in (srv, tr):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(30)
+    assert srv.returncode == 0 and tr.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _spike_available(), reason="spike / riscv64-unknown-elf-gcc not installed")
+def test_server_killed_during_real_measurement():
+    """A real spike measurement whose server is killed is re-run on the other server."""
+    from tvm_mpq.schedules.workload import Conv2dWorkload
+
+    base = random.randint(20000, 50000)
+    tr = T.start_tracker("127.0.0.1", base, base + 50)
+    try:
+        with S.start_servers(REAL_KEY, "rv64gc", 2, tracker=("127.0.0.1", tr.port), port=base + 100,
+                             port_end=base + 200) as g:
+            S.wait_for_servers(("127.0.0.1", tr.port), REAL_KEY, 2)
+            wl = Conv2dWorkload.make((1, 64, 28, 28), (64, 64, 3, 3), 1, 1)  # ~1e8 instructions
+            req = {"workload": wl.to_dict(), "variant": "int8", "w_bits": 8, "a_bits": 8}
+            m = RPCMeasurer("127.0.0.1", tr.port, REAL_KEY, max_retries=1)
+            def kill_when_busy() -> None:  # both servers handed out, then 1 s into the run
+                while T.tracker_status("127.0.0.1", tr.port).keys[REAL_KEY].free > 0:
+                    time.sleep(0.1)
+                time.sleep(1.0)
+                killed.append(time.monotonic())
+                g.kill(0)
+
+            killed: list[float] = []
+            killer = threading.Thread(target=kill_when_busy)
+            killer.start()
+            recs = m.measure_many([req, req])
+            killer.join()
+            assert all(r["status"] == "ok" for r in recs), [r["message"] for r in recs]
+            assert recs[0]["instructions"] == recs[1]["instructions"]
+            retried = [r for r in recs if r["extra"]["rpc"].get("lost_servers")]
+            assert len(retried) == 1
+            assert retried[0]["extra"]["rpc"]["server"] == f"127.0.0.1:{g.ports[1]}"
+    finally:
+        T.stop_tracker(tr)

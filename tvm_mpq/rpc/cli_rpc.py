@@ -71,7 +71,7 @@ def _cmd_build_runtime(a: argparse.Namespace) -> int:
 
 def add_rpc_parser(subparsers) -> None:
     """Register ``rpc`` and its subcommands on ``subparsers`` (an argparse subparsers action)."""
-    from .server import DEFAULT_IMPL, DEFAULT_SERVER_PORT, DEFAULT_SERVER_PORT_END
+    from .server import DEFAULT_IMPL, DEFAULT_SERVER_PORT
 
     rpc = subparsers.add_parser("rpc", help="RPC tracker, measurement servers, boards",
                                 description="Distributed measurement over TVM RPC (docs/rpc.md).")
@@ -93,7 +93,8 @@ def add_rpc_parser(subparsers) -> None:
     p.add_argument("--tracker", default=None, help=_TRACKER_HELP)
     p.add_argument("--host", default=DEFAULT_HOST, help="address the servers bind to")
     p.add_argument("--port", type=int, default=DEFAULT_SERVER_PORT)
-    p.add_argument("--port-end", type=int, default=DEFAULT_SERVER_PORT_END)
+    p.add_argument("--port-end", type=int, default=None,
+                   help="search free ports up to this one (default --port + 100)")
     p.add_argument("--impl", default=DEFAULT_IMPL, help=argparse.SUPPRESS)
     p.add_argument("--log-dir", help="write each server's log to DIR/<key>-<i>.log")
     p.add_argument("-v", "--verbose", action="store_true", help="log every session")
@@ -111,6 +112,11 @@ def add_rpc_parser(subparsers) -> None:
     p.add_argument("-j", "--jobs", type=int, default=2)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_build_runtime)
+
+
+# the hook tvm_mpq.cli looks for (PLUGIN_MODULES)
+SUBCOMMAND = "rpc"
+add_parser = add_rpc_parser
 
 
 def main(argv: list[str] | None = None) -> int:

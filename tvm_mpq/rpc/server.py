@@ -40,7 +40,11 @@ INFO_FUNC = "tvm_mpq.server_info"
 DEFAULT_IMPL = "tvm_mpq.rpc.measure:measure_request_json"
 SELFTEST_IMPL = "tvm_mpq.rpc.server:selftest_measure"
 DEFAULT_SERVER_PORT = 9090
-DEFAULT_SERVER_PORT_END = 9199
+
+
+def _port_end(port: int, port_end: int | None) -> int:
+    """End of the port search: the given one, or 100 ports above ``port`` when it is not above."""
+    return port_end if port_end is not None and port_end > port else port + 100
 
 
 def default_key(profile: str, backend: str = "spike") -> str:
@@ -117,7 +121,7 @@ def _die_with_parent() -> None:
 
 def serve_one(key: str, profile: str, backend: str = "spike",
               tracker: str | tuple[str, int] | None = None, host: str = DEFAULT_HOST,
-              port: int = DEFAULT_SERVER_PORT, port_end: int = DEFAULT_SERVER_PORT_END,
+              port: int = DEFAULT_SERVER_PORT, port_end: int | None = None,
               impl: str = DEFAULT_IMPL, custom_addr: str | None = None, silent: bool = False) -> None:
     """Run one measurement server in the foreground until SIGTERM/SIGINT.
 
@@ -146,7 +150,7 @@ def serve_one(key: str, profile: str, backend: str = "spike",
         tvm_server.logger.setLevel(logging.WARNING)
     tracker_addr = parse_addr(tracker, DEFAULT_PORT) if tracker is not None else None
     state = tvm_server.PopenRPCServerState(
-        host, port, port_end, False, tracker_addr, key, None, custom_addr, silent)
+        host, port, _port_end(port, port_end), False, tracker_addr, key, None, custom_addr, silent)
     print(f"RPC server {key} on {host}:{state.port} pid {os.getpid()}", flush=True)
 
     stop = threading.Event()
@@ -215,7 +219,7 @@ class ServerGroup:
 
 def start_servers(key: str, profile: str, n: int = 1, backend: str = "spike",
                   tracker: str | tuple[str, int] | None = None, host: str = DEFAULT_HOST,
-                  port: int = DEFAULT_SERVER_PORT, port_end: int = DEFAULT_SERVER_PORT_END,
+                  port: int = DEFAULT_SERVER_PORT, port_end: int | None = None,
                   impl: str = DEFAULT_IMPL, silent: bool = True, startup_timeout: float = 120,
                   log_dir: str | None = None) -> ServerGroup:
     """Start ``n`` server processes (``python -m tvm_mpq.rpc.server``) and wait until bound.
@@ -236,7 +240,7 @@ def start_servers(key: str, profile: str, n: int = 1, backend: str = "spike",
         # all start at once (importing TVM takes seconds); concurrent port searches are safe:
         # bind() is atomic and a loser moves on to the next port
         for i in range(n):
-            cmd = cmd_base + ["--port", str(port), "--port-end", str(port_end)]
+            cmd = cmd_base + ["--port", str(port), "--port-end", str(_port_end(port, port_end))]
             out = open(os.path.join(log_dir, f"{key}-{i}.log"), "w+") if log_dir else None  # noqa: SIM115
             group.procs.append(subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=out or subprocess.STDOUT, text=True,
@@ -244,7 +248,10 @@ def start_servers(key: str, profile: str, n: int = 1, backend: str = "spike",
             group._logs.append(out)
         deadline = time.monotonic() + startup_timeout
         for p, out in zip(group.procs, group._logs, strict=True):
-            group.ports.append(_wait_bound(p, max(deadline - time.monotonic(), 1.0)))
+            try:
+                group.ports.append(_wait_bound(p, max(deadline - time.monotonic(), 1.0)))
+            except RuntimeError as err:
+                raise RuntimeError(f"{err}{f' (log: {out.name})' if out else ''}") from None
             # drain stdout so a chatty server never blocks on a full pipe
             threading.Thread(target=_drain, args=(p.stdout, out), daemon=True).start()
     except BaseException:
@@ -270,6 +277,11 @@ def _wait_bound(p: subprocess.Popen, timeout: float) -> int:
     if result:
         return result[0]
     tail = "".join(lines[-20:])
+    if not t.is_alive():  # stdout closed: the process is exiting
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
     if p.poll() is None:
         raise RuntimeError(f"RPC server did not bind within {timeout:.0f} s:\n{tail}")
     raise RuntimeError(f"RPC server exited with code {p.returncode}:\n{tail}")
@@ -331,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tracker", help="HOST:PORT of the tracker (none: serve direct connections)")
     ap.add_argument("--host", default=DEFAULT_HOST)
     ap.add_argument("--port", type=int, default=DEFAULT_SERVER_PORT)
-    ap.add_argument("--port-end", type=int, default=DEFAULT_SERVER_PORT_END)
+    ap.add_argument("--port-end", type=int, default=None, help="end of the port search (default port+100)")
     ap.add_argument("--custom-addr", help="address reported to the tracker (NAT, containers)")
     ap.add_argument("--impl", default=DEFAULT_IMPL,
                     help="MODULE:FUNCTION (str -> str) behind tvm_mpq.measure_json, or 'selftest'")

@@ -164,8 +164,15 @@ def start_tracker(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, port_end: 
 
 def stop_tracker(tracker) -> None:
     """Stop a tracker started by :func:`start_tracker` (idempotent)."""
-    if tracker is not None:
+    if tracker is None:
+        return
+    try:
         tracker.terminate()
+    except (OSError, AssertionError, struct.error):
+        # the tracker process is already gone (e.g. a Ctrl-C reached the whole process group)
+        if tracker.proc is not None:
+            tracker.proc.kill()
+            tracker.proc = None
 
 
 def run_tracker_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -178,7 +185,7 @@ def run_tracker_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         signal.signal(sig, lambda *_: done.set())
     try:
         while not done.wait(1.0):
-            if not tracker.proc.is_alive():
+            if not tracker.proc.is_alive() and not done.wait(0.5):  # a group signal kills it first
                 raise RuntimeError("the tracker process exited unexpectedly")
     finally:
         stop_tracker(tracker)
