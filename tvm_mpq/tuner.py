@@ -431,16 +431,28 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     problem = None
     for rnd in range(active_rounds + 1):
         with _Stage(timings, "cost model", progress):
-            recs = db.records(profile.name, backend, status="ok")
-            cm = CostModel(seed=seed).fit(recs)
+            # each round's model and measured set are kept, so a resumed run rebuilds the
+            # identical problem and its NSGA-II checkpoint applies
+            rdir = os.path.join(search_dir, f"round{rnd}")
+            os.makedirs(rdir, exist_ok=True)
+            cm_path, meas_path = os.path.join(rdir, "costmodel.json"), os.path.join(rdir, "measured.json")
+            if os.path.exists(cm_path) and os.path.exists(meas_path):
+                cm = CostModel.load(cm_path)
+                with open(meas_path) as f:
+                    measured = {tuple(k): v for k, v in json.load(f)}
+            else:
+                cm = CostModel(seed=seed).fit(db.records(profile.name, backend, status="ok"))
+                measured = _measured_costs(db, profile.name, backend, unit)
+                cm.save(cm_path)
+                with open(meas_path, "w") as f:
+                    json.dump([[list(k), v] for k, v in measured.items()], f)
             cm.save(os.path.join(workdir, "costmodel.json"))
-            measured = _measured_costs(db, profile.name, backend, unit)
         with _Stage(timings, "search", progress):
             problem = MPQProblem(table, _MeasuredFirst(cm, measured), sens, profile.name,
                                  bits=list(bits), variants=list(variants), metric="loss",
                                  max_latency=latency_budget, max_size=size_budget, layers=layers)
             front = run_nsga(problem, pop_size=pop_size, n_gen=generations, seed=seed + rnd,
-                             workdir=os.path.join(search_dir, f"round{rnd}"), progress=progress)
+                             workdir=rdir, progress=progress)
         if rnd == active_rounds:
             break
         with _Stage(timings, "active learning", progress):

@@ -1,0 +1,83 @@
+"""tvm_mpq.tune() end to end on a tiny net (real Spike measurements), resume and reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+import tvm_mpq
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_compile import SmallNet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    torch.manual_seed(0)
+    m = SmallNet().eval()
+    x = torch.randn(96, 1, 12, 12)
+    y = m(x).argmax(1)  # labels: the float model's own predictions (fp32 accuracy 100%)
+    wd = str(tmp_path_factory.mktemp("tune"))
+    kw = dict(calib_data=x[:32], eval_data=(x, y), workdir=wd, bits=[(8, 8), (2, 2)],
+              variants=["int8", "bitserial"], pop_size=8, generations=4, active_rounds=1,
+              progress=False)
+    res = tvm_mpq.tune(m, x[:1], "riscv", **kw)
+    return m, x, kw, res
+
+
+def test_result_is_measured(tuned):
+    _, _, _, res = tuned
+    assert res.profile == "rv64gc_zbb" and res.cost_unit == "instructions"
+    assert res.pareto, "empty front"
+    for p in [*res.pareto, *res.baselines.values()]:
+        assert p.measured_cost is not None and p.measured_cost > 0  # from real Spike runs
+        assert 0.0 <= p.accuracy <= 1.0
+    # fp32 keeps the float model's predictions exactly
+    assert res.baselines["fp32"].accuracy == 1.0
+    # the end-to-end standalone artifact was run on Spike for the baselines
+    assert res.baselines["int8"].model_cost > res.baselines["int8"].measured_cost
+    assert res.baselines["int8"].compiled_accuracy is not None
+    if res.best is not None:
+        assert res.best.meets_constraints and res.best.drop * 100 <= 1.0 + 1e-9
+    else:
+        assert "no plan meets" in res.message
+
+
+def test_resume_uses_database_and_checkpoints(tuned, monkeypatch):
+    m, x, kw, res = tuned
+    import tvm_mpq.rpc.baremetal as bm
+
+    def boom(*a, **k):
+        raise AssertionError("re-run measured a kernel again instead of using the database")
+
+    monkeypatch.setattr(bm, "run_kernels", boom)
+    res2 = tvm_mpq.tune(m, x[:1], "riscv", **{**kw, "final_measure": False})
+    assert [p.plan for p in res2.pareto] == [p.plan for p in res.pareto]
+
+
+def test_save_load_report(tuned, tmp_path):
+    _, _, kw, res = tuned
+    loaded = tvm_mpq.load_result(kw["workdir"])
+    assert loaded.message == res.message
+    assert [p.plan for p in loaded.pareto] == [p.plan for p in res.pareto]
+    summary = loaded.report(str(tmp_path))
+    assert os.path.exists(os.path.join(tmp_path, "pareto.png"))
+    text = open(summary).read()
+    assert "| int8 |" in text and "| fp32 |" in text
+    with open(os.path.join(kw["workdir"], "result", "result.json")) as f:
+        assert json.load(f)["profile"] == "rv64gc_zbb"
+    cm = loaded.compile(loaded.pareto[0].plan, "host")
+    assert cm(torch.randn(1, 1, 12, 12)).shape == (1, 10)
+
+
+def test_bad_target_and_missing_eval():
+    m = SmallNet().eval()
+    with pytest.raises(ValueError, match="unknown target"):
+        tvm_mpq.tune(m, torch.randn(1, 1, 12, 12), "arm", calib_data=torch.randn(4, 1, 12, 12),
+                     eval_data=(torch.randn(4, 1, 12, 12), torch.zeros(4, dtype=torch.long)))
+    with pytest.raises(ValueError, match="eval_data"):
+        tvm_mpq.tune(m, torch.randn(1, 1, 12, 12), "riscv", calib_data=torch.randn(4, 1, 12, 12))
