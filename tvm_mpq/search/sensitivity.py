@@ -196,7 +196,9 @@ def layer_sensitivity(
         model: the float model (not modified).
         calib_data: calibration inputs, as :func:`~tvm_mpq.calibration.calibrate` takes them.
         eval_data: ``(images, labels)`` or images alone (then only "kl" is recorded);
-            keep it small (a few hundred images): cost is layers x bits forward passes.
+            keep it small: the cost is ``len(layers) * len(bits)`` forward passes over it
+            plus one calibration per bits pair (MobileNetV2 on Fashion-MNIST, 53 layers x
+            3 pairs x 256 images: ~13 min on 2 busy CPU cores).
         bits: candidate ``(w_bits, a_bits)`` pairs, each in {1, 2, 4, 8}.
         layers: layer names (default: every quantizable Conv2d / Linear, definition order;
             pass ``LayerTable.quantizable_names()`` for forward order).
