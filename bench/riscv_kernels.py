@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-size", type=int, default=8, help="kernels per simulator run")
     ap.add_argument("--json-out", default=None, help="write all records to this JSON file")
     args = ap.parse_args(argv)
+    # MetaSchedule's per-iteration tables would drown the Markdown output
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     for p in args.profiles:
         prof = get_profile(p)
         if prof.is_host:

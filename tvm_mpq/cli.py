@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -131,6 +132,8 @@ def _add_measure(sub: Any) -> None:
     g.add_argument("--work-dir", default=None, help="root of MetaSchedule work directories")
     g.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     g.add_argument("--json", action="store_true", help="print the record as JSON")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="show MetaSchedule's progress logs while tuning")
 
     p = sub.add_parser("measure", help="measure one kernel (instruction count or wall time)",
                        description="Measure one quantized kernel and store the record.")
@@ -192,6 +195,10 @@ def _run_measure(args: argparse.Namespace) -> int:
     from .rpc.simulators import ToolchainError
 
     parser: argparse.ArgumentParser = args.parser
+    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
+    if not args.verbose and ms_log.level == logging.NOTSET:
+        # MetaSchedule prints a table per iteration; its log files in --work-dir keep it all
+        ms_log.setLevel(logging.WARNING)
     profile = args.profile or ("host" if args.backend == "host" else "rv64gc_zbb")
     try:
         check_backend(profile, args.backend)
