@@ -79,9 +79,8 @@ class Profile:
 
 def host_target_dict() -> dict[str, Any]:
     """LLVM target for the machine we run on (its own CPU name, so e.g. AVX-512 popcount is used)."""
-    from tvm.target import codegen
-
     import psutil
+    from tvm.target import codegen
 
     cores = psutil.cpu_count(logical=False) or 1
     return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores}
