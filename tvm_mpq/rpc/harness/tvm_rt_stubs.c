@@ -73,3 +73,9 @@ void TVMFFIErrorSetRaisedFromCStr(const char *kind, const char *message) {
 }
 
 void TVMAPISetLastError(const char *msg) { TVMFFIErrorSetRaisedFromCStr("Error", msg); }
+
+/* LLVM lowers llvm.roundeven (our activation quantizer's round-half-to-even) to a roundevenf
+   libcall on soft-float targets (rv32imc); picolibc 1.8 does not provide it. The default
+   floating-point rounding mode is round-to-nearest-even, so nearbyintf is the same function. */
+#include <math.h>
+__attribute__((weak)) float roundevenf(float x) { return nearbyintf(x); }
