@@ -111,7 +111,8 @@ def write_report(res: Any, directory: str) -> str:
         f"{res.message}", "",
         f"fp32 accuracy: {_fmt(res.fp32_accuracy, pct=True)}", "",
         summary_table(res), "",
-        "measured cost = sum of measured per-layer kernel costs; whole model = the standalone "
+        "measured cost = sum of measured per-layer kernel costs (+ quantize/dequantize passes "
+        "of quantized layers); whole model = the standalone "
         "artifact's retired instructions (quantize/requantize and float ops included).", "",
         f"Cost model: {res.costmodel_report.get('summary', res.costmodel_report)}", "",
         "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()), "",

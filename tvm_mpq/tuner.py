@@ -72,8 +72,9 @@ class PlanPoint:
         label: "front", "best", or a baseline name ("fp32", "int8", "w4a4").
         predicted_cost: sum of the cost model's per-kernel predictions (measured kernels
             enter with their measured cost).
-        measured_cost: sum of measured per-kernel costs (None if a kernel failed or
-            was not measured); instructions on simulators, seconds on wall-clock backends.
+        measured_cost: sum of measured per-kernel costs plus, for quantized layers, their
+            measured quantize/dequantize passes (None if a kernel failed or was not
+            measured); instructions on simulators, seconds on wall-clock backends.
         model_cost: whole-model cost of the standalone artifact (instructions), if run.
         accuracy: accuracy on the held-out evaluation data (fake-quant reference in torch).
         compiled_accuracy: accuracy through the TVM-compiled model, if evaluated.
@@ -241,14 +242,84 @@ class _Stage:
 
 class _MeasuredFirst:
     """Cost function for the search: the measured cost where the DB has one, else the
-    cost model's prediction (calibrated by the measured points)."""
+    cost model's prediction; a quantized layer also pays its measured quantize +
+    dequantize passes (``overhead``, by workload key)."""
 
-    def __init__(self, cm: Any, measured: dict[tuple, float]):
-        self.cm, self.measured = cm, measured
+    def __init__(self, cm: Any, measured: dict[tuple, float], overhead: dict[str, float]):
+        self.cm, self.measured, self.overhead = cm, measured, overhead
 
     def __call__(self, queries: Sequence[Any]) -> np.ndarray:
         pred = np.asarray(self.cm(list(queries)), dtype=np.float64)
-        return np.asarray([self.measured.get(q.key(), p) for q, p in zip(queries, pred, strict=True)])
+        return np.asarray([self.measured.get(q.key(), p) + _qdq(q, self.overhead)
+                           for q, p in zip(queries, pred, strict=True)])
+
+
+def _qdq(q: Any, overhead: dict[str, float]) -> float:
+    return 0.0 if q.variant == "fp32" else overhead.get(q.workload.key(), 0.0)
+
+
+def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) -> dict[str, float]:
+    """Measured cost of the quantize (input) and dequantize (output) passes a quantized
+    call site adds, per distinct workload; cached in the JSON file ``path``.
+
+    Built from the compiler's own quantize/dequantize computations, run on the simulator
+    with outputs checked against numpy; a failed measurement raises (no guessed number).
+    """
+    from tvm import te
+
+    from .calibration import LayerQParams
+    from .compiler import _dequantize_te, _quantize_te
+    from .rpc.baremetal import KernelCase, run_kernels
+    from .search.features import layer_workload
+
+    cache: dict[str, float] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            cache = json.load(f)
+    rng = np.random.default_rng(0)
+    cases, owners = [], {}
+    for r in table:
+        if not r.quantizable:
+            continue
+        key = layer_workload(r).key()
+        if key in cache or key in owners.values():
+            continue
+        k = int(r.output_shape[1])
+        qp = LayerQParams(r.name, r.kind, 8, 8, np.float32(0.05), 7, np.full(k, 0.01, np.float32),
+                          np.zeros((k, 1), np.int8), np.zeros(k, np.float32))
+        x = te.placeholder(r.input_shape, "float32", "x")
+        acc = te.placeholder(r.output_shape, "int32", "acc")
+        corr = te.placeholder((k,), "int32", "corr")
+        scale = te.placeholder((k,), "float32", "scale")
+        bias = te.placeholder((k,), "float32", "bias")
+        xq = _quantize_te(x, qp)
+        y = _dequantize_te(acc, corr, scale, bias)
+        xv = rng.standard_normal(r.input_shape).astype(np.float32)
+        av = rng.integers(-5000, 5000, r.output_shape).astype(np.int32)
+        cv = rng.integers(-100, 100, k).astype(np.int32)
+        sv = rng.uniform(1e-4, 1e-2, k).astype(np.float32)
+        bv = rng.standard_normal(k).astype(np.float32)
+        ref_q = np.clip(np.round(xv / np.float32(0.05)) + 7, 0, 255).astype(np.uint8)
+        shape = [1] * len(r.output_shape)
+        shape[1] = -1
+        ref_y = ((av - cv.reshape(shape)).astype(np.float32) * sv.reshape(shape)
+                 + bv.reshape(shape)).astype(np.float32)
+        name = f"qdq{len(owners)}"
+        owners[name] = key
+        cases.append(KernelCase(name + "_q", te.create_prim_func([x, xq]),
+                                [xv, np.zeros(r.input_shape, np.uint8)], {1: ref_q}))
+        cases.append(KernelCase(name + "_d", te.create_prim_func([acc, corr, scale, bias, y]),
+                                [av, cv, sv, bv, np.zeros(r.output_shape, np.float32)], {4: ref_y}))
+    if cases:
+        runs = {c.name: c for c in run_kernels(cases, profile, backend)}
+        bad = [f"{n}: {c.status} {c.message}" for n, c in runs.items() if c.status != "ok"]
+        if bad:
+            raise RuntimeError("quantize/dequantize overhead measurement failed: " + "; ".join(bad[:3]))
+        for name, key in owners.items():
+            cache[key] = float(runs[name + "_q"].instructions + runs[name + "_d"].instructions)
+        with open(path, "w") as f:
+            json.dump(cache, f, indent=1)
+    return cache
 
 
 def _measured_costs(db: Any, profile: str, backend: str, unit: str) -> dict[tuple, float]:
@@ -423,6 +494,8 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
         budget = measure_budget or n_wl * (1 + len(variants) * len(bits))
         design = initial_design(table, list(variants), list(bits), profile.name, budget, seed=seed)
         measure(design)
+        overhead = (measure_qdq_overhead(table, profile, backend, os.path.join(workdir, "qdq_overhead.json"))
+                    if backend in ("spike", "qemu") else {})
 
     # 4.-5. cost model + search, with active learning ----------------------------------
     search_dir = os.path.join(workdir, "search")
@@ -448,7 +521,7 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
                     json.dump([[list(k), v] for k, v in measured.items()], f)
             cm.save(os.path.join(workdir, "costmodel.json"))
         with _Stage(timings, "search", progress):
-            problem = MPQProblem(table, _MeasuredFirst(cm, measured), sens, profile.name,
+            problem = MPQProblem(table, _MeasuredFirst(cm, measured, overhead), sens, profile.name,
                                  bits=list(bits), variants=list(variants), metric="loss",
                                  max_latency=latency_budget, max_size=size_budget, layers=layers)
             front = run_nsga(problem, pop_size=pop_size, n_gen=generations, seed=seed + rnd,
@@ -494,9 +567,10 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
             qs = _plan_queries(plan, table, profile)
             measure([q for q in qs if q.key() not in measured])
             measured.update(_measured_costs(db, profile.name, backend, unit))
-            pred = float(np.sum(cm(qs)))
+            extra = sum(_qdq(q, overhead) for q in qs)
+            pred = float(np.sum(cm(qs))) + extra
             meas = [measured.get(q.key()) for q in qs]
-            mcost = float(sum(meas)) if all(v is not None for v in meas) else None
+            mcost = float(sum(meas)) + extra if all(v is not None for v in meas) else None
             if acc is None:
                 acc = accuracy_of(torch_forward(plan), n_eval)
             drop = fp32_acc - acc
