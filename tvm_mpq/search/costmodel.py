@@ -2,9 +2,17 @@
 
 The model predicts the cost of a :class:`~tvm_mpq.search.features.CostQuery`
 (workload, variant, bits, profile): retired instructions for the deterministic
-simulator backends, seconds for wall-clock ones (one unit per model). It fits
-``log(cost / MACs)`` -- the per-MAC efficiency -- so that trees, which cannot
-extrapolate, still scale to workloads larger or smaller than the ones measured.
+simulator backends, seconds for wall-clock ones (one unit per model). It has two
+parts:
+
+* an *analytic prior*: per (variant, profile), cost ~= sum_t theta_t * count_t over
+  the iteration counts of the kernel's stages (:data:`~tvm_mpq.search.features.ANALYTIC_TERMS`:
+  padded elements, packed words, MACs, plane popcounts, ...), with non-negative
+  weights theta (instructions per iteration) fitted by relative-error NNLS. It
+  extrapolates to workload sizes never measured, which trees cannot;
+* XGBoost on the residual ``log(cost / prior)`` (what the loop structure alone misses:
+  unrolling thresholds, address arithmetic), with the prior's per-MAC cost as one
+  more feature. ``prior=False`` gives the old model, trees on ``log(cost / MACs)``.
 Uncertainty comes from a small bootstrap ensemble of boosters: the standard
 deviation of their log predictions (a relative error: 0.1 ~ +-10 %).
 
@@ -36,10 +44,12 @@ from typing import Any
 import numpy as np
 
 from .features import (
+    ANALYTIC_TERMS,
     FEATURE_NAMES,
     FEATURE_SCHEMA_VERSION,
     QUANT_VARIANTS,
     CostQuery,
+    analytic_terms,
     featurize,
     layer_workload,
     query_macs,
@@ -57,7 +67,7 @@ __all__ = [
 ]
 
 FORMAT = "tvm_mpq.search.costmodel"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "reg:squarederror",
@@ -119,6 +129,78 @@ def _pick_target(records: Sequence[dict[str, Any]]) -> str:
                      "target='instructions' or target='seconds' (one unit per model)")
 
 
+#: Extra booster input after FEATURE_NAMES when the analytic prior is on.
+PRIOR_FEATURE = "log_prior_per_mac"
+_MIN_GROUP = 4  # fewest kernels to fit a (variant, profile) prior on its own
+
+
+def _nnls_relative(T: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative theta minimising sum((T @ theta / y - 1)^2) (relative error)."""
+    from scipy.optimize import nnls
+
+    scale = T.max(axis=0)
+    used = scale > 0
+    theta = np.zeros(T.shape[1])
+    if not used.any():
+        return theta
+    A = T[:, used] / scale[used] / y[:, None]
+    sol, _ = nnls(A, np.ones(len(y)), maxiter=50 * A.shape[1])
+    theta[used] = sol / scale[used]
+    return theta
+
+
+class AnalyticPrior:
+    """Per-(variant, profile) linear model of cost in the kernel's stage iteration counts.
+
+    Weights (cost per iteration of each :data:`ANALYTIC_TERMS` stage) are non-negative
+    and fitted on relative error. A (variant, profile) with fewer than a handful of
+    kernels falls back to the variant's weights over all profiles, then to cost per MAC.
+    """
+
+    def __init__(self) -> None:
+        self.coef: dict[str, list[float]] = {}
+        self.per_mac: float = 1.0
+
+    @staticmethod
+    def _key(variant: str, profile: str | None) -> str:
+        return f"{variant}|{profile or '*'}"
+
+    def fit(self, queries: Sequence[CostQuery], y: np.ndarray) -> AnalyticPrior:
+        """Fit on queries and their costs ``y`` (linear units)."""
+        T = analytic_terms(queries)
+        macs = query_macs(queries)
+        self.per_mac = float(np.exp(np.mean(np.log(y / macs))))
+        groups: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(self._key(q.variant, q.profile), []).append(i)
+            groups.setdefault(self._key(q.variant, None), []).append(i)
+        self.coef = {k: _nnls_relative(T[idx], y[idx]).tolist()
+                     for k, idx in groups.items() if len(idx) >= _MIN_GROUP}
+        return self
+
+    def predict(self, queries: Sequence[CostQuery]) -> np.ndarray:
+        """Prior cost of each query (always > 0)."""
+        T = analytic_terms(queries)
+        macs = query_macs(queries)
+        out = np.empty(len(queries))
+        for i, q in enumerate(queries):
+            theta = self.coef.get(self._key(q.variant, q.profile)) or \
+                self.coef.get(self._key(q.variant, None))
+            p = float(T[i] @ np.asarray(theta)) if theta is not None else 0.0
+            out[i] = p if p > 0 else self.per_mac * macs[i]
+        return np.maximum(out, 1e-12)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"terms": list(ANALYTIC_TERMS), "coef": self.coef, "per_mac": self.per_mac}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnalyticPrior:
+        p = cls()
+        p.coef = {k: list(v) for k, v in d["coef"].items()}
+        p.per_mac = float(d["per_mac"])
+        return p
+
+
 class CostModel:
     """Bootstrap ensemble of XGBoost regressors on ``log(cost / MACs)``.
 
@@ -131,11 +213,13 @@ class CostModel:
         num_rounds: boosting rounds per member.
         params: xgboost parameters overriding :data:`DEFAULT_PARAMS`.
         seed: seed of the bootstrap and of xgboost.
+        prior: fit the analytic prior and let the boosters learn its residual (default);
+            False: boosters on ``log(cost / MACs)`` alone.
     """
 
     def __init__(self, n_members: int = 5, target: str = "auto", schedule: str | None = "default",
                  num_rounds: int = DEFAULT_ROUNDS, params: Mapping[str, Any] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, *, prior: bool = True) -> None:
         if n_members < 1:
             raise ValueError(f"n_members must be >= 1, got {n_members}")
         if target not in ("auto", "instructions", "seconds"):
@@ -143,6 +227,8 @@ class CostModel:
         self.n_members, self.target, self.schedule = n_members, target, schedule
         self.num_rounds, self.seed = num_rounds, seed
         self.params: dict[str, Any] = {**DEFAULT_PARAMS, **(params or {})}
+        self.use_prior = prior
+        self.prior: AnalyticPrior | None = None
         self.boosters: list[Any] = []
         self.trained_keys: set[tuple] = set()
         self.profiles: list[str] = []
@@ -179,19 +265,33 @@ class CostModel:
             queries[q.key()] = q
         keys = list(by_key)
         qs = [queries[k] for k in keys]
-        X = featurize(qs)
-        y = np.asarray([np.mean(by_key[k]) for k in keys]) - np.log(query_macs(qs))
+        log_cost = np.asarray([np.mean(by_key[k]) for k in keys])
+        self.prior = AnalyticPrior().fit(qs, np.exp(log_cost)) if self.use_prior else None
+        X, base = self._inputs(qs)
+        y = log_cost - base
         rng = np.random.default_rng(self.seed)
         self.boosters = []
         for m in range(self.n_members):
             idx = np.arange(len(y)) if m == 0 else rng.integers(0, len(y), len(y))
-            d = xgb.DMatrix(X[idx], label=y[idx], feature_names=list(FEATURE_NAMES))
+            d = xgb.DMatrix(X[idx], label=y[idx], feature_names=self._feature_names())
             params = {**self.params, "seed": self.seed + m}
             self.boosters.append(xgb.train(params, d, num_boost_round=self.num_rounds))
         self.trained_keys = set(keys)
         self.profiles = sorted({q.profile for q in qs})
         self.meta = {"n_train": len(keys)}
         return self
+
+    def _feature_names(self) -> list[str]:
+        return [*FEATURE_NAMES, PRIOR_FEATURE] if self.prior is not None else list(FEATURE_NAMES)
+
+    def _inputs(self, queries: Sequence[CostQuery]) -> tuple[np.ndarray, np.ndarray]:
+        """Booster inputs and the log baseline the boosters' output is added to."""
+        X = featurize(queries)
+        log_macs = np.log(query_macs(queries))
+        if self.prior is None:
+            return X, log_macs
+        log_prior = np.log(self.prior.predict(queries))
+        return np.column_stack([X, (log_prior - log_macs) / math.log(2)]), log_prior
 
     def predict_log(self, queries: Sequence[CostQuery]) -> np.ndarray:
         """Log-cost predictions of every member: shape ``(n_members, len(queries))``."""
@@ -201,8 +301,8 @@ class CostModel:
             raise RuntimeError("CostModel is not fitted: call fit(records) or CostModel.load(path)")
         if not queries:
             return np.zeros((len(self.boosters), 0))
-        d = xgb.DMatrix(featurize(queries), feature_names=list(FEATURE_NAMES))
-        base = np.log(query_macs(queries))
+        X, base = self._inputs(queries)
+        d = xgb.DMatrix(X, feature_names=self._feature_names())
         return np.stack([b.predict(d) + base for b in self.boosters])
 
     def predict(self, queries: Sequence[CostQuery]) -> tuple[np.ndarray, np.ndarray]:
@@ -230,6 +330,8 @@ class CostModel:
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "feature_schema_version": FEATURE_SCHEMA_VERSION,
             "feature_names": list(FEATURE_NAMES),
+            "analytic_terms": list(ANALYTIC_TERMS),
+            "prior": self.prior.to_dict() if self.prior is not None else None,
             "xgboost_version": xgb_v, "tvm_mpq_version": mpq_v,
             "target": self.target, "schedule": self.schedule, "n_members": self.n_members,
             "num_rounds": self.num_rounds, "params": self.params, "seed": self.seed,
@@ -272,6 +374,8 @@ class CostModel:
             saved, cur = doc.get("feature_names") or [], list(FEATURE_NAMES)
             diff = sorted(set(saved) ^ set(cur)) or ["(same names, other order)"]
             problems.append(f"feature names differ: {', '.join(diff[:8])}")
+        if doc.get("prior") is not None and doc.get("analytic_terms") != list(ANALYTIC_TERMS):
+            problems.append("analytic prior terms differ")
         if problems:
             raise CostModelMismatchError(
                 f"{where}: cost model was trained on another feature schema ({'; '.join(problems)})"
@@ -287,7 +391,8 @@ class CostModel:
                     f"{where}: saved with tvm-mpq {doc.get('tvm_mpq_version')}, running {mpq_v}; "
                     "refit from the measurement database or pass allow_version_mismatch=True")
         m = cls(doc["n_members"], doc["target"], doc.get("schedule"), doc["num_rounds"],
-                doc["params"], doc["seed"])
+                doc["params"], doc["seed"], prior=doc.get("prior") is not None)
+        m.prior = AnalyticPrior.from_dict(doc["prior"]) if doc.get("prior") is not None else None
         for s in doc["boosters"]:
             b = xgb.Booster()
             b.load_model(bytearray(s.encode()))
@@ -325,6 +430,7 @@ class HoldoutReport:
         groups: how records were grouped.
         per_fold: metrics of each fold, with its held-out group labels.
         pred, true: pooled predictions and measurements.
+        records: the held-out record (dict) of each prediction, in the order of ``pred``.
     """
 
     mape: float
@@ -337,6 +443,7 @@ class HoldoutReport:
     per_fold: list[dict[str, Any]] = field(default_factory=list)
     pred: np.ndarray = field(default_factory=lambda: np.zeros(0))
     true: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    records: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"holdout by {self.groups} ({self.n_folds} folds, {self.n} kernels): "
@@ -395,6 +502,7 @@ def evaluate_holdout(records: Iterable[Any], groups: GroupSpec = "workload", *,
     n_folds = min(max_folds, len(order))
     fold_of = {g: i % n_folds for i, g in enumerate(order)}
     preds, trues, folds, within = [], [], [], []
+    held_recs: list[dict[str, Any]] = []
     for f in range(n_folds):
         test = [r for r, g in zip(recs, labels, strict=True) if fold_of[g] == f]
         train = [r for r, g in zip(recs, labels, strict=True) if fold_of[g] != f]
@@ -403,6 +511,7 @@ def evaluate_holdout(records: Iterable[Any], groups: GroupSpec = "workload", *,
         t = np.asarray([float(r[target]) for r in test])
         preds.append(p)
         trues.append(t)
+        held_recs.extend(test)
         held = sorted({str(g) for g, r in zip(labels, recs, strict=True) if fold_of[g] == f})
         folds.append({"held_out": held, **metrics(p, t)})
         for g in held:  # rank quality inside each held-out group
@@ -414,7 +523,7 @@ def evaluate_holdout(records: Iterable[Any], groups: GroupSpec = "workload", *,
     label = groups if isinstance(groups, str) else "custom groups"
     return HoldoutReport(m["mape"], m["within_10pct"], m["spearman"],
                          float(np.nanmean(within)) if within else float("nan"), m["n"], n_folds,
-                         label, folds, P, T)
+                         label, folds, P, T, held_recs)
 
 
 def workload_groups(tables: Mapping[str, Any]) -> dict[str, str]:

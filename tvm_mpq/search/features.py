@@ -32,16 +32,18 @@ from ..schedules.workload import Conv2dWorkload, DenseWorkload, Workload, worklo
 from ..targets import get_profile
 
 __all__ = [
+    "ANALYTIC_TERMS",
     "FEATURE_NAMES",
     "FEATURE_SCHEMA_VERSION",
     "QUANT_VARIANTS",
     "CostQuery",
+    "analytic_terms",
     "featurize",
     "layer_workload",
 ]
 
 #: Bump when the meaning of a feature changes (the names alone would not show it).
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
 
 #: Kernel variants one-hot encoded, in this order.
 VARIANT_ORDER: tuple[str, ...] = ("fp32", "int8", "bitserial", "unpack")
@@ -57,8 +59,43 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_in_bytes", "log_w_bytes", "log_out_bytes", "log_total_bytes",
     "words_per_reduction", "log_words_per_output", "log_plane_ops", "word_fill",
     "xlen", "word_bits", "zbb", "vlen", "is_host",
+    # loop structure of the default lowering (log2 of iteration counts, per MAC where useful)
+    "has_pad", "log_pad_elems", "pad_per_mac", "log_out_per_mac", "log_cg", "log_kw",
+    "cg_le_8", "cg_le_16", "cg_le_32", "cg_le_64",
+    "log_pack_words", "log_pack_bits_per_mac", "log_plane_iters_per_mac",
+    "log_plane_outs_per_mac", "log_unpack_per_mac", "log_inner_extent", "inner_unrolled",
 )
 
+#: Iteration counts of the stages of each variant's default lowering (see
+#: :mod:`tvm_mpq.schedules.conv2d`). A term is 0 where the variant has no such stage. The
+#: cost model fits per-(variant, profile) non-negative instructions-per-iteration weights on
+#: them (an *analytic prior*) and learns the residual with XGBoost.
+ANALYTIC_TERMS: tuple[str, ...] = (
+    "call",          # one per kernel call
+    "planes",        # output channel planes (n * k; bitserial: n * k * w_bits * a_bits)
+    "out",           # output elements (init + store of the accumulator)
+    "out_rows",      # output rows (n * k * oh): loop overhead of the ow loop
+    # inner multiply-accumulates (fp32 / int8 / unpack), split by whether LLVM fully unrolls
+    # the innermost reduction loop (rx, or rc for 1x1): trip count x body size under a threshold
+    "macs_unrolled",
+    "macs",
+    "red_loops",     # out * cg * kh: rx-loop entries of the reduction
+    "pad",           # padded input elements materialised (0 without padding)
+    "pad_rows",      # padded input rows
+    "pad_planes",    # padded input channel planes
+    "unpack",        # sub-byte weights unpacked (unpack, w_bits < 8), innermost loop over c
+    "unpack_unrolled",  # the same when the innermost loop is a short kw loop
+    "pack_bits",     # bitserial: activation bits packed, unpadded (groups*a_bits*words*h*w*64)
+    "pack_bits_pad", # bitserial: the same over the padded extent hp * wp (pad-then-pack lowering)
+    "pack_valid",    # bitserial: valid (non-ragged) channel bits packed, unpadded
+    "pack_valid_pad",  # the same over the padded extent
+    "pack_words",    # bitserial: packed activation words over the padded extent
+    "pack_rows",     # bitserial: packed activation rows over the padded extent
+    "plane_iters",   # bitserial: AND+popcount of (weight plane, activation plane) words
+    "plane_outs",    # bitserial: per-plane partial sums (out * w_bits * a_bits)
+    "plane_rows",    # bitserial: plane_outs * words * kh (inner-loop entries)
+    "asum",          # bitserial, w_bits == 1: activation window sums
+)
 
 @dataclass(frozen=True)
 class CostQuery:
@@ -137,13 +174,27 @@ def _profile_feats(name: str) -> tuple[float, float, float, float, float]:
     return _PROFILE_CACHE[name]
 
 
+def _effective_bits(q: CostQuery) -> tuple[int, int]:
+    """The bits a kernel's code depends on: none for fp32 (32, 32) and int8 (bytes whatever
+    the bits: (8, 8)), the weight bits only for unpack (activations are bytes). Equal costs
+    then get equal features, so the model never breaks ties the kernels do not have."""
+    if q.variant == "fp32":
+        return FP32, FP32
+    if q.variant == "int8":
+        return 8, 8
+    if q.variant == "unpack":
+        return q.w_bits, 8
+    return q.w_bits, q.a_bits
+
+
 def _row(q: CostQuery) -> list[float]:
     wl = q.workload
     cv = _as_conv(wl)
     dense = isinstance(wl, DenseWorkload)
     fp32 = q.variant == "fp32"
-    wb, ab = (FP32, FP32) if fp32 else (q.w_bits, q.a_bits)
+    wb, ab = _effective_bits(q)
     xlen, word_bits, zbb, vlen, host = _profile_feats(q.profile)
+    t = _terms(q, cv, word_bits)
     red = cv.cg * cv.kh * cv.kw
     out_elems = cv.n * cv.k * cv.oh * cv.ow
     in_elems = cv.n * cv.c * cv.h * cv.w
@@ -173,6 +224,88 @@ def _row(q: CostQuery) -> list[float]:
         _log(in_elems * in_b + w_elems * w_b + out_elems * 4),
         float(words), _log(words_per_out), _log(plane_ops), cv.cg / (words * word_bits),
         xlen, word_bits, zbb, vlen, host,
+        *_structure_feats(q, cv, t, word_bits),
+    ]
+
+
+def _inner_extent(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> int:
+    """Extent of the innermost reduction loop as lowered (rx; the channel loop for 1x1)."""
+    if cv.kw > 1:
+        return cv.kw
+    return math.ceil(cv.cg / word_bits) if q.variant == "bitserial" else cv.cg
+
+
+#: Rough instructions in the innermost MAC loop body (loads, extends, multiply-add) and
+#: LLVM's full-unroll budget: a loop of ``extent`` iterations is unrolled when
+#: ``extent * body <= _UNROLL_BUDGET`` (fp32 with 32 channels is, int8 with 32 is not).
+_MAC_BODY = {"fp32": 4, "int8": 6, "unpack": 6, "bitserial": 6}
+_UNROLL_BUDGET = 150
+
+
+def _unrolled(variant: str, inner: int) -> bool:
+    return inner * _MAC_BODY[variant] <= _UNROLL_BUDGET
+
+
+def _terms(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> dict[str, float]:
+    """Iteration counts of the stages of ``q``'s default lowering (:data:`ANALYTIC_TERMS`)."""
+    t = dict.fromkeys(ANALYTIC_TERMS, 0.0)
+    out = float(cv.n * cv.k * cv.oh * cv.ow)
+    if any(cv.padding):
+        t["pad"] = float(cv.n * cv.c * cv.hp * cv.wp)
+        t["pad_rows"] = float(cv.n * cv.c * cv.hp)
+        t["pad_planes"] = float(cv.n * cv.c)
+    t["call"] = 1.0
+    t["out"] = out
+    t["out_rows"] = float(cv.n * cv.k * cv.oh)
+    if q.variant == "bitserial":
+        wb, ab = q.w_bits, q.a_bits
+        nw = math.ceil(cv.cg / word_bits)
+        pack_words = float(cv.n * cv.groups * ab * nw * cv.hp * cv.wp)
+        t["pack_words"], t["pack_bits_pad"] = pack_words, pack_words * word_bits
+        t["pack_rows"] = float(cv.n * cv.groups * ab * nw * cv.hp)
+        t["pack_bits"] = float(cv.n * cv.groups * ab * nw * cv.h * cv.w) * word_bits
+        t["pack_valid"] = float(cv.n * ab * cv.c * cv.h * cv.w)
+        t["pack_valid_pad"] = float(cv.n * ab * cv.c * cv.hp * cv.wp)
+        t["planes"] = float(cv.n * cv.k * wb * ab)
+        t["plane_outs"] = out * wb * ab
+        t["plane_rows"] = t["plane_outs"] * nw * cv.kh
+        t["plane_iters"] = t["plane_outs"] * nw * cv.kh * cv.kw
+        if wb == 1:
+            t["asum"] = float(cv.n * cv.groups * ab * cv.oh * cv.ow * nw * cv.kh * cv.kw)
+        return t
+    t["planes"] = float(cv.n * cv.k)
+    inner = _inner_extent(q, cv, word_bits)
+    t["macs_unrolled" if _unrolled(q.variant, inner) else "macs"] = float(cv.macs)
+    t["red_loops"] = out * cv.cg * cv.kh
+    if q.variant == "unpack" and q.w_bits < 8:
+        t["unpack_unrolled" if cv.kw > 1 else "unpack"] = float(cv.k * cv.cg * cv.kh * cv.kw)
+    return t
+
+
+def analytic_terms(queries: Sequence[CostQuery]) -> np.ndarray:
+    """Stage iteration counts ``(len(queries), len(ANALYTIC_TERMS))`` of each query's
+    default lowering: the regressors of the cost model's analytic prior."""
+    if not queries:
+        return np.zeros((0, len(ANALYTIC_TERMS)))
+    rows = []
+    for q in queries:
+        t = _terms(q, _as_conv(q.workload), _profile_feats(q.profile)[1])
+        rows.append([t[k] for k in ANALYTIC_TERMS])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _structure_feats(q: CostQuery, cv: Conv2dWorkload, t: dict[str, float],
+                     word_bits: float) -> list[float]:
+    macs = float(max(cv.macs, 1))
+    return [
+        float(t["pad"] > 0), _log(t["pad"]), t["pad"] / macs, _log(t["out"]) - _log(macs),
+        _log(cv.cg), float(cv.kw),
+        float(cv.cg <= 8), float(cv.cg <= 16), float(cv.cg <= 32), float(cv.cg <= 64),
+        _log(t["pack_words"]), math.log2(max(t["pack_bits"], 1.0) / macs),
+        math.log2(max(t["plane_iters"], 1.0) / macs), math.log2(max(t["plane_outs"], 1.0) / macs),
+        math.log2(max(t["unpack"], 1.0) / macs),
+        _log(_inner_extent(q, cv, word_bits)),
+        float(_unrolled(q.variant, _inner_extent(q, cv, word_bits))),
     ]
 
 
