@@ -202,6 +202,30 @@ def test_costmodel_fit_predict_save_load(tmp_path):
     assert CostModel.load(tmp_path / "old.json", allow_version_mismatch=True).is_fitted
 
 
+def test_analytic_prior_extrapolates_and_survives_save_load(tmp_path):
+    """The prior is linear in stage iteration counts, so it scales to a workload 4x the
+    size of any trained one (trees alone cannot); the saved model keeps it."""
+    from tvm_mpq.search.costmodel import AnalyticPrior
+    from tvm_mpq.search.features import ANALYTIC_TERMS, analytic_terms
+
+    wls = [Conv2dWorkload.make((1, c, hw, hw), (c, c, 3, 3), 1, 1, 1)
+           for c in (8, 16) for hw in (4, 6, 8)]
+    qs = [CostQuery(wl, "int8", 8, 8, PROFILE) for wl in wls]
+    T = analytic_terms(qs)
+    assert T.shape == (len(qs), len(ANALYTIC_TERMS)) and np.all(T >= 0)
+    y = _synthetic_cost(qs)
+    big = CostQuery(Conv2dWorkload.make((1, 16, 16, 16), (16, 16, 3, 3), 1, 1, 1), "int8", 8, 8,
+                    PROFILE)
+    p = AnalyticPrior().fit(qs, y).predict([big])[0]
+    assert abs(p / _synthetic_cost([big])[0] - 1) < 0.05
+    recs = [_record(q.workload, "int8", 8, 8, c) for q, c in zip(qs, y, strict=True)]
+    cm = CostModel(n_members=1, num_rounds=20).fit(recs)
+    assert abs(cm([big])[0] / _synthetic_cost([big])[0] - 1) < 0.1
+    cm.save(tmp_path / "p.json")
+    np.testing.assert_allclose(CostModel.load(tmp_path / "p.json")([big]), cm([big]), rtol=1e-6)
+    assert CostModel(prior=False, n_members=1, num_rounds=5).fit(recs).prior is None
+
+
 def test_costmodel_refuses_mixed_units_and_empty():
     wl = _workloads()[0]
     recs = [_record(wl, "int8", 8, 8, 1000),
