@@ -47,7 +47,11 @@ def hypervolume_check(args: argparse.Namespace) -> str:
 
     wd = os.path.join(args.out, "riscv64-zbb")
     sens = SensitivityTable.load(os.path.join(wd, "sensitivity.json"))
-    cm = CostModel.load(os.path.join(wd, "costmodel.json"))
+    from tvm_mpq.rpc.database import MeasurementDB
+
+    # refit from the run's measurements (a saved model of another schema version is refused)
+    cm = CostModel().fit(MeasurementDB(os.path.join(wd, "measurements.sqlite")).records(
+        "rv64gc_zbb", args.backend if hasattr(args, "backend") else "spike", status="ok"))
     model, _ = load_pretrained(args.model)
     table = import_model(model, torch.zeros(1, 1, 28, 28), warn=False).table
     layers = table.quantizable_names()[: args.hv_layers]
