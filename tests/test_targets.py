@@ -1,0 +1,40 @@
+"""Every kernel variant compiles for every RISC-V profile (Linux and bare metal) and the host;
+with Zbb the bit-serial kernel uses the cpop instruction."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import tvm
+
+from tvm_mpq.schedules import Conv2dWorkload, make_kernel, variants
+from tvm_mpq.schedules.build import kernel_module
+from tvm_mpq.targets import get_profile
+
+WL = Conv2dWorkload.make((1, 20, 6, 6), (8, 20, 3, 3), 1, 1)
+
+
+def _asm(kd, target) -> str:
+    lib = tvm.compile(kernel_module(kd), target=target)
+    return lib.mod.inspect_source("s")
+
+
+@pytest.mark.parametrize("profile", ["rv64gc", "rv64gc_zbb", "rv64gcv", "rv32imc"])
+@pytest.mark.parametrize("os_", ["linux", "baremetal"])
+def test_all_variants_compile(profile, os_):
+    prof = get_profile(profile)
+    if prof.xlen == 32 and os_ == "linux":
+        pytest.skip("no riscv32 Linux target")
+    for v in variants():
+        kd = make_kernel(WL, v, 2, 2, word_bits=prof.word_bits)
+        asm = _asm(kd, prof.target(os_))
+        assert "kernel" in asm
+
+
+def test_zbb_bitserial_uses_cpop():
+    kd = make_kernel(WL, "bitserial", 2, 2)
+    with_zbb = _asm(kd, get_profile("rv64gc_zbb").target("linux"))
+    without = _asm(kd, get_profile("rv64gc").target("linux"))
+    assert re.search(r"\bcpop\b", with_zbb)
+    assert not re.search(r"\bcpop\b", without)
