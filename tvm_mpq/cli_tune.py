@@ -54,6 +54,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pop-size", type=int, default=32)
     p.add_argument("--generations", type=int, default=30)
     p.add_argument("--active-rounds", type=int, default=1)
+    p.add_argument("--qat-beacons", type=int, default=0,
+                   help="MOHAQ beacons: front plans fine-tuned with QAT (CPU-heavy; 0 = PTQ only)")
+    p.add_argument("--qat-steps", type=int, default=300)
+    p.add_argument("--train", type=int, default=10000,
+                   help="training images for QAT (train split; only with --qat-beacons)")
     p.add_argument("--no-final", action="store_true",
                    help="skip the end-to-end standalone measurement and compiled-model accuracy")
     p.add_argument("--seed", type=int, default=0)
@@ -71,13 +76,15 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_pretrained(args.model)
     calib, _ = calib_subset(args.calib, seed=args.seed)
     x_test, y_test = load_fashion_mnist("test", limit=args.eval)
+    train = calib_subset(args.train, seed=args.seed + 1) if args.qat_beacons else None
     t0 = time.time()
     res = tvm_mpq.tune(
         model, x_test[:1], args.target, calib_data=calib, eval_data=(x_test, y_test),
         max_accuracy_drop=args.max_accuracy_drop, latency_budget=args.latency_budget,
         size_budget=args.size_budget, backend=args.backend, workdir=args.out, bits=args.bits,
         pop_size=args.pop_size, generations=args.generations, active_rounds=args.active_rounds,
-        sensitivity_samples=args.sens_samples, final_measure=not args.no_final, seed=args.seed)
+        sensitivity_samples=args.sens_samples, final_measure=not args.no_final,
+        train_data=train, qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, seed=args.seed)
     print()
     print(f"model {args.model} (fp32 test accuracy {info.get('test_acc')}, full 10k test set); "
           f"accuracies below on the first {args.eval} test images")

@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,8 @@ class PlanPoint:
     size_bytes: float = 0.0
     meets_constraints: bool = False
     notes: str = ""
+    qat_dir: str | None = None  # QAT-fine-tuned weights + qparams of this plan (beacons)
+    estimated_accuracy: float | None = None  # PTQ accuracy corrected by the nearest beacon
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,7 +107,8 @@ class PlanPoint:
     def from_dict(cls, d: dict[str, Any]) -> PlanPoint:
         d = dict(d)
         d["plan"] = QuantPlan.from_dict(d["plan"])
-        return cls(**d)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
@@ -148,6 +151,11 @@ class TuneResult:
                 raise ValueError(f"no plan met the constraints ({self.message}); pass one of "
                                  "result.pareto[i].plan explicitly")
             plan = self.best.plan
+        for p in [*self.pareto, *([self.best] if self.best else [])]:
+            if p.plan == plan and p.qat_dir:  # fine-tuned weights and their quantization
+                ft, qp = _load_qat(p.qat_dir)
+                return mpq_compile(ft, self._example_inputs, plan, target or self.profile,
+                                   qparams=qp)
         if self._model is None or self._calib is None:
             raise ValueError("this result has no model/calibration data attached; "
                              "load it with load_result(dir) from a saved tune() run")
@@ -384,6 +392,9 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     final_eval_samples: int | None = None,
     final_measure: bool = True,
     compiled_eval: bool = True,
+    train_data: Any = None,
+    qat_beacons: int = 0,
+    qat_steps: int = 300,
     seed: int = 0,
     progress: bool = True,
 ) -> TuneResult:
@@ -413,6 +424,11 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
         pop_size, generations: NSGA-II settings.
         final_measure: measure the chosen plan and baselines end to end (standalone
             artifact on the simulator) and evaluate them through the compiled model.
+        train_data: ``(images, labels)`` training tensors, needed for ``qat_beacons``.
+        qat_beacons: MOHAQ beacons: this many front plans are fine-tuned with
+            quantization-aware training (``qat_steps`` steps each); the others' accuracy is
+            corrected by their nearest beacon's gain, and the chosen plan is fine-tuned and
+            verified. 0 (default) keeps pure post-training quantization.
         seed: random seed.
 
     Returns:
@@ -434,6 +450,8 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
         raise ValueError(f"backend {backend!r} simulates RISC-V: pick a RISC-V target")
     if eval_data is None and eval_fn is None:
         raise ValueError("tune needs eval_data=(images, labels) or eval_fn to measure accuracy")
+    if qat_beacons > 0 and train_data is None:
+        raise ValueError("qat_beacons needs train_data=(images, labels) (training split)")
     unit = "seconds" if backend == "host" else "instructions"
     os.makedirs(workdir, exist_ok=True)
     timings: dict[str, float] = {}
@@ -590,8 +608,13 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
             "int8": point("int8", _uniform(model, 8, 8, "int8")),
             "w4a4": point("w4a4", _uniform(model, 4, 4, None, problem)),
         }
-        feasible = [p for p in pareto if p.meets_constraints and p.measured_cost is not None]
-        best = min(feasible, key=lambda p: p.measured_cost) if feasible else None
+        if qat_beacons > 0:
+            best = _beacons(pareto, qat_beacons, model, calib_x, train_data, qcache, qat_steps,
+                            lambda m, p, qp: accuracy_of(_fq(m, p, qcache, qp), n_eval),
+                            fp32_acc, max_accuracy_drop, workdir, seed, progress)
+        else:
+            feasible = [p for p in pareto if p.meets_constraints and p.measured_cost is not None]
+            best = min(feasible, key=lambda p: p.measured_cost) if feasible else None
         if best is not None:
             best.label = "best"
             message = (f"best plan: {best.measured_cost:.4g} {unit} "
@@ -626,6 +649,87 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     except Exception as e:  # a plotting problem must not lose the result
         log.warning("report failed: %s", e)
     return res
+
+
+def _fq(model: torch.nn.Module, plan: QuantPlan, qcache: Any, qparams: Any = None):
+    from .fakequant import fake_quant
+
+    if not plan.quantized_layers():
+        return fold_bn(model).eval()
+    return fake_quant(model, plan, qparams=qparams if qparams is not None else qcache(plan))
+
+
+def _load_qat(directory: str) -> tuple[torch.nn.Module, Any]:
+    from .calibration import QuantParams
+
+    model = torch.load(os.path.join(directory, "model.pt"), weights_only=False)
+    return model, QuantParams.load(os.path.join(directory, "qparams"))
+
+
+def _qat(point: PlanPoint, model: torch.nn.Module, calib: Any, train_data: Any, qcache: Any,
+         steps: int, acc_fn: Callable[..., float], fp32_acc: float,
+         workdir: str, seed: int, progress: bool) -> None:
+    """Fine-tune ``point``'s plan (cached in ``workdir/qat/<plan hash>``) and record its
+    real accuracy on the point."""
+    import hashlib
+
+    from .search.qat import qat_finetune
+
+    h = hashlib.sha256(json.dumps(point.plan.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    d = os.path.join(workdir, "qat", f"{h}_s{steps}")
+    if not os.path.exists(os.path.join(d, "done")):
+        ft, qp = qat_finetune(model, point.plan, calib, train_data, qparams=qcache(point.plan),
+                              steps=steps, seed=seed, progress=progress)
+        os.makedirs(d, exist_ok=True)
+        torch.save(ft, os.path.join(d, "model.pt"))
+        qp.save(os.path.join(d, "qparams"))
+        open(os.path.join(d, "done"), "w").close()
+    ft, qp = _load_qat(d)
+    point.qat_dir = d
+    point.accuracy = float(acc_fn(ft, point.plan, qp))
+    point.drop = fp32_acc - point.accuracy
+    point.notes = (point.notes + " QAT fine-tuned").strip()
+
+
+def _beacons(pareto: list[PlanPoint], k: int, model: torch.nn.Module, calib: Any,
+             train_data: Any, qcache: Any, steps: int,
+             acc_fn: Callable[..., float], fp32_acc: float,
+             max_drop_pt: float, workdir: str, seed: int, progress: bool) -> PlanPoint | None:
+    """MOHAQ beacons: fine-tune ``k`` front plans spread over the cost axis, correct the
+    others' accuracy by the nearest beacon's gain, then fine-tune and verify candidates
+    (cheapest first) until one meets the accuracy budget; returns it (or None)."""
+    from .search.qat import beacon_correction
+
+    cands = sorted([p for p in pareto if p.measured_cost is not None
+                    and p.plan.quantized_layers()], key=lambda p: p.measured_cost)
+    if not cands:
+        return None
+    idx = sorted({int(round(i)) for i in np.linspace(0, len(cands) - 1, min(k, len(cands)))})
+    beacons = []
+    for i in idx:
+        p = cands[i]
+        ptq = p.accuracy
+        _qat(p, model, calib, train_data, qcache, steps, acc_fn, fp32_acc, workdir, seed, progress)
+        beacons.append((p.plan, ptq, p.accuracy))
+    others = [p for p in cands if p.qat_dir is None]
+    for p, est in zip(others, beacon_correction([p.accuracy for p in others],
+                                                [p.plan for p in others], beacons), strict=True):
+        p.estimated_accuracy = est
+    budget = k  # verification runs allowed on top of the beacons
+    for p in cands:
+        est = p.accuracy if p.qat_dir else p.estimated_accuracy
+        if est is None or (fp32_acc - est) * 100 > max_drop_pt + 1e-9:
+            continue
+        if p.qat_dir is None:
+            if budget == 0:
+                break
+            budget -= 1
+            _qat(p, model, calib, train_data, qcache, steps, acc_fn, fp32_acc, workdir, seed,
+                 progress)
+        p.meets_constraints = p.meets_constraints or (p.drop * 100 <= max_drop_pt + 1e-9)
+        if p.drop * 100 <= max_drop_pt + 1e-9:
+            return p
+    return None
 
 
 class _QParamsCache:
@@ -694,7 +798,8 @@ def _final_measure(points: list[PlanPoint | None], model: torch.nn.Module, examp
             continue
         try:
             x1 = example_inputs[0][:1]
-            cm1 = mpq_compile(model, (x1,), p.plan, profile, qparams=qcache(p.plan))
+            m_p, qp_p = _load_qat(p.qat_dir) if p.qat_dir else (model, qcache(p.plan))
+            cm1 = mpq_compile(m_p, (x1,), p.plan, profile, qparams=qp_p)
             if backend in ("spike", "qemu"):
                 from .standalone import export_standalone, run_standalone
 
@@ -707,7 +812,7 @@ def _final_measure(points: list[PlanPoint | None], model: torch.nn.Module, examp
                     p.notes += f" standalone run {r.status}: {r.message}"
             if accuracy_of is not None:
                 b = 64
-                cmb = mpq_compile(model, (torch.zeros(b, *x1.shape[1:]),), p.plan, "host",
+                cmb = mpq_compile(m_p, (torch.zeros(b, *x1.shape[1:]),), p.plan, "host",
                                   qparams=cm1.qparams)
                 p.compiled_accuracy = accuracy_of(_Padded(cmb), n_eval)
         except Exception as e:  # record the failure on the point; the others still run

@@ -1,0 +1,71 @@
+"""QAT fine-tuning keeps the quantization contract; MOHAQ beacon correction; tune() beacons."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+import tvm_mpq
+from tvm_mpq.data import evaluate
+from tvm_mpq.search.qat import beacon_correction, plan_distance, qat_finetune
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_compile import SmallNet  # noqa: E402
+
+
+def _task(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    scale = 0.5 + torch.rand(n, generator=g)
+    x = torch.randn(n, 1, 12, 12, generator=g) * scale.view(-1, 1, 1, 1)
+    y = (scale > 1.0).long()  # learnable through ReLU + global mean pooling: signal energy
+    return x, y
+
+
+def _trained() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = SmallNet()
+    x, y = _task(2048, 0)
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(150):
+        idx = torch.randint(0, len(x), (128,))
+        loss = torch.nn.functional.cross_entropy(m(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+def test_qat_recovers_accuracy_and_compiles_exactly():
+    m = _trained()
+    x, y = _task(512, 1)
+    xt, yt = _task(4096, 2)
+    plan = tvm_mpq.QuantPlan.uniform(m, w_bits=2, a_bits=2)
+    qp = tvm_mpq.calibrate(m, plan, xt[:256])
+    ptq = evaluate(tvm_mpq.fake_quant(m, plan, qparams=qp), x, y)
+    ft, qp2 = qat_finetune(m, plan, xt[:256], (xt, yt), qparams=qp, steps=200, lr=3e-3)
+    ref = tvm_mpq.fake_quant(ft, plan, qparams=qp2)
+    qat = evaluate(ref, x, y)
+    fp32 = evaluate(m, x, y)
+    assert fp32 > 0.85
+    assert qat >= ptq + 0.04, (fp32, ptq, qat)  # w2a2 PTQ loses a lot; QAT wins part back
+    for name in plan.quantized_layers():  # the contract: same scales, integers in range
+        assert np.array_equal(qp2[name].w_scale, qp[name].w_scale)
+        assert qp2[name].a_scale == qp[name].a_scale
+        assert np.abs(qp2[name].w_q).max() <= 2
+    cm = tvm_mpq.compile(ft, x[:4], plan, "host", qparams=qp2)
+    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp2, integer_accumulate=True)(x[:4]).detach().numpy()
+    assert np.abs(cm(x[:4]) - exact).max() <= 1e-5
+
+
+def test_beacon_correction_uses_nearest_beacon():
+    m = SmallNet()
+    a = tvm_mpq.QuantPlan.uniform(m, w_bits=2, a_bits=2)
+    b = tvm_mpq.QuantPlan.uniform(m, w_bits=8, a_bits=8)
+    c = tvm_mpq.QuantPlan.uniform(m, w_bits=2, a_bits=2).set(a.layers()[0], w_bits=4, a_bits=4)
+    assert plan_distance(a, c) < plan_distance(b, c)
+    est = beacon_correction([0.5, 0.9], [c, b], [(a, 0.4, 0.8), (b, 0.9, 0.9)])
+    assert est == [0.9, 0.9]  # c gets a's +0.4 gain (clipped to <= 1 not needed), b its own 0
+    assert beacon_correction([0.3], [c], []) == [0.3]
