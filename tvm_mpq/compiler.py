@@ -210,7 +210,13 @@ class _Emitter:
         return y
 
     def _kernel_gv(self, bb: Any, kd: KernelDef, scheduled: tvm.IRModule | None, name: str):
-        func = (scheduled["main"] if scheduled is not None else kd.prim_func("main"))
+        if scheduled is None:  # our default schedule for the profile, else the plain lowering
+            from .schedules.default_schedules import default_schedule
+
+            default = default_schedule(kd, self.profile.name)
+            func = default["main"] if default is not None else kd.prim_func("main")
+        else:
+            func = scheduled["main"]
         key = f"{kd.describe()} pad{kd.pad_value} wb{kd.word_bits} {scheduled is not None}"
         if key in self._funcs:
             return self._funcs[key]

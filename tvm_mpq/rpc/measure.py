@@ -277,9 +277,13 @@ def _record(req: MeasureRequest, prof: Profile, backend: str, seed: int, started
 
 def _run_sim_chunk(items: list[tuple[MeasureRequest, _Prepared]], prof: Profile, backend: str,
                    seed: int, started: str, timeout_per_kernel_s: float) -> list[MeasureRecord]:
+    from ..schedules.build import kernel_module
     from .baremetal import KernelCase, run_kernels
 
-    cases = [KernelCase(f"k{i}", p.func if p.func is not None else p.kd.prim_func(f"k{i}"),
+    # "default" = our default schedule for the profile (kernel_module falls back to the plain
+    # lowering when it has none); tuned records carry their own func
+    cases = [KernelCase(f"k{i}", p.func if p.func is not None
+                        else kernel_module(p.kd, None, f"k{i}", prof.name)[f"k{i}"],
                         p.args, {len(p.args) - 1: p.expected}) for i, (_, p) in enumerate(items)]
     try:
         runs = run_kernels(cases, prof, backend, timeout_s=timeout_per_kernel_s * len(cases))

@@ -30,8 +30,13 @@ def is_host_target(target: tvm.target.Target) -> bool:
 
 
 def kernel_module(kd: KernelDef, schedule: tvm.IRModule | None = None,
-                  name: str = "kernel") -> tvm.IRModule:
-    """The IRModule to compile: a tuned/scheduled module, or the default lowering."""
+                  name: str = "kernel", target: Any = None) -> tvm.IRModule:
+    """The IRModule to compile: a tuned/scheduled module, else our default schedule for
+    ``target`` (:func:`default_schedules.default_schedule`), else the plain lowering."""
+    if schedule is None:
+        from .default_schedules import default_schedule
+
+        schedule = default_schedule(kd, target)
     if schedule is not None:
         func = schedule["main"] if "main" in schedule else next(iter(schedule.functions.values()))
         return tvm.IRModule({name: func.with_attr("global_symbol", name)})
@@ -41,7 +46,8 @@ def kernel_module(kd: KernelDef, schedule: tvm.IRModule | None = None,
 def build_kernel(kd: KernelDef, target: Any = "llvm", schedule: tvm.IRModule | None = None,
                  name: str = "kernel"):
     """Compile a kernel; returns the TVM executable (``lib[name](*args)`` to call)."""
-    return tvm.compile(kernel_module(kd, schedule, name), target=resolve_target(target))
+    tgt = resolve_target(target)
+    return tvm.compile(kernel_module(kd, schedule, name, tgt), target=tgt)
 
 
 def run_built(lib, kd: KernelDef, x: np.ndarray, w: np.ndarray, name: str = "kernel") -> np.ndarray:
