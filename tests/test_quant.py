@@ -359,3 +359,52 @@ def test_calibration_methods(model, data):
     mm = calibrate(model, plan, data, act_method="minmax")
     ms = calibrate(model, plan, data, act_method="mse")
     assert all(ms[n].a_scale <= mm[n].a_scale * (1 + 1e-6) for n in NAMES)  # mse only clips
+
+
+def test_calibration_is_layer_local(model, data):
+    """A layer's parameters do not depend on how the plan quantizes the other layers."""
+    uni = calibrate(model, QuantPlan.uniform(model, 4, 4), data)
+    mixed_plan = QuantPlan.uniform(model, 8, 8).set("dw.0", 4, 4).set("fc", "fp32")
+    mixed = calibrate(model, mixed_plan, data)
+    a, b = uni["dw.0"], mixed["dw.0"]
+    assert (a.a_scale, a.a_zero_point) == (b.a_scale, b.a_zero_point)
+    assert np.array_equal(a.w_q, b.w_q) and np.array_equal(a.w_scale, b.w_scale)
+    assert np.array_equal(a.bias, b.bias)
+
+
+def test_bias_correction_and_legacy(model, data):
+    from tvm_mpq.calibration import LEGACY
+
+    plan = QuantPlan.uniform(model, 4, 4)
+    folded = dict(fold_bn(model).named_modules())
+    legacy = calibrate(model, plan, data, **LEGACY)
+    new = calibrate(model, plan, data)
+    nobc = calibrate(model, plan, data, bias_correction=False)
+    for n in NAMES:
+        b = folded[n].bias
+        if b is None:
+            assert legacy[n].bias is None and nobc[n].bias is None
+            assert new[n].bias is not None and new[n].bias.dtype == np.float32  # created
+        else:
+            assert np.array_equal(legacy[n].bias, b.detach().numpy())
+            assert np.array_equal(nobc[n].bias, b.detach().numpy())
+    # the corrected model's mean output shift on the calibration data is smaller
+    ref = fold_bn(model)(data)
+    shift = {k: (fake_quant(model, plan, qparams=q)(data) - ref).mean(0).abs().mean()
+             for k, q in (("nobc", nobc), ("new", new))}
+    assert shift["new"] < shift["nobc"]
+    with pytest.raises(ValueError, match="act_method"):
+        calibrate(model, plan, data, act_method="bogus")
+
+
+def test_adaround_keeps_contract(model, data):
+    plan = QuantPlan.uniform(model, 2, 4)
+    qp = calibrate(model, plan, data, adaround_iters=20, opt_images=16)
+    base = calibrate(model, plan, data, opt_images=16)
+    for n in NAMES:
+        lo, hi = qp[n].w_range
+        assert qp[n].w_q.dtype == np.int8 and qp[n].w_q.min() >= lo and qp[n].w_q.max() <= hi
+        # rounding changes by at most one step from the nearest-rounded weight, same scale
+        assert np.array_equal(qp[n].w_scale, base[n].w_scale)
+        assert np.abs(qp[n].w_q.astype(int) - base[n].w_q.astype(int)).max() <= 1
+    fake_quant(model, plan, qparams=qp)(data)
