@@ -69,3 +69,23 @@ def test_beacon_correction_uses_nearest_beacon():
     est = beacon_correction([0.5, 0.9], [c, b], [(a, 0.4, 0.8), (b, 0.9, 0.9)])
     assert est == [0.9, 0.9]  # c gets a's +0.4 gain (clipped to <= 1 not needed), b its own 0
     assert beacon_correction([0.3], [c], []) == [0.3]
+
+
+def test_tune_with_beacons(tmp_path):
+    m = _trained()
+    x, y = _task(256, 1)
+    xt, yt = _task(2048, 2)
+    res = tvm_mpq.tune(m, x[:1], "riscv", calib_data=xt[:128], eval_data=(x, y),
+                       train_data=(xt, yt), qat_beacons=2, qat_steps=60, workdir=str(tmp_path),
+                       bits=[(8, 8), (2, 2)], variants=["int8", "bitserial"], pop_size=8,
+                       generations=3, active_rounds=0, progress=False, max_accuracy_drop=5.0)
+    tuned = [p for p in res.pareto if p.qat_dir]
+    assert tuned, "no beacon was fine-tuned"
+    for p in tuned:
+        assert os.path.exists(os.path.join(p.qat_dir, "model.pt")) and "QAT" in p.notes
+    if res.best is not None and res.best.qat_dir:
+        # the deployed plan is the fine-tuned one, and it was measured end to end
+        assert res.best.compiled_accuracy is not None
+        assert abs(res.best.compiled_accuracy - res.best.accuracy) <= 0.02
+    loaded = tvm_mpq.load_result(str(tmp_path))
+    assert any(p.qat_dir for p in loaded.pareto)
