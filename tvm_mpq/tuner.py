@@ -819,7 +819,7 @@ def _final_measure(points: list[PlanPoint | None], model: torch.nn.Module, examp
             log.warning("final measurement of %s failed: %s", p.label, e)
             p.notes += f" final measurement failed: {type(e).__name__}: {e}"
         if progress:
-            print(f"[tvm-mpq]   {p.label}: model {p.model_cost} {('instructions')}, "
+            print(f"[tvm-mpq]   {p.label}: whole-model {p.model_cost} instructions, "
                   f"compiled accuracy {p.compiled_accuracy}", flush=True)
 
 
