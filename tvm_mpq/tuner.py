@@ -715,19 +715,19 @@ def _beacons(pareto: list[PlanPoint], k: int, model: torch.nn.Module, calib: Any
     for p, est in zip(others, beacon_correction([p.accuracy for p in others],
                                                 [p.plan for p in others], beacons), strict=True):
         p.estimated_accuracy = est
+    def meets(p: PlanPoint) -> bool:  # measured accuracy (PTQ, or QAT for beacons)
+        return p.drop is not None and p.drop * 100 <= max_drop_pt + 1e-9
+
     budget = k  # verification runs allowed on top of the beacons
-    for p in cands:
-        est = p.accuracy if p.qat_dir else p.estimated_accuracy
-        if est is None or (fp32_acc - est) * 100 > max_drop_pt + 1e-9:
-            continue
-        if p.qat_dir is None:
-            if budget == 0:
-                break
-            budget -= 1
-            _qat(p, model, calib, train_data, qcache, steps, acc_fn, fp32_acc, workdir, seed,
-                 progress)
-        p.meets_constraints = p.meets_constraints or (p.drop * 100 <= max_drop_pt + 1e-9)
-        if p.drop * 100 <= max_drop_pt + 1e-9:
+    for p in cands:  # cheapest first
+        if not meets(p) and p.qat_dir is None and budget > 0:
+            est = p.estimated_accuracy
+            if est is not None and (fp32_acc - est) * 100 <= max_drop_pt + 1e-9:
+                budget -= 1  # the estimate says QAT would make it: fine-tune and verify
+                _qat(p, model, calib, train_data, qcache, steps, acc_fn, fp32_acc, workdir,
+                     seed, progress)
+        if meets(p):
+            p.meets_constraints = True
             return p
     return None
 
