@@ -24,7 +24,6 @@ float differences of the ISA's code generation; integer kernel results are exact
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -451,13 +450,9 @@ mpq_weights:
 
 
 def _ffi_headers() -> Path:
-    spec = importlib.util.find_spec("tvm_ffi")
-    if spec is None or spec.origin is None:
-        raise ToolchainError("tvm_ffi (apache-tvm-ffi) is not installed: run ./scripts/setup.sh")
-    inc = Path(spec.origin).parent / "include"
-    if not (inc / "tvm" / "ffi" / "c_api.h").is_file():
-        raise ToolchainError(f"tvm_ffi C headers missing under {inc}")
-    return inc
+    from .rpc.baremetal import _ffi_include  # one lookup of the tvm_ffi C headers
+
+    return Path(_ffi_include())
 
 
 def _tool_vars(prof: Profile) -> dict[str, str]:
