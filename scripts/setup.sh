@@ -14,6 +14,7 @@ APT_PACKAGES=(
   qemu-system-misc             # qemu-system-riscv64: bare metal with -icount
   device-tree-compiler         # dtc: Spike forks it at start-up
   dataset-fashion-mnist        # offline Fashion-MNIST (60k/10k)
+  make                         # runs the Makefile of `tvm-mpq rpc build-runtime` (board runtime)
 )
 
 missing=()

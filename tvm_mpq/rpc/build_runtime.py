@@ -31,6 +31,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 TVM_GIT = "https://github.com/apache/tvm"
@@ -110,20 +111,17 @@ def wheel_route_missing() -> list[str]:
 
 
 def support_covers() -> dict[str, str | None]:
-    """Each item of :func:`wheel_route_missing` -> the replacement in :data:`SUPPORT_DIR`,
-    or None where the wheel route does without it (not compiled: GPU, minrpc, pipe)."""
+    """Each item of :func:`wheel_route_missing` -> what supplies it in the wheel route (a path
+    relative to :data:`SUPPORT_DIR`, or "generated Makefile"), or None where the wheel route
+    does without it (the including sources are not compiled: minrpc, the pipe session)."""
     out: dict[str, str | None] = {}
     for item in wheel_route_missing():
         rel = item.split(" ", 1)[0]
-        if rel.startswith("apps/cpp_rpc"):
-            cand = SUPPORT_DIR / "rpc_server.cc"
-        elif rel.startswith("CMakeLists"):
-            cand = None  # the generated Makefile
+        if rel.startswith("CMakeLists"):
             out[item] = "generated Makefile"
             continue
-        else:
-            cand = SUPPORT_DIR / rel
-        out[item] = str(cand.relative_to(SUPPORT_DIR)) if cand is not None and cand.exists() else None
+        cand = SUPPORT_DIR / ("rpc_server.cc" if rel.startswith("apps/cpp_rpc") else rel)
+        out[item] = str(cand.relative_to(SUPPORT_DIR)) if cand.exists() else None
     return out
 
 
@@ -196,6 +194,10 @@ def cmake_commands(tvm_src: str | os.PathLike[str], build_dir: str | os.PathLike
         "-DCMAKE_BUILD_TYPE=Release", "-DUSE_LLVM=OFF", "-DUSE_RPC=ON", "-DUSE_CPP_RPC=ON",
         "-DUSE_LIBBACKTRACE=OFF", "-DUSE_CUDA=OFF", "-DUSE_OPENCL=OFF", "-DUSE_VULKAN=OFF",
         "-DUSE_GTEST=OFF", "-DBUILD_STATIC_RUNTIME=OFF",
+        # GCC's riscv64 sub-word atomics live in libatomic; TVM's CMake does not link it
+        # (thread_pool.cc: undefined __atomic_fetch_add_1 with -Wl,--no-undefined). Appended
+        # at the end of every link line, after the objects that need it.
+        "-DCMAKE_CXX_STANDARD_LIBRARIES=-latomic",
     ]
     build = ["cmake", "--build", str(build_dir), "--target", "tvm_runtime", "tvm_rpc",
              "--parallel", str(jobs)]
@@ -281,7 +283,8 @@ def write_makefile(build_dir: str | os.PathLike[str], cxx: str = DEFAULT_CXX) ->
 
     def add(group: str, src: Path, obj: str) -> None:
         objs[group].append(obj)
-        rules.append(f"{obj}: {_mk(src)} Makefile\n\t@mkdir -p $(@D)\n\t$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@")
+        rules.append(f"{obj}: {_mk(src)} Makefile\n\t@mkdir -p $(@D)\n"
+                     "\t$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@")
 
     for f in srcs["ffi"]:
         add("ffi", f, f"obj/ffi/{f.relative_to(ffi_dir / 'src').with_suffix('.o')}")
@@ -345,13 +348,39 @@ def build_from_wheel(build_dir: str | os.PathLike[str] | None = None, jobs: int 
     return bdir / "tvm_rpc"
 
 
+def cmake_required(root: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Highest ``cmake_minimum_required`` of the tree's top level and its tvm-ffi submodule."""
+    need: tuple[int, ...] = (0,)
+    for rel in ("CMakeLists.txt", "3rdparty/tvm-ffi/CMakeLists.txt"):
+        p = Path(root) / rel
+        if p.exists():
+            m = re.search(r"cmake_minimum_required\s*\(\s*VERSION\s+([0-9.]+)", p.read_text(errors="replace"))
+            if m:
+                need = max(need, tuple(int(x) for x in m.group(1).split(".") if x))
+    return need
+
+
+def check_cmake(root: str | os.PathLike[str]) -> None:
+    """BuildError if cmake is absent or older than the source tree requires."""
+    if shutil.which("cmake") is None:
+        raise BuildError("cmake not found (Debian: `sudo apt-get install -y cmake`)")
+    out = subprocess.run(["cmake", "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version\s+([0-9]+)\.([0-9]+)(?:\.([0-9]+))?", out)
+    have = tuple(int(x) for x in m.groups() if x is not None) if m else (0,)
+    need = cmake_required(root)
+    if have < need:
+        want = ".".join(map(str, need))
+        raise BuildError(f"cmake {'.'.join(map(str, have))} is older than the {want} that {root} requires "
+                         f"(3rdparty/tvm-ffi); install a newer one, e.g. `pip install 'cmake>={want}'` "
+                         "into a virtualenv put first on PATH, or use the wheel route (no --tvm-src)")
+
+
 def build_from_source(tvm_src: str | os.PathLike[str], build_dir: str | os.PathLike[str],
                       jobs: int = 2, cxx: str = DEFAULT_CXX, verbose: bool = False) -> Path:
     """Source route: CMake build of ``tvm_runtime`` + TVM's ``tvm_rpc`` from ``tvm_src``."""
     root = check_tvm_src(tvm_src)
     check_cross_compiler(cxx)
-    if shutil.which("cmake") is None:
-        raise BuildError("cmake not found (Debian: `sudo apt-get install -y cmake`)")
+    check_cmake(root)
     bdir = Path(build_dir).expanduser().resolve()
     toolchain = write_toolchain_file(bdir / "riscv64-linux-gnu.cmake", cxx)
     for cmd in cmake_commands(root, bdir, toolchain, jobs):
@@ -383,12 +412,13 @@ def build_runtime(tvm_src: str | None = None, build_dir: str | None = None, jobs
                              verbose=verbose)
 
 
-def qemu_user_command(binary: str | os.PathLike[str], tracker: str, key: str,
-                      port: int = 9090) -> tuple[list[str], dict[str, str]]:
+def qemu_user_command(binary: str | os.PathLike[str], tracker: str, key: str, port: int = 9090,
+                      extra: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
     """Command and environment to run a cross-built ``tvm_rpc`` under ``qemu-riscv64``
-    (for testing the board path on an x86 host; QEMU wall time is not board timing)."""
+    (for testing the board path on an x86 host; QEMU wall time is not board timing).
+    ``extra``: more ``tvm_rpc server`` options, e.g. ``["--work-dir=/tmp/x"]``."""
     b = Path(binary).resolve()
     env = {**os.environ, "QEMU_LD_PREFIX": "/usr/riscv64-linux-gnu",
            "LD_LIBRARY_PATH": str(b.parent)}
     return (["qemu-riscv64", str(b), "server", f"--tracker={tracker}", f"--key={key}",
-             f"--port={port}"], env)
+             f"--port={port}", *extra], env)

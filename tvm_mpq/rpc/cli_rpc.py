@@ -65,7 +65,10 @@ def _cmd_build_runtime(a: argparse.Namespace) -> int:
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"built {out}")
+    files = " ".join(str(p) for p in sorted(out.parent.glob("lib*.so"))) or "(libraries in the build dir)"
+    print(f"built {out}\nruntime libraries: {files}\n"
+          f"on the board: copy these into one directory and run\n"
+          f"  ./tvm_rpc server --tracker=HOST:9190 --key=board-rv64gc   (see docs/rpc.md)")
     return 0
 
 
@@ -105,12 +108,24 @@ def add_rpc_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("build-runtime", help="cross-build a riscv64 TVM runtime + RPC server")
-    p.add_argument("--tvm-src", help="TVM source tree matching the installed wheel (v0.27)")
-    p.add_argument("--build-dir", default="build/riscv64-runtime")
-    p.add_argument("--cxx", default="riscv64-linux-gnu-g++")
-    p.add_argument("-j", "--jobs", type=int, default=2)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p = sub.add_parser(
+        "build-runtime", help="cross-build a riscv64 Linux TVM runtime + RPC server (tvm_rpc) for a board",
+        description="Cross-build libtvm_ffi.so, libtvm_runtime.so and the tvm_rpc server for riscv64 "
+                    "Linux with Debian's riscv64-linux-gnu-g++ (apt-get install g++-riscv64-linux-gnu). "
+                    "Default: from the installed wheels' runtime sources plus tvm-mpq's own replacement "
+                    "headers and server (no TVM checkout needed), cached in "
+                    "~/.cache/tvm-mpq/runtime-<version>-riscv64-linux-gnu. With --tvm-src: CMake build "
+                    "of a TVM source tree of the wheel's version (needs cmake >= 3.26). Copy the three "
+                    "files to the board and run `./tvm_rpc server --tracker=HOST:9190 --key=KEY` "
+                    "(docs/rpc.md).")
+    p.add_argument("--tvm-src", help="build from this TVM source tree (same version as the installed "
+                                     "wheel, with 3rdparty/tvm-ffi) with CMake instead of the wheel sources")
+    p.add_argument("--build-dir", default=None,
+                   help="output directory (default: the cache dir above; build/riscv64-runtime with "
+                        "--tvm-src)")
+    p.add_argument("--cxx", default="riscv64-linux-gnu-g++", help="cross C++ compiler")
+    p.add_argument("-j", "--jobs", type=int, default=2, help="parallel compile jobs (default 2)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the compiler commands")
     p.set_defaults(func=_cmd_build_runtime)
 
 

@@ -52,6 +52,9 @@ constexpr int kPingMs = 2000;
 constexpr int kUnmatchedLimitMs = 6000;
 
 std::string g_work_dir;  // the current session's directory (set in the child)
+volatile sig_atomic_t g_stop = 0;  // SIGTERM/SIGINT seen: end the session, clean up, exit
+
+void OnStopSignal(int) { g_stop = 1; }
 
 struct Options {
   std::string host = "0.0.0.0";
@@ -197,14 +200,9 @@ void RegisterServerEnv() {
                       true);
 }
 
-/*! \brief Child process: serve one session in a fresh work directory, then exit. */
-[[noreturn]] void ServeSession(int fd, const std::string& work_root) {
-  std::string tmpl = work_root + "/tvm_rpc_XXXXXX";
-  if (mkdtemp(tmpl.data()) == nullptr) {
-    Log("cannot create a work directory under " + work_root);
-    _exit(1);
-  }
-  g_work_dir = tmpl;
+/*! \brief Child process: serve one session inside work_dir, then exit. */
+[[noreturn]] void ServeSession(int fd, const std::string& work_dir) {
+  g_work_dir = work_dir;
   int rc = 0;
   try {
     std::filesystem::current_path(g_work_dir);
@@ -214,8 +212,6 @@ void RegisterServerEnv() {
     Log(std::string("session ended with an error: ") + e.what());
     rc = 1;
   }
-  std::error_code ec;
-  std::filesystem::remove_all(g_work_dir, ec);
   _exit(rc);
 }
 
@@ -246,9 +242,16 @@ bool Handshake(TCPSocket* conn, const std::string& matchkey, const std::string& 
   return true;
 }
 
-/*! \brief Run the forked session; kill it after timeout_s (0 = none). */
+/*! \brief Run the session in a forked child and a fresh work directory (removed afterwards,
+ * also when the child crashed or was killed); kill it after timeout_s (0 = none). */
 void RunSession(TCPSocket conn, TCPSocket* listener, TrackerConn* tracker, double timeout_s,
                 const std::string& work_root) {
+  std::string work_dir = work_root + "/tvm_rpc_XXXXXX";
+  if (mkdtemp(work_dir.data()) == nullptr) {
+    Log("cannot create a work directory under " + work_root);
+    conn.Close();
+    return;
+  }
   pid_t pid = fork();
   if (pid < 0) {
     Log("fork failed");
@@ -256,25 +259,32 @@ void RunSession(TCPSocket conn, TCPSocket* listener, TrackerConn* tracker, doubl
     return;
   }
   if (pid == 0) {
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
     listener->Close();
     tracker->Close();
-    ServeSession(conn.sockfd, work_root);
+    ServeSession(conn.sockfd, work_dir);
   }
   auto start = std::chrono::steady_clock::now();
   int status = 0;
   while (true) {
-    pid_t r = waitpid(pid, &status, timeout_s > 0 ? WNOHANG : 0);
+    pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid) break;
     if (r < 0 && errno != EINTR) break;
+    if (g_stop) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      break;
+    }
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (timeout_s > 0 && dt > timeout_s) {
       Log("session timed out, killing it");
       if (auto f = tvm::ffi::Function::GetGlobal("rpc.ReturnException")) {
+        std::ostringstream msg;
+        msg << "RPCSessionTimeoutError: Your " << timeout_s
+            << "s session has expired, try to increase the \"session_timeout\" value.";
         try {
-          (*f)(static_cast<int>(conn.sockfd),
-               tvm::ffi::String("RPCSessionTimeoutError: Your " + std::to_string(timeout_s) +
-                                "s session has expired, try to increase the \"session_timeout\" "
-                                "value."));
+          (*f)(static_cast<int>(conn.sockfd), tvm::ffi::String(msg.str()));
         } catch (const std::exception&) {
         }
       }
@@ -285,6 +295,8 @@ void RunSession(TCPSocket conn, TCPSocket* listener, TrackerConn* tracker, doubl
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   if (WIFSIGNALED(status)) Log("session process killed by signal " + std::to_string(WTERMSIG(status)));
+  std::error_code ec;
+  std::filesystem::remove_all(work_dir, ec);
   conn.Close();
 }
 
@@ -293,6 +305,10 @@ void RunSession(TCPSocket conn, TCPSocket* listener, TrackerConn* tracker, doubl
 int main(int argc, char** argv) {
   Options o = ParseArgs(argc, argv);
   signal(SIGPIPE, SIG_IGN);
+  struct sigaction stop_action {};
+  stop_action.sa_handler = OnStopSignal;  // no SA_RESTART: poll() returns EINTR, the loop ends
+  sigaction(SIGTERM, &stop_action, nullptr);
+  sigaction(SIGINT, &stop_action, nullptr);
   if (o.work_root.empty()) {
     const char* tmp = std::getenv("TMPDIR");
     o.work_root = tmp != nullptr ? tmp : "/tmp";
@@ -321,7 +337,7 @@ int main(int argc, char** argv) {
       (o.tracker.empty() ? "" : " tracker=" + o.tracker));
 
   TrackerConn tracker;
-  while (true) {
+  while (!g_stop) {
     std::string matchkey = o.tracker.empty() ? o.key : RandomMatchKey(o.key);
     try {
       if (!o.tracker.empty()) {
@@ -335,6 +351,7 @@ int main(int argc, char** argv) {
       while (conn.BadSocket()) {
         pollfd pfd{listener.sockfd, POLLIN, 0};
         int r = poll(&pfd, 1, o.tracker.empty() ? -1 : kPingMs);
+        if (g_stop) break;
         if (r < 0 && errno == EINTR) continue;
         if (r > 0) {
           conn = listener.Accept(&peer);
@@ -351,15 +368,20 @@ int main(int argc, char** argv) {
           }
         }
       }
+      if (g_stop) break;
       Log("session from " + peer.AsString());
       double timeout_s = opts.count("timeout") ? std::stod(opts["timeout"]) : 0.0;
       RunSession(conn, &listener, &tracker, timeout_s, o.work_root);
       Log("session from " + peer.AsString() + " finished");
     } catch (const std::exception& e) {
+      if (g_stop) break;
       Log(std::string("error: ") + e.what() + "; retrying in 2 s");
       tracker.Close();
       std::this_thread::sleep_for(std::chrono::milliseconds(2000));
     }
   }
+  Log("stopped");
+  listener.Close();
+  tracker.Close();
   return 0;
 }
