@@ -5,8 +5,9 @@ old cmake), the generated Makefile's source selection, our replacement support h
 self-test of their behaviour and wire format; the heaviest runtime sources cross-compile with
 them). The slow test builds the whole runtime (cached in ``default_build_dir()``), runs
 ``tvm_rpc`` under ``qemu-riscv64`` registered with a tracker, and does an upload / load / run /
-time_evaluator round trip of a riscv64 kernel checked against numpy. QEMU wall times are
-not board latencies: only their presence is checked.
+time_evaluator round trip of a riscv64 kernel checked against numpy, then runs a Relax VM
+executable in a second session. QEMU wall times are not board latencies: only their presence
+is checked.
 """
 
 from __future__ import annotations
@@ -227,10 +228,32 @@ def _riscv_add_lib(path: Path, n: int) -> str:
     return "axpb"
 
 
+def _riscv_relax_lib(path: Path) -> None:
+    """A Relax VM executable (matmul + relu) for riscv64 Linux."""
+    import tvm
+    from tvm.script import relax as R
+    from tvm.support import cc
+
+    from tvm_mpq.targets import get_profile
+
+    @tvm.script.ir_module
+    class Mlp:
+        @R.function
+        def main(x: R.Tensor((4, 8), "float32"), w: R.Tensor((8, 3), "float32")):
+            with R.dataflow():
+                z = R.nn.relu(R.matmul(x, w))
+                R.output(z)
+            return z
+
+    ex = tvm.compile(Mlp, target=get_profile("rv64gc").target("linux"))
+    ex.export_library(str(path), fcompile=cc.cross_compiler(BR.DEFAULT_CXX))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAVE_CROSS and HAVE_QEMU), reason="needs riscv64-linux-gnu-g++ and qemu-user")
 def test_qemu_tracker_round_trip(built_runtime, tmp_path):
-    from tvm import rpc
+    import tvm
+    from tvm import relax, rpc
 
     from tvm_mpq.rpc.client import measure_on_board
     from tvm_mpq.rpc.tracker import start_tracker, stop_tracker, tracker_status
@@ -258,14 +281,25 @@ def test_qemu_tracker_round_trip(built_runtime, tmp_path):
         rng = np.random.default_rng(0)
         a = rng.integers(-1000, 1000, n, dtype=np.int32)
         b = rng.integers(-1000, 1000, n, dtype=np.int32)
-        for _ in range(2):  # the second session checks that the server re-registers
-            sess = rpc.connect_tracker("127.0.0.1", tracker.port).request(key, session_timeout=120)
-            out = measure_on_board(sess, str(lib), fname, [a, b, np.zeros(n, np.int32)],
-                                   number=2, repeat=2, return_outputs=True)
-            np.testing.assert_array_equal(out["outputs"][2], a * 3 + b)
-            assert out["status"] == "ok" and len(out["results"]) == 2
-            assert all(t > 0 for t in out["results"])  # QEMU wall time: presence only, not latency
-            del sess
+        sess = rpc.connect_tracker("127.0.0.1", tracker.port).request(key, session_timeout=120)
+        out = measure_on_board(sess, str(lib), fname, [a, b, np.zeros(n, np.int32)],
+                               number=2, repeat=2, return_outputs=True)
+        np.testing.assert_array_equal(out["outputs"][2], a * 3 + b)
+        assert out["status"] == "ok" and len(out["results"]) == 2
+        assert all(t > 0 for t in out["results"])  # QEMU wall time: presence only, not latency
+        del sess
+        # second session (the server re-registered): a Relax VM executable on the board
+        vm_lib = tmp_path / "mlp_rv64.so"
+        _riscv_relax_lib(vm_lib)
+        sess = rpc.connect_tracker("127.0.0.1", tracker.port).request(key, session_timeout=120)
+        sess.upload(str(vm_lib))
+        dev = sess.cpu(0)
+        vm = relax.VirtualMachine(sess.load_module(vm_lib.name), dev)
+        x = rng.standard_normal((4, 8)).astype("float32")
+        w = rng.standard_normal((8, 3)).astype("float32")
+        y = vm["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(w, dev)).numpy()
+        np.testing.assert_allclose(y, np.maximum(x @ w, 0), rtol=1e-5, atol=1e-5)
+        del vm, sess
         lines = (tmp_path / "server.log").read_text().splitlines()
         starts = [ln for ln in lines if "] session from" in ln and not ln.endswith("finished")]
         assert len(starts) == 2 and sum("load_module" in ln for ln in lines) == 2, lines

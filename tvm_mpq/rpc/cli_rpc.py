@@ -65,10 +65,11 @@ def _cmd_build_runtime(a: argparse.Namespace) -> int:
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    files = " ".join(str(p) for p in sorted(out.parent.glob("lib*.so"))) or "(libraries in the build dir)"
+    libs = sorted(out.parent.glob("lib*.so")) + sorted((out.parent / "lib").glob("lib*.so"))
+    files = " ".join(map(str, libs)) or "(libraries in the build dir)"
     print(f"built {out}\nruntime libraries: {files}\n"
           f"on the board: copy these into one directory and run\n"
-          f"  ./tvm_rpc server --tracker=HOST:9190 --key=board-rv64gc   (see docs/rpc.md)")
+          f"  LD_LIBRARY_PATH=. ./tvm_rpc server --tracker=HOST:9190 --key=board-rv64gc   (docs/rpc.md)")
     return 0
 
 
