@@ -368,3 +368,22 @@ def test_schedule_tag():
     assert schedule_tag(0) == "default" and schedule_tag(64) == "tuned64"
     with pytest.raises(ValueError):
         schedule_tag(-1)
+
+
+def test_database_refuses_other_kernel_revision(tmp_path):
+    from tvm_mpq.schedules import KERNELS_REVISION
+
+    path = tmp_path / "m.sqlite"
+    with MeasurementDB(path) as db:
+        db.put(_record())
+    # the same revision reopens; a database of another revision is refused, not reused
+    with MeasurementDB(path) as db:
+        assert len(db) == 1
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value=? WHERE name='kernels_revision'", (str(KERNELS_REVISION - 1),))
+    con.commit()
+    con.close()
+    with pytest.raises(RuntimeError, match="kernel revision"):
+        MeasurementDB(path)

@@ -186,6 +186,27 @@ class MeasurementDB:
         if int(row[0]) != SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: schema version {row[0]}, this code reads "
                                f"{SCHEMA_VERSION}; use a new database file")
+        self._check_kernels_revision()
+
+    def _check_kernels_revision(self) -> None:
+        """Refuse measurements of other kernel definitions (they would be silently reused)."""
+        from ..schedules import KERNELS_REVISION
+
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE name='kernels_revision'").fetchone()
+            n = self._conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+            if row is None:
+                # databases written before the revision was recorded hold revision-1 kernels
+                stored = 1 if n else KERNELS_REVISION
+                self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('kernels_revision', ?)",
+                                   (str(stored),))
+            else:
+                stored = int(row[0])
+        if stored != KERNELS_REVISION:
+            raise RuntimeError(
+                f"{self.path}: holds measurements of kernel revision {stored}, this code builds "
+                f"revision {KERNELS_REVISION} (tvm_mpq.schedules.KERNELS_REVISION); its numbers "
+                f"would be stale: use a new database file (or a new tune workdir)")
 
     # ---- writing ----
 

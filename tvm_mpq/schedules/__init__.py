@@ -4,15 +4,22 @@ Each variant is a TE computation with a tunable schedule; every integer result i
 bit-exact against the numpy reference in :mod:`.reference`.
 """
 
-from .api import run_conv2d, run_dense
-from .build import build_kernel, resolve_target
-from .kernel import KernelDef
-from .reference import conv2d_ref, dense_ref
-from .registry import make_kernel, variants
-from .workload import A_BITS, W_BITS, Conv2dWorkload, DenseWorkload
+#: Revision of the kernel definitions and default schedules. Measurements depend on it: a
+#: measurement database records the revision it was filled with and refuses another one
+#: (``tvm_mpq.rpc.database``). 2: planes-innermost bitserial layouts, blocked activation
+#: packing, grouped plane accumulators, rocket-rv64 scheduling model.
+KERNELS_REVISION = 2
+
+from .api import run_conv2d, run_dense  # noqa: E402
+from .build import build_kernel, resolve_target  # noqa: E402
+from .kernel import KernelDef  # noqa: E402
+from .reference import conv2d_ref, dense_ref  # noqa: E402
+from .registry import make_kernel, variants  # noqa: E402
+from .workload import A_BITS, W_BITS, Conv2dWorkload, DenseWorkload  # noqa: E402
 
 __all__ = [
-    "A_BITS", "W_BITS", "Conv2dWorkload", "DenseWorkload", "KernelDef", "build_kernel",
+    "A_BITS", "KERNELS_REVISION", "W_BITS", "Conv2dWorkload", "DenseWorkload", "KernelDef",
+    "build_kernel",
     "conv2d_ref", "dense_ref", "make_kernel", "resolve_target", "run_conv2d", "run_dense",
     "variants",
 ]

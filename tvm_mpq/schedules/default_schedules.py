@@ -37,24 +37,42 @@ def _conv_workload(kd: KernelDef) -> Conv2dWorkload:
 
 
 def _fit(extent: int, want: int) -> int:
-    """``want`` if it divides ``extent`` (ragged tiles add predicates to the unrolled body)."""
-    return want if want <= extent and extent % want == 0 else 1
+    """The largest divisor of ``extent`` up to ``want`` (ragged tiles add predicates to the
+    unrolled body)."""
+    return max(d for d in range(1, min(want, extent) + 1) if extent % d == 0)
 
 
-def _bitserial_config(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> dict[str, int]:
-    """Tile parameters measured on rv64gc_zbb (1x64x28x28 -> 64, 3x3).
+def _bitserial_config(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> dict[str, Any]:
+    """Tile parameters measured on rv64gc_zbb (Spike, 1x64x28x28 -> 64, 3x3; rocket-rv64 model).
 
-    LLVM hoists every load and AND of a large unrolled body ahead of the popcounts and
-    spills, so big register tiles lose: w1a1 is best with 1x2 (k x ow) outputs, w2a2 with
-    one output and its 4 plane accumulators, and wider bits with the plane loops serial
-    around a 2x2 tile (all 16 planes of even one output do not fit the 31 registers).
+    What limits the tile is registers: G accumulators per output (A for bipolar 1-bit
+    weights, W+A-1 with grouped planes, see ``conv2d.grouped_planes``), plus the loaded
+    words. Measured: G = 1 (w1a1) is best with 4 outputs along ow sharing each weight word
+    and k innermost (the window's activation words stay in registers across k); G <= 3
+    (w2a2) with 2 outputs; larger G with one output, k outermost and the whole kernel window
+    unrolled (w4a4: 83.6% of the 64/(3WA) limit vs 68% with a 2x2 tile of serial planes).
     """
-    planes = w_bits * a_bits
-    if planes == 1:
+    from .conv2d import grouped_planes
+
+    if w_bits == 1:
+        g = a_bits
+    elif grouped_planes(w_bits, a_bits):
+        g = w_bits + a_bits - 1
+    else:
+        g = w_bits * a_bits
+    if wl.kh * wl.kw == 1:  # pointwise: no window, so more outputs fit the registers
+        if g == 1:
+            return {"kt": 1, "owt": _fit(wl.ow, 7), "serial_planes": 0}
+        if g <= 3:
+            owt = _fit(wl.ow, 4)
+            return {"kt": 1 if owt == 4 else _fit(wl.kg, 2), "owt": owt if owt == 4 else _fit(wl.ow, 2),
+                    "serial_planes": 0}
         return {"kt": 1, "owt": _fit(wl.ow, 2), "serial_planes": 0}
-    if planes <= 4:
-        return {"kt": 1, "owt": 1, "serial_planes": 0}
-    return {"kt": _fit(wl.kg, 2), "owt": _fit(wl.ow, 2), "serial_planes": 2}
+    if g == 1:
+        return {"kt": 1, "owt": _fit(wl.ow, 4), "serial_planes": 0}
+    if g <= 3:
+        return {"kt": 1, "owt": _fit(wl.ow, 2), "serial_planes": 0}
+    return {"kt": 1, "owt": 1, "serial_planes": 0, "k_outer": True, "unroll_ry": True}
 
 
 def _roles(sch: s_tir.Schedule, block: Any, loops: list) -> dict[str, Any]:
@@ -91,9 +109,55 @@ def _block_realize(sch: s_tir.Schedule, block: Any) -> Any:
     return body
 
 
+def _schedule_packing(sch: s_tir.Schedule, padded: bool = True) -> None:
+    """Schedule the activation bit-packing stages of a bitserial kernel (see ``conv2d``).
+
+    ``padded=False``: the workload has no padding, so the "padded" planes are a view of the
+    packed ones and are inlined (no copy)."""
+    try:
+        blocks = sch.get_sblock("a_pack_blocks")
+    except Exception:  # noqa: BLE001 - the per-pixel gather packing
+        blocks = None
+    pack = sch.get_sblock("a_pack")
+    if blocks is None:
+        # per pixel, gather the channel bytes into registers, then all planes
+        nn, g, b, cw, hh, ww, q = sch.get_loops(pack)
+        sch.reorder(nn, g, cw, hh, ww, q, b)
+        gather = sch.get_sblock("a_pack_bytes")
+        sch.compute_at(gather, q)
+        sch.set_scope(gather, 0, "local")
+        for lp in sch.get_loops(gather)[6:]:
+            sch.unroll(lp)
+        sch.unroll(b)
+        return
+    # slices: the 8 channel blocks of a chunk are loaded once (registers) for all planes
+    sl = sch.get_sblock("a_pack_slices")
+    nn, g, b, q, pb, j = sch.get_loops(sl)
+    sch.reorder(nn, g, q, pb, b, j)
+    sch.compute_at(blocks, pb)
+    inner = sch.get_loops(blocks)[4:]
+    if all(isinstance(sch.get(lp).extent, tvm.tirx.IntImm) for lp in inner):
+        sch.set_scope(blocks, 0, "local")
+        for lp in inner:
+            sch.unroll(lp)
+    # else: a ragged last chunk (channels not a multiple of 8) gives a variable extent; the
+    # blocks then stay a loop in memory
+    sch.unroll(b)
+    sch.unroll(j)
+    # packed words: per block of s pixels, the 8 slice words are read once
+    s = int(sch.get(sch.get_loops(blocks)[-1]).extent)
+    nn, g, p, cw, b, qq = sch.get_loops(pack)
+    po, pi = sch.split(p, [None, s])
+    sch.reorder(nn, g, cw, b, po, pi, qq)
+    sch.unroll(pi)
+    sch.unroll(qq)
+    if not padded:
+        sch.compute_inline(sch.get_sblock("a_pack_pad"))
+
+
 def _schedule_bitserial(kd: KernelDef, kt: int | None = None, owt: int | None = None,
                         unroll_rx: bool = True, k_outer: bool = False,
-                        serial_planes: int = 0) -> tvm.IRModule:
+                        serial_planes: int = 0, unroll_ry: bool = False) -> tvm.IRModule:
     """Register-tiled bitserial conv; tile arguments default to :func:`_bitserial_config`.
 
     Args:
@@ -107,20 +171,13 @@ def _schedule_bitserial(kd: KernelDef, kt: int | None = None, owt: int | None = 
     if kt is None or owt is None:
         cfg = _bitserial_config(wl, kd.w_bits, kd.a_bits)
         kt, owt, serial_planes = cfg["kt"], cfg["owt"], cfg["serial_planes"]
+        k_outer = cfg.get("k_outer", k_outer)
+        unroll_ry = cfg.get("unroll_ry", unroll_ry)
     sch = s_tir.Schedule(tvm.IRModule({"main": kd.prim_func("main")}))
     if wl.groups > 1 and kt > 1 and wl.kg % kt:
         kt = 1  # a k tile must not straddle two groups (different activation words)
 
-    # the packing: per pixel, gather the channel bytes into registers, then all planes
-    pack = sch.get_sblock("a_pack")
-    nn, g, b, cw, hh, ww, q = sch.get_loops(pack)
-    sch.reorder(nn, g, cw, hh, ww, q, b)
-    gather = sch.get_sblock("a_pack_bytes")
-    sch.compute_at(gather, q)
-    sch.set_scope(gather, 0, "local")
-    for lp in sch.get_loops(gather)[6:]:
-        sch.unroll(lp)
-    sch.unroll(b)
+    _schedule_packing(sch, padded=any(wl.padding))
 
     out = sch.get_sblock(kd.output.op.name)
     n, k, oh, ow, *red = sch.get_loops(out)
@@ -140,12 +197,17 @@ def _schedule_bitserial(kd: KernelDef, kt: int | None = None, owt: int | None = 
     ploops = sch.get_loops(planes)
     depth = _depth(sch, out, anchor)
     inner = ploops[depth:]
+    if not inner:  # 1x1 kernel, one word, one plane pair, 1x1 tile: nothing left to arrange
+        return sch.mod
     role = _roles(sch, planes, inner)
     red_l = [role[r] for r in ("rc", "ry", "rx") if r in role]
     # plane loops run serially outside the reduction when all planes do not fit registers
     serial_names = ("bw", "ba")[2 - serial_planes:] if serial_planes else ()
     ser_l = [role[r] for r in ("bw", "ba") if r in role and r in serial_names]
-    tile_l = [role[r] for r in ("k", "bw", "ba", "oh", "ow") if r in role and r not in serial_names]
+    # grouped planes (conv2d.grouped_planes): the weight-plane reduction "rb" is unrolled
+    # inside the tile with the shift groups "j"
+    tile_l = [role[r] for r in ("k", "rb", "bw", "ba", "j", "oh", "ow")
+              if r in role and r not in serial_names]
     if not red_l:
         return sch.mod
     sch.reorder(*ser_l, *red_l, *tile_l)
@@ -154,6 +216,8 @@ def _schedule_bitserial(kd: KernelDef, kt: int | None = None, owt: int | None = 
         sch.unroll(lp)
     if "rx" in role and unroll_rx:
         sch.unroll(role["rx"])
+    if "ry" in role and unroll_ry:
+        sch.unroll(role["ry"])
     for lp in sch.get_loops(init)[depth + len(ser_l):]:
         sch.unroll(lp)
     return sch.mod
@@ -231,3 +295,35 @@ def default_schedule(kd: KernelDef, target: Any = None) -> tvm.IRModule | None:
         log.debug("default schedule for %s failed, using the plain lowering: %s",
                   kd.describe(), e)
     return None
+
+
+def bitserial_packing_func(kd: KernelDef) -> tuple[tvm.tirx.PrimFunc, list[int]]:
+    """The activation packing (and padding) of bitserial kernel ``kd`` alone, scheduled as in
+    its default schedule: input -> padded packed planes (returns the PrimFunc and the planes'
+    shape). Measured next to the whole kernel it splits the kernel's cost into packing and
+    convolution (bench/riscv_kernels.py)."""
+    from tvm import te
+
+    if kd.variant != "bitserial":
+        raise ValueError(f"{kd.describe()} is not a bitserial kernel")
+    # the packing stages only: the padded planes become the function's output
+    padded = any(_conv_workload(kd).padding)
+    # without padding the kernel reads the packed planes through a view (inlined)
+    planes = _producer(kd, "a_pack_pad" if padded else "a_pack")
+    sch = s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func([kd.tensors[0], planes])}))
+    _schedule_packing(sch, padded=True)
+    return sch.mod["main"], [int(d) for d in planes.shape]
+
+
+def _producer(kd: KernelDef, name: str):
+    """The TE tensor called ``name`` among the producers of ``kd``'s output."""
+    seen, todo = set(), [kd.output]
+    while todo:
+        t = todo.pop()
+        if t.op.name == name:
+            return t
+        for inp in getattr(t.op, "input_tensors", []):
+            if inp.op not in seen:
+                seen.add(inp.op)
+                todo.append(inp)
+    raise ValueError(f"{kd.describe()} has no stage {name!r}")
