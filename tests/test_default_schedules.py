@@ -16,7 +16,7 @@ from tvm_mpq.schedules.workload import DenseWorkload
 REF_LAYER = Conv2dWorkload.make((1, 64, 28, 28), (64, 64, 3, 3), 1, 1)
 # measured 7,912,040 instructions (3.65 MACs/instr, 68% of 64/(3*2*2)) on rv64gc_zbb;
 # counts are deterministic, so this only moves when the schedule or the compiler changes
-W2A2_FLOOR = 3.5
+W2A2_FLOOR = 4.2
 
 
 @st.composite
@@ -53,7 +53,7 @@ def test_bitserial_default_schedule_bit_exact_host(case) -> None:
     _check_host(kd)
 
 
-@pytest.mark.parametrize("variant", ["int8", "unpack", "bitserial"])
+@pytest.mark.parametrize("variant", ["int8", "unpack", "bitserial", "swar"])
 def test_default_schedule_dense_and_reference_layer(variant: str) -> None:
     for wl in (DenseWorkload(3, 100, 10), Conv2dWorkload.make((1, 16, 6, 6), (8, 16, 3, 3), 1, 1)):
         _check_host(make_kernel(wl, variant, 2, 2))
@@ -106,16 +106,35 @@ def test_default_schedules_bit_exact_on_spike(profile: str) -> None:
     dw = Conv2dWorkload.make((1, 8, 6, 6), (8, 1, 3, 3), 1, 1, groups=8)
     specs = [(small, "bitserial", 1, 1, 1), (small, "bitserial", 2, 2, 0),
              (strided, "bitserial", 4, 4, 9), (dw, "bitserial", 2, 4, 3),
-             (small, "int8", 8, 8, 7)]
+             (small, "int8", 8, 8, 7), (small, "swar", 4, 4, 5), (strided, "swar", 8, 8, 200),
+             (dw, "swar", 1, 2, 2)]
     for r in run_kernels(_spike_cases(specs, profile), profile, "spike"):
         assert r.status == "ok", f"{r.name}: {r.message}"
 
 
 @needs_spike
-def test_bitserial_w2a2_macs_per_instruction_floor() -> None:
+def test_swar_beats_int8_on_rv64gc() -> None:
+    """On a core without popcount, one packed 64-bit multiply per P MACs must beat the
+    one-multiply-per-MAC int8 kernel (measured 4.1x fewer at w4a4 on the reference layer)."""
     from tvm_mpq.rpc.baremetal import run_kernels
 
-    (r,) = run_kernels(_spike_cases([(REF_LAYER, "bitserial", 2, 2, 0)], "rv64gc_zbb"),
-                       "rv64gc_zbb", "spike")
-    assert r.status == "ok", r.message
-    assert REF_LAYER.macs / r.instructions >= W2A2_FLOOR, r.instructions
+    wl = Conv2dWorkload.make((1, 32, 8, 8), (32, 32, 3, 3), 1, 1)
+    runs = run_kernels(_spike_cases([(wl, "int8", 8, 8, 0), (wl, "swar", 8, 8, 0),
+                                     (wl, "swar", 4, 4, 0)], "rv64gc"), "rv64gc", "spike")
+    assert all(r.status == "ok" for r in runs), [r.message for r in runs]
+    int8, s8, s4 = (r.instructions for r in runs)
+    assert s8 < int8 and 2 * s4 < int8, (int8, s8, s4)
+
+
+@needs_spike
+def test_bitserial_macs_per_instruction_floor() -> None:
+    """Regression guard on the reference layer (measured 15.78 / 4.35 / 1.115 MAC/instr,
+    74% / 81.5% / 83.6% of the 64/(3WA) limit)."""
+    from tvm_mpq.rpc.baremetal import run_kernels
+
+    floors = {(1, 1): 15.0, (2, 2): W2A2_FLOOR, (4, 4): 1.08}
+    runs = run_kernels(_spike_cases([(REF_LAYER, "bitserial", w, a, 0) for w, a in floors],
+                                    "rv64gc_zbb"), "rv64gc_zbb", "spike")
+    for (bits, floor), r in zip(floors.items(), runs, strict=True):
+        assert r.status == "ok", r.message
+        assert REF_LAYER.macs / r.instructions >= floor, (bits, r.instructions)

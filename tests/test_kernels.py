@@ -199,3 +199,21 @@ def test_bitplanes_reconstruct(bits, length, word_bits, seed):
             bit = (planes[:, b, :].astype(np.uint64) >> np.uint64(j)) & np.uint64(1)
             rebuilt[:, j::word_bits] |= bit.astype(np.int64) << b
     np.testing.assert_array_equal(rebuilt[:, :length], weight_code(w, bits).astype(np.int64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 600), st.sampled_from([1, 3, 5]), st.sampled_from([1, 2, 4, 8]),
+       st.sampled_from([1, 2, 4, 8]))
+def test_swar_lanes_never_carry(cg, kh, w_bits, a_bits):
+    """The lane choice keeps a whole output's packed sum inside its lane."""
+    from tvm_mpq.schedules.conv2d import swar_lanes
+
+    wl = Conv2dWorkload.make((1, cg, kh + 2, kh + 2), (2, cg, kh, kh), 1, 0)
+    p, s = swar_lanes(wl, w_bits, a_bits)
+    assert 1 <= p <= 8 and p * s <= 64
+    t = kh * kh * -(-cg // p)
+    assert p == 1 or t * p * ((1 << a_bits) - 1) * ((1 << w_bits) - 1) < (1 << s)
+    if p < 8:  # and one more lane would not fit
+        s2 = 64 // (p + 1)
+        t2 = kh * kh * -(-cg // (p + 1))
+        assert t2 * (p + 1) * ((1 << a_bits) - 1) * ((1 << w_bits) - 1) >= (1 << s2)

@@ -34,7 +34,8 @@ PROFILE = "rv64gc_zbb"
 # ---------------------------------------------------------------------- synthetic data
 def _per_mac(v: str, w: int, a: int) -> float:
     """Known structure: bit-serial cost grows with w*a, int8/unpack flat, fp32 dearest."""
-    return {"fp32": 2.0, "int8": 1.5, "unpack": 1.8, "bitserial": 0.15 * w * a}[v]
+    return {"fp32": 2.0, "int8": 1.5, "unpack": 1.8, "bitserial": 0.15 * w * a,
+            "swar": 0.4 + 0.05 * w * a}[v]
 
 
 def _workloads() -> list:

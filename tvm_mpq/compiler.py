@@ -173,7 +173,8 @@ class _Emitter:
         if info.name not in self.plan or self.plan[info.name].is_fp32 or not info.quantizable:
             return None
         cfg, qp = self.plan[info.name], self.qparams[info.name]
-        variant = cfg.variant or resolve_variant(cfg.w_bits, cfg.a_bits, self.profile.name)
+        cg = info.weight_shape[1] if info.kind == "conv2d" else None
+        variant = cfg.variant or resolve_variant(cfg.w_bits, cfg.a_bits, self.profile.name, cg)
         if variant == "fp32":
             raise ValueError(f"layer {info.name!r}: variant 'fp32' needs fp32 bits in the plan, "
                              f"got w{cfg.w_bits}a{cfg.a_bits}")

@@ -23,7 +23,7 @@ FP32 = 32
 """Bit-width marker meaning "not quantized" (``"fp32"`` is accepted as well)."""
 
 VALID_BITS: tuple[int, ...] = (1, 2, 4, 8)
-VARIANTS: tuple[str, ...] = ("fp32", "int8", "bitserial", "unpack")
+VARIANTS: tuple[str, ...] = ("fp32", "int8", "bitserial", "unpack", "swar")
 
 
 def normalize_bits(bits: int | str, what: str = "bits") -> int:
@@ -53,7 +53,7 @@ class LayerConfig:
     Attributes:
         w_bits: weight bits in {1, 2, 4, 8}, or 32 (fp32).
         a_bits: input-activation bits in {1, 2, 4, 8}, or 32 (fp32).
-        variant: kernel variant ("fp32", "int8", "bitserial", "unpack") or None:
+        variant: kernel variant ("fp32", "int8", "bitserial", "unpack", "swar") or None:
             "the best variant for these bits on the target", resolved at
             compile time (see :func:`resolve_variant`).
 
@@ -113,7 +113,14 @@ def _profile_has_popcount(profile: Any) -> bool:
     return p.is_host or p.has_zbb
 
 
-def resolve_variant(w_bits: int | str, a_bits: int | str, profile_name: Any = "host") -> str:
+#: Bitserial packs channels into words: below this many input channels per group
+#: (depthwise: 1) a word is mostly empty and the int8 arithmetic of ``unpack`` is cheaper
+#: (bench/riscv_kernels.py: bitserial depthwise 2-25x more instructions than int8).
+MIN_BITSERIAL_CHANNELS = 8
+
+
+def resolve_variant(w_bits: int | str, a_bits: int | str, profile_name: Any = "host",
+                    channels_per_group: int | None = None) -> str:
     """Default kernel variant for a bit-width pair on a target profile.
 
     This is the rule used *before* per-layer measurements exist:
@@ -121,17 +128,22 @@ def resolve_variant(w_bits: int | str, a_bits: int | str, profile_name: Any = "h
     - fp32 -> ``"fp32"``;
     - either side 8 bits (w8a8, w8a4, w4a8, ...) -> ``"int8"``;
     - both sides <= 4 bits -> ``"bitserial"`` when the profile has a fast
-      popcount (the host, or RISC-V with ``+zbb``), else ``"unpack"``.
+      popcount (the host, or RISC-V with ``+zbb``) and the layer has at least
+      :data:`MIN_BITSERIAL_CHANNELS` input channels per group, else ``"unpack"``.
 
     Args:
         w_bits, a_bits: bit-widths (1, 2, 4, 8, 32 or "fp32").
         profile_name: a :mod:`tvm_mpq.targets` profile name or Profile.
+        channels_per_group: the layer's input channels per group, if known
+            (depthwise conv: 1).
     """
     w, a = normalize_bits(w_bits, "w_bits"), normalize_bits(a_bits, "a_bits")
     if w == FP32 or a == FP32:
         return "fp32"
     if max(w, a) == 8:
         return "int8"
+    if channels_per_group is not None and channels_per_group < MIN_BITSERIAL_CHANNELS:
+        return "unpack"
     return "bitserial" if _profile_has_popcount(profile_name) else "unpack"
 
 

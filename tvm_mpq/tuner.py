@@ -49,8 +49,11 @@ TARGET_ALIASES = {
     "riscv32": "rv32imc", "host": "host", "llvm": "host",
 }
 DEFAULT_BITS: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4), (2, 4), (2, 2))
-DEFAULT_VARIANTS: tuple[str, ...] = ("int8", "bitserial", "unpack")
-BASELINES = {"fp32": None, "int8": (8, 8, "int8"), "w4a4": (4, 4, None)}
+DEFAULT_VARIANTS: tuple[str, ...] = ("int8", "bitserial", "unpack", "swar")
+#: Uniform baselines: (w_bits, a_bits, variant); variant None = each layer's fastest measured
+#: kernel for those bits (so "int8" is every layer at w8a8 with the better of the int8 and
+#: swar kernels: the strongest 8-bit baseline we can build, not a strawman).
+BASELINES = {"fp32": None, "int8": (8, 8, None), "w4a4": (4, 4, None)}
 
 
 def resolve_profile(target: str | Profile) -> Profile:
@@ -352,7 +355,8 @@ def _plan_queries(plan: QuantPlan, table: Any, profile: Profile) -> list[Any]:
         if cfg.is_fp32 or not r.quantizable:
             out.append(CostQuery(layer_workload(r), "fp32", 8, 8, profile.name))
         else:
-            v = cfg.variant or resolve_variant(cfg.w_bits, cfg.a_bits, profile.name)
+            cg = r.weight_shape[1] if r.kind == "conv2d" else None
+            v = cfg.variant or resolve_variant(cfg.w_bits, cfg.a_bits, profile.name, cg)
             out.append(CostQuery(layer_workload(r), v, cfg.w_bits, cfg.a_bits, profile.name))
     return out
 

@@ -477,7 +477,7 @@ def measure(
 
     Args:
         workload: ``Conv2dWorkload`` or ``DenseWorkload``.
-        variant: "fp32", "int8", "unpack" or "bitserial".
+        variant: "fp32", "int8", "unpack", "bitserial" or "swar".
         w_bits, a_bits: bit-widths in {1, 2, 4, 8}.
         profile: target profile name (e.g. "rv64gc_zbb"; "host" for backend "host").
         backend: "spike", "qemu" (instruction counts) or "host" (wall time).

@@ -53,7 +53,7 @@ def run_conv2d(x: np.ndarray, w: np.ndarray, *, stride: int | tuple[int, int] = 
         stride, padding, groups: as in ``torch.nn.functional.conv2d`` (padding may also be
             (top, left, bottom, right)).
         w_bits, a_bits: bit-widths, each in {1, 2, 4, 8}.
-        variant: one of :func:`variants` ("fp32", "int8", "bitserial", "unpack").
+        variant: one of :func:`variants` ("fp32", "int8", "bitserial", "unpack", "swar").
         target: a host target ("llvm").
         pad_value: value of padded activations (the activation zero point).
 

@@ -16,6 +16,7 @@ _CONV = {
     "int8": conv2d.conv2d_int8,
     "bitserial": conv2d.conv2d_bitserial,
     "unpack": conv2d.conv2d_unpack,
+    "swar": conv2d.conv2d_swar,
 }
 
 

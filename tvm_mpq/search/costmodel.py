@@ -539,7 +539,8 @@ def workload_groups(tables: Mapping[str, Any]) -> dict[str, str]:
 # ---------------------------------------------------------------------- active learning
 def _default_anchors(variants: Sequence[str], bits: Sequence[tuple[int, int]]
                      ) -> list[tuple[str, int, int]]:
-    """fp32, int8 at the widest pair, bitserial at the narrowest, unpack in the middle."""
+    """fp32, int8 at the widest pair, bitserial at the narrowest, unpack and swar in the
+    middle."""
     by_prod = sorted(bits, key=lambda b: (b[0] * b[1], b))
     anchors: list[tuple[str, int, int]] = [("fp32", 8, 8)]
     if by_prod:
@@ -549,6 +550,8 @@ def _default_anchors(variants: Sequence[str], bits: Sequence[tuple[int, int]]
             anchors.append(("bitserial", *by_prod[0]))
         if "unpack" in variants:
             anchors.append(("unpack", *by_prod[len(by_prod) // 2]))
+        if "swar" in variants:
+            anchors.append(("swar", *by_prod[len(by_prod) // 2]))
     return anchors
 
 

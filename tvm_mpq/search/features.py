@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..plan import FP32
+from ..schedules.conv2d import swar_lanes
 from ..schedules.workload import Conv2dWorkload, DenseWorkload, Workload, workload_from_dict
 from ..targets import get_profile
 
@@ -43,12 +44,12 @@ __all__ = [
 ]
 
 #: Bump when the meaning of a feature changes (the names alone would not show it).
-FEATURE_SCHEMA_VERSION = 2
+FEATURE_SCHEMA_VERSION = 3  # 3: the "swar" variant and its terms
 
 #: Kernel variants one-hot encoded, in this order.
-VARIANT_ORDER: tuple[str, ...] = ("fp32", "int8", "bitserial", "unpack")
+VARIANT_ORDER: tuple[str, ...] = ("fp32", "int8", "bitserial", "unpack", "swar")
 #: Variants a quantized layer can use.
-QUANT_VARIANTS: tuple[str, ...] = ("int8", "bitserial", "unpack")
+QUANT_VARIANTS: tuple[str, ...] = ("int8", "bitserial", "unpack", "swar")
 
 FEATURE_NAMES: tuple[str, ...] = (
     "is_conv", "is_dense", "depthwise", "pointwise",
@@ -95,6 +96,9 @@ ANALYTIC_TERMS: tuple[str, ...] = (
     "plane_outs",    # bitserial: per-plane partial sums (out * w_bits * a_bits)
     "plane_rows",    # bitserial: plane_outs * words * kh (inner-loop entries)
     "asum",          # bitserial, w_bits == 1: activation window sums
+    "swar_words",    # swar: packed multiply-adds (out * kh * kw * ceil(cg / lanes))
+    "swar_pack",     # swar: activation lanes packed over the padded extent
+    "swar_asum",     # swar: packed multiply-adds of the activation window sums
 )
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class CostQuery:
 
     Attributes:
         workload: a ``Conv2dWorkload`` or ``DenseWorkload`` (:mod:`tvm_mpq.schedules`).
-        variant: "fp32", "int8", "bitserial" or "unpack".
+        variant: "fp32", "int8", "bitserial", "unpack" or "swar".
         w_bits, a_bits: bit-widths (ignored, and normalised to 8, for "fp32").
         profile: target profile name (:data:`tvm_mpq.targets.PROFILES`).
     """
@@ -207,6 +211,9 @@ def _row(q: CostQuery) -> list[float]:
         in_b, w_b = 1.0, 1.0
     elif q.variant == "unpack":
         in_b, w_b = 1.0, wb / 8
+    elif q.variant == "swar":  # lanes of 64 / P bits each
+        lane_bytes = 8.0 / swar_lanes(cv, q.w_bits, q.a_bits)[0]
+        in_b, w_b = lane_bytes, lane_bytes
     else:
         in_b, w_b = ab / 8, wb / 8
     words = math.ceil(cv.cg / word_bits)
@@ -232,13 +239,15 @@ def _inner_extent(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> int:
     """Extent of the innermost reduction loop as lowered (rx; the channel loop for 1x1)."""
     if cv.kw > 1:
         return cv.kw
+    if q.variant == "swar":
+        return math.ceil(cv.cg / swar_lanes(cv, q.w_bits, q.a_bits)[0])
     return math.ceil(cv.cg / word_bits) if q.variant == "bitserial" else cv.cg
 
 
 #: Rough instructions in the innermost MAC loop body (loads, extends, multiply-add) and
 #: LLVM's full-unroll budget: a loop of ``extent`` iterations is unrolled when
 #: ``extent * body <= _UNROLL_BUDGET`` (fp32 with 32 channels is, int8 with 32 is not).
-_MAC_BODY = {"fp32": 4, "int8": 6, "unpack": 6, "bitserial": 6}
+_MAC_BODY = {"fp32": 4, "int8": 6, "unpack": 6, "bitserial": 6, "swar": 4}
 _UNROLL_BUDGET = 150
 
 
@@ -274,6 +283,13 @@ def _terms(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> dict[str, floa
             t["asum"] = float(cv.n * cv.groups * ab * cv.oh * cv.ow * nw * cv.kh * cv.kw)
         return t
     t["planes"] = float(cv.n * cv.k)
+    if q.variant == "swar":
+        lanes = swar_lanes(cv, q.w_bits, q.a_bits)[0]
+        nwp = math.ceil(cv.cg / lanes)
+        t["swar_words"] = out * cv.kh * cv.kw * nwp
+        t["swar_pack"] = float(cv.n * cv.groups * cv.hp * cv.wp * nwp * lanes)
+        t["swar_asum"] = float(cv.n * cv.groups * cv.oh * cv.ow * cv.kh * cv.kw * nwp)
+        return t
     inner = _inner_extent(q, cv, word_bits)
     t["macs_unrolled" if _unrolled(q.variant, inner) else "macs"] = float(cv.macs)
     t["red_loops"] = out * cv.cg * cv.kh
