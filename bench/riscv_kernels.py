@@ -56,6 +56,7 @@ CONFIGS: list[tuple[str, int, int]] = [
     ("fp32", 8, 8), ("int8", 8, 8),
     ("unpack", 4, 4), ("unpack", 2, 2), ("unpack", 1, 1),
     ("bitserial", 4, 4), ("bitserial", 2, 2), ("bitserial", 1, 1),
+    ("swar", 8, 8), ("swar", 4, 4), ("swar", 2, 2), ("swar", 1, 1),
 ]
 PROFILES = ["rv64gc", "rv64gc_zbb", "rv64gcv"]
 

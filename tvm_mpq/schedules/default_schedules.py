@@ -5,8 +5,9 @@ output is tiled over (k, ow) and the plane sums of a tile live in a ``local`` bu
 loops are fully unrolled, so every index is constant and LLVM promotes it to registers;
 the reduction (channel words, kernel window) runs outside the tile, the plane combine is
 fused right after it, the padding is applied to packed words (see ``conv2d._pad_packed``)
-and the packing gathers channel bytes once per pixel. Tile sizes come from instruction
-counts on Spike (see ``_bitserial_config``).
+and the packing reads 2-8 pixels per load and transposes bit slices (``_schedule_packing``).
+Tile sizes come from instruction counts on Spike (see ``_bitserial_config``); which targets
+get the tiles, from :func:`_tile_bitserial`. docs/kernels.md has the design.
 
 int8 / unpack / fp32 keep the plain lowering: the same register tiling (``_schedule_direct``)
 was measured slower on rv64gc (LLVM schedules all loads and multiplies of the unrolled
@@ -265,8 +266,7 @@ def _schedule_direct(kd: KernelDef, kt: int = 4, owt: int = 2, unroll_rx: bool =
 def has_hw_popcount(target: Any) -> bool:
     """Whether ``target`` (profile name, JSON dict, Target or None = host) has a popcount
     instruction: x86-64 hosts and RISC-V with Zbb. Without one LLVM expands popcount into
-    ~15 instructions and a few temporaries, and the register tiles spill (measured slower
-    than the plain lowering on rv64gc), so bitserial keeps the plain lowering there."""
+    ~15 instructions (see :func:`_tile_bitserial` for what that means for the schedule)."""
     if target is None:
         return True
     if isinstance(target, str):
@@ -283,6 +283,33 @@ def has_hw_popcount(target: Any) -> bool:
     return any(str(a) == "+zbb" for a in tgt.attrs.get("mattr", []))
 
 
+def _mattr(target: Any) -> list[str]:
+    if target is None or (isinstance(target, str) and target in ("llvm", "host")):
+        return []
+    if isinstance(target, str):
+        from ..targets import get_profile
+
+        return list(get_profile(target).mattr)
+    tgt = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    return [str(a) for a in tgt.attrs.get("mattr", [])]
+
+
+def _tile_bitserial(kd: KernelDef, target: Any) -> bool:
+    """Whether bitserial gets the register-tiled schedule on ``target``.
+
+    Measured on Spike (1x64x28x28 -> 64, 3x3): with a popcount instruction always; on scalar
+    cores without one too (rv64gc: w4a4 235M -> 107M, w2a2 47.6M -> 28.0M, w1a1 7.6M ->
+    7.2M instructions: the plane loops must be unrolled for the grouped plane sums' constant
+    conditions to fold); on vector cores (rv64gcv) LLVM vectorizes the plain lowering's
+    popcounts, which wins up to W*A = 4 (w2a2 17.6M plain vs 28.3M tiled; w4a4 234M vs 108M).
+    """
+    if has_hw_popcount(target):
+        return True
+    if "+v" in _mattr(target):
+        return kd.w_bits * kd.a_bits > 4
+    return True
+
+
 def default_schedule(kd: KernelDef, target: Any = None) -> tvm.IRModule | None:
     """A scheduled module (PrimFunc under "main") for ``kd``, or None for the plain lowering.
 
@@ -291,7 +318,7 @@ def default_schedule(kd: KernelDef, target: Any = None) -> tvm.IRModule | None:
         target: the TVM target, profile name or JSON dict (None: the host).
     """
     try:
-        if kd.variant == "bitserial" and has_hw_popcount(target):
+        if kd.variant == "bitserial" and _tile_bitserial(kd, target):
             return _schedule_bitserial(kd)
         if kd.variant == "swar":
             # 4x4 (k x ow) tile of 64-bit accumulators: measured on rv64gc (Spike) 1.5-1.7x
