@@ -7,8 +7,9 @@ bit-exact against the numpy reference in :mod:`.reference`.
 #: Revision of the kernel definitions and default schedules. Measurements depend on it: a
 #: measurement database records the revision it was filled with and refuses another one
 #: (``tvm_mpq.rpc.database``). 2: planes-innermost bitserial layouts, blocked activation
-#: packing, grouped plane accumulators, rocket-rv64 scheduling model.
-KERNELS_REVISION = 2
+#: packing, grouped plane accumulators, rocket-rv64 scheduling model. 3: bitserial tiles on
+#: scalar cores without popcount too.
+KERNELS_REVISION = 3
 
 from .api import run_conv2d, run_dense  # noqa: E402
 from .build import build_kernel, resolve_target  # noqa: E402
