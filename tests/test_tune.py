@@ -41,6 +41,8 @@ def test_result_is_measured(tuned):
     # the end-to-end standalone artifact was run on Spike for the baselines
     assert res.baselines["int8"].model_cost > res.baselines["int8"].measured_cost
     assert res.baselines["int8"].compiled_accuracy is not None
+    # "w8a8" takes each layer's fastest measured 8-bit kernel, so it can only beat the int8 one
+    assert res.baselines["w8a8"].measured_cost <= res.baselines["int8"].measured_cost
     if res.best is not None:
         assert res.best.meets_constraints and res.best.drop * 100 <= 1.0 + 1e-9
     else:
