@@ -133,6 +133,10 @@ def test_resolve_variant():
     assert resolve_variant(2, 2, "rv64gc_zbb") == "bitserial"
     assert resolve_variant(1, 4, "host") == "bitserial"
     assert resolve_variant("fp32", "fp32", "rv64gc") == "fp32"
+    # below 8 input channels per group (depthwise, 1-channel stem) a packed word is mostly empty
+    assert resolve_variant(2, 2, "rv64gc_zbb", channels_per_group=1) == "unpack"
+    assert resolve_variant(2, 2, "rv64gc_zbb", channels_per_group=16) == "bitserial"
+    assert resolve_variant(8, 8, "rv64gc_zbb", channels_per_group=1) == "int8"
 
 
 def test_weight_bytes(model, imported):

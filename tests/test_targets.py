@@ -38,3 +38,12 @@ def test_zbb_bitserial_uses_cpop():
     without = _asm(kd, get_profile("rv64gc").target("linux"))
     assert re.search(r"\bcpop\b", with_zbb)
     assert not re.search(r"\bcpop\b", without)
+
+
+def test_riscv_profiles_use_an_in_order_scheduling_model_without_extra_features():
+    """The CPU name only picks LLVM's scheduling model: the ISA stays the profile's mattr."""
+    for name in ("rv64gc", "rv64gc_zbb", "rv64gcv", "rv32imc"):
+        prof = get_profile(name)
+        d = prof.target_dict("baremetal")
+        assert d["mcpu"] == ("rocket-rv64" if prof.xlen == 64 else "rocket-rv32")
+        assert d["mattr"] == list(prof.mattr)
