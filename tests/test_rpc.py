@@ -271,7 +271,8 @@ def test_server_killed_during_real_measurement():
         with S.start_servers(REAL_KEY, "rv64gc", 2, tracker=("127.0.0.1", tr.port), port=base + 100,
                              port_end=base + 200) as g:
             S.wait_for_servers(("127.0.0.1", tr.port), REAL_KEY, 2)
-            wl = Conv2dWorkload.make((1, 64, 28, 28), (64, 64, 3, 3), 1, 1)  # ~1e8 instructions
+            # ~5e8 instructions: seconds of Spike, so the kill lands mid-run on an idle machine too
+            wl = Conv2dWorkload.make((1, 64, 56, 56), (64, 64, 3, 3), 1, 1)
             req = {"workload": wl.to_dict(), "variant": "int8", "w_bits": 8, "a_bits": 8}
             m = RPCMeasurer("127.0.0.1", tr.port, REAL_KEY, max_retries=1)
             def kill_when_busy() -> None:  # both servers handed out, then 1 s into the run
