@@ -478,18 +478,12 @@ def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0
     def prep_w(a: np.ndarray) -> np.ndarray:
         a = np.asarray(a, np.int64)
         off = (a + 1) // 2 if w_bits == 1 else a + (1 << (w_bits - 1))  # w' in [0, 2^W)
-        lanes = np.zeros((wl.k, nwp * p), np.uint64)
-        outw = np.zeros((wl.k, wl.kh, wl.kw, nwp), np.uint64)
-        for ry_ in range(wl.kh):
-            for rx_ in range(wl.kw):
-                lanes[:] = 0
-                lanes[:, :wl.cg] = off[:, :, ry_, rx_].astype(np.uint64)
-                lw = lanes.reshape(wl.k, nwp, p)
-                word = np.zeros((wl.k, nwp), np.uint64)
-                for q in range(p):
-                    word |= lw[:, :, q] << np.uint64(s * (p - 1 - q))
-                outw[:, ry_, rx_, :] = word
-        return outw
+        lanes = np.zeros((wl.k, nwp * p, wl.kh, wl.kw), np.uint64)  # channels past cg: 0
+        lanes[:, :wl.cg] = off.astype(np.uint64)
+        shifts = (s * (p - 1 - np.arange(p))).astype(np.uint64)  # reversed lane order
+        words = np.bitwise_or.reduce(
+            lanes.reshape(wl.k, nwp, p, wl.kh, wl.kw) << shifts[:, None, None], axis=2)
+        return np.ascontiguousarray(words.transpose(0, 2, 3, 1))  # (k, kh, kw, nwp)
 
     return KernelDef(wl, "swar", w_bits, a_bits, [x, wpk, res], prepare_weight=prep_w,
                      prepare_input=lambda a: a.astype(np.uint8), pad_value=pad_value,

@@ -27,15 +27,14 @@ import tvm
 from tvm import s_tir
 
 from .kernel import KernelDef
+from .registry import dense_as_conv
 from .workload import Conv2dWorkload, DenseWorkload
 
 log = logging.getLogger(__name__)
 
 def _conv_workload(kd: KernelDef) -> Conv2dWorkload:
     wl = kd.workload
-    if isinstance(wl, DenseWorkload):
-        return Conv2dWorkload(wl.m, wl.d, 1, 1, wl.n_out, 1, 1)
-    return wl
+    return dense_as_conv(wl) if isinstance(wl, DenseWorkload) else wl
 
 
 def _fit(extent: int, want: int) -> int:
@@ -64,17 +63,17 @@ def _bitserial_config(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> dict[str,
         g = w_bits * a_bits
     if wl.kh * wl.kw == 1:  # pointwise: no window, so more outputs fit the registers
         if g == 1:
-            return {"kt": 1, "owt": _fit(wl.ow, 7), "serial_planes": 0}
-        if g <= 3:
-            owt = _fit(wl.ow, 4)
-            return {"kt": 1 if owt == 4 else _fit(wl.kg, 2), "owt": owt if owt == 4 else _fit(wl.ow, 2),
-                    "serial_planes": 0}
-        return {"kt": 1, "owt": _fit(wl.ow, 2), "serial_planes": 0}
+            return {"kt": 1, "owt": _fit(wl.ow, 7)}
+        if g <= 3:  # 4 along ow, else 2 x 2 (k x ow)
+            if _fit(wl.ow, 4) == 4:
+                return {"kt": 1, "owt": 4}
+            return {"kt": _fit(wl.kg, 2), "owt": _fit(wl.ow, 2)}
+        return {"kt": 1, "owt": _fit(wl.ow, 2)}
     if g == 1:
-        return {"kt": 1, "owt": _fit(wl.ow, 4), "serial_planes": 0}
+        return {"kt": 1, "owt": _fit(wl.ow, 4)}
     if g <= 3:
-        return {"kt": 1, "owt": _fit(wl.ow, 2), "serial_planes": 0}
-    return {"kt": 1, "owt": 1, "serial_planes": 0, "k_outer": True, "unroll_ry": True}
+        return {"kt": 1, "owt": _fit(wl.ow, 2)}
+    return {"kt": 1, "owt": 1, "k_outer": True, "unroll_ry": True}
 
 
 def _roles(sch: s_tir.Schedule, block: Any, loops: list) -> dict[str, Any]:
@@ -172,7 +171,7 @@ def _schedule_bitserial(kd: KernelDef, kt: int | None = None, owt: int | None = 
     wl = _conv_workload(kd)
     if kt is None or owt is None:
         cfg = _bitserial_config(wl, kd.w_bits, kd.a_bits)
-        kt, owt, serial_planes = cfg["kt"], cfg["owt"], cfg["serial_planes"]
+        kt, owt = cfg["kt"], cfg["owt"]
         k_outer = cfg.get("k_outer", k_outer)
         unroll_ry = cfg.get("unroll_ry", unroll_ry)
     sch = s_tir.Schedule(tvm.IRModule({"main": kd.prim_func("main")}))
@@ -263,35 +262,28 @@ def _schedule_direct(kd: KernelDef, kt: int = 4, owt: int = 2, unroll_rx: bool =
     return sch.mod
 
 
+def _riscv_mattr(target: Any) -> list[str] | None:
+    """The LLVM attributes of a RISC-V ``target`` (profile name, JSON dict or Target); None
+    for the host and other architectures."""
+    if target is None or (isinstance(target, str) and target in ("llvm", "host")):
+        return None
+    if isinstance(target, str):
+        from ..targets import get_profile
+
+        prof = get_profile(target)
+        return None if prof.is_host else list(prof.mattr)
+    tgt = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    if not str(tgt.attrs.get("mtriple", "")).startswith("riscv"):
+        return None
+    return [str(a) for a in tgt.attrs.get("mattr", [])]
+
+
 def has_hw_popcount(target: Any) -> bool:
     """Whether ``target`` (profile name, JSON dict, Target or None = host) has a popcount
     instruction: x86-64 hosts and RISC-V with Zbb. Without one LLVM expands popcount into
     ~15 instructions (see :func:`_tile_bitserial` for what that means for the schedule)."""
-    if target is None:
-        return True
-    if isinstance(target, str):
-        if target in ("llvm", "host"):
-            return True
-        from ..targets import get_profile
-
-        prof = get_profile(target)
-        return bool(prof.is_host or prof.has_zbb)
-    tgt = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-    mtriple = str(tgt.attrs.get("mtriple", ""))
-    if not mtriple.startswith("riscv"):
-        return True
-    return any(str(a) == "+zbb" for a in tgt.attrs.get("mattr", []))
-
-
-def _mattr(target: Any) -> list[str]:
-    if target is None or (isinstance(target, str) and target in ("llvm", "host")):
-        return []
-    if isinstance(target, str):
-        from ..targets import get_profile
-
-        return list(get_profile(target).mattr)
-    tgt = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-    return [str(a) for a in tgt.attrs.get("mattr", [])]
+    mattr = _riscv_mattr(target)
+    return mattr is None or "+zbb" in mattr
 
 
 def _tile_bitserial(kd: KernelDef, target: Any) -> bool:
@@ -303,9 +295,8 @@ def _tile_bitserial(kd: KernelDef, target: Any) -> bool:
     conditions to fold); on vector cores (rv64gcv) LLVM vectorizes the plain lowering's
     popcounts, which wins up to W*A = 4 (w2a2 17.6M plain vs 28.3M tiled; w4a4 234M vs 108M).
     """
-    if has_hw_popcount(target):
-        return True
-    if "+v" in _mattr(target):
+    mattr = _riscv_mattr(target)
+    if mattr is not None and "+zbb" not in mattr and "+v" in mattr:
         return kd.w_bits * kd.a_bits > 4
     return True
 

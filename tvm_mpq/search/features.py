@@ -29,6 +29,7 @@ import numpy as np
 
 from ..plan import FP32
 from ..schedules.conv2d import swar_lanes
+from ..schedules.registry import dense_as_conv
 from ..schedules.workload import Conv2dWorkload, DenseWorkload, Workload, workload_from_dict
 from ..targets import get_profile
 
@@ -158,9 +159,7 @@ def layer_workload(info: Any) -> Workload:
 
 
 def _as_conv(wl: Workload) -> Conv2dWorkload:
-    if isinstance(wl, DenseWorkload):
-        return Conv2dWorkload(wl.m, wl.d, 1, 1, wl.n_out, 1, 1)
-    return wl
+    return dense_as_conv(wl) if isinstance(wl, DenseWorkload) else wl
 
 
 def _log(x: float) -> float:

@@ -37,6 +37,28 @@ inline bool ReadBytes(Stream* s, std::string* out) {
   out->resize(static_cast<size_t>(n));
   return n == 0 || s->ReadFull(out->data(), out->size());
 }
+// maps (std::unordered_map, ffi::Map): a count, then that many (key, value) pairs
+template <typename K, typename V, typename M>
+void WriteMap(Stream* s, const M& m) {
+  WriteCount(s, m.size());
+  for (const auto& kv : m) {
+    Serializer<K>::Write(s, kv.first);
+    Serializer<V>::Write(s, kv.second);
+  }
+}
+// reads the pairs, handing each to add(key, value)
+template <typename K, typename V, typename Add>
+bool ReadMap(Stream* s, Add add) {
+  uint64_t n = 0;
+  if (!ReadCount(s, &n)) return false;
+  for (uint64_t i = 0; i < n; ++i) {
+    K k;
+    V v;
+    if (!Serializer<K>::Read(s, &k) || !Serializer<V>::Read(s, &v)) return false;
+    add(std::move(k), std::move(v));
+  }
+  return true;
+}
 }  // namespace detail
 
 template <typename T>
@@ -130,22 +152,11 @@ template <typename K, typename V>
 struct Serializer<std::unordered_map<K, V>> {
   static constexpr bool enabled = true;
   static void Write(Stream* s, const std::unordered_map<K, V>& m) {
-    detail::WriteCount(s, m.size());
-    for (const auto& kv : m) {
-      Serializer<K>::Write(s, kv.first);
-      Serializer<V>::Write(s, kv.second);
-    }
+    detail::WriteMap<K, V>(s, m);
   }
   static bool Read(Stream* s, std::unordered_map<K, V>* m) {
-    uint64_t n = 0;
-    if (!detail::ReadCount(s, &n)) return false;
     m->clear();
-    for (uint64_t i = 0; i < n; ++i) {
-      std::pair<K, V> kv;
-      if (!Serializer<K>::Read(s, &kv.first) || !Serializer<V>::Read(s, &kv.second)) return false;
-      m->insert(std::move(kv));
-    }
-    return true;
+    return detail::ReadMap<K, V>(s, [m](K&& k, V&& v) { m->emplace(std::move(k), std::move(v)); });
   }
 };
 
@@ -171,23 +182,9 @@ struct Serializer<ffi::Array<T>> {
 template <typename K, typename V>
 struct Serializer<ffi::Map<K, V>> {
   static constexpr bool enabled = true;
-  static void Write(Stream* s, const ffi::Map<K, V>& m) {
-    detail::WriteCount(s, m.size());
-    for (const auto& kv : m) {
-      Serializer<K>::Write(s, kv.first);
-      Serializer<V>::Write(s, kv.second);
-    }
-  }
+  static void Write(Stream* s, const ffi::Map<K, V>& m) { detail::WriteMap<K, V>(s, m); }
   static bool Read(Stream* s, ffi::Map<K, V>* m) {
-    uint64_t n = 0;
-    if (!detail::ReadCount(s, &n)) return false;
-    for (uint64_t i = 0; i < n; ++i) {
-      K k;
-      V v;
-      if (!Serializer<K>::Read(s, &k) || !Serializer<V>::Read(s, &v)) return false;
-      m->Set(std::move(k), std::move(v));
-    }
-    return true;
+    return detail::ReadMap<K, V>(s, [m](K&& k, V&& v) { m->Set(std::move(k), std::move(v)); });
   }
 };
 
