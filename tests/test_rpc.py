@@ -154,8 +154,19 @@ def test_parallel_fan_out_and_wrong_profile(cluster):
     assert bad["status"] == "run_error" and "rv64gc" in bad["message"]
 
 
-def _kill_later(group: S.ServerGroup, i: int, delay: float) -> threading.Thread:
-    t = threading.Thread(target=lambda: (time.sleep(delay), group.kill(i)))
+def _kill_when_busy(tracker_port: int, key: str, group: S.ServerGroup, i: int,
+                    delay: float = 0.5) -> threading.Thread:
+    """Kill server ``i`` ``delay`` s after the tracker has handed out every server of ``key``
+    (a fixed delay from the start raced session set-up on a loaded machine)."""
+    def run() -> None:
+        deadline = time.monotonic() + 30
+        while (T.tracker_status("127.0.0.1", tracker_port).keys[key].free > 0
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        time.sleep(delay)
+        group.kill(i)
+
+    t = threading.Thread(target=run)
     t.start()
     return t
 
@@ -165,7 +176,7 @@ def test_killed_server_is_retried_then_recorded(cluster):
     g = groups[TEST_KEY]
     m = RPCMeasurer("127.0.0.1", tr.port, TEST_KEY, max_retries=1)
     # 3 servers, 3 requests: each server holds one when server 0 dies
-    killer = _kill_later(g, 0, 1.0)
+    killer = _kill_when_busy(tr.port, TEST_KEY, g, 0)
     recs = m.measure_many([{"sleep_s": 2.5, "i": i} for i in range(3)])
     killer.join()
     assert [r["status"] for r in recs] == ["selftest"] * 3
@@ -177,7 +188,7 @@ def test_killed_server_is_retried_then_recorded(cluster):
     # no retries left: the request is recorded as failed, naming the lost server; the campaign
     # finishes on the surviving server
     m.max_retries = 0
-    killer = _kill_later(g, 1, 1.0)
+    killer = _kill_when_busy(tr.port, TEST_KEY, g, 1)
     recs = m.measure_many([{"sleep_s": 2.5, "i": i} for i in range(2)])
     killer.join()
     statuses = sorted(r["status"] for r in recs)
