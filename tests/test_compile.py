@@ -89,6 +89,18 @@ def test_fp32_plan_is_float_model(net):
     cm = tvm_mpq.compile(net, x, plan, "host")
     assert cm.sites == []
     np.testing.assert_allclose(cm(x), net(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+    # every fp32 layer runs the measured `fp32` variant kernel (what the cost model priced)
+    assert [s.name for s in cm.fp32_sites] == [r.name for r in cm.layers if r.quantizable]
+    assert all(s.kernel.variant == "fp32" and s.func_name.startswith("qk_fp32_")
+               for s in cm.fp32_sites)
+    names = {gv.name_hint for gv in cm.mod.functions}
+    assert {s.func_name for s in cm.fp32_sites} <= names
+    # TVM's own lowering of the same layers gives the same outputs
+    relax_cm = tvm_mpq.compile(net, x, plan, "host", fp32_layers="relax")
+    assert relax_cm.fp32_sites == []
+    np.testing.assert_allclose(cm(x), relax_cm(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="fp32_layers"):
+        tvm_mpq.compile(net, x, plan, "host", fp32_layers="topi")
 
 
 def test_compile_needs_calibration(net):

@@ -173,6 +173,35 @@ def test_w8_spike_qemu_agree_with_host(w8):
     assert run_standalone(art, x, "qemu").instructions == rq.instructions
 
 
+@needs_bm
+def test_per_op_instruction_counts(w8):
+    """profile_ops: one count per manifest op, same outputs, counts summing to the whole run
+    (plus the counter reads the profiling build adds around each call)."""
+    cm, x, art, ref = w8
+    plain = run_standalone(art, x, "spike")
+    r = run_standalone(art, x, "spike", profile_ops=True)
+    assert r.status == "ok", r.message
+    _agree(r.output, ref)
+    names = [op["func"] for op in art.manifest["ops"]]
+    assert [(i, n) for i, n, _ in r.op_instructions] == list(enumerate(names))
+    per_op = [n for _, _, n in r.op_instructions]
+    assert all(n > 0 for n in per_op)
+    assert sum(per_op) <= r.instructions <= sum(per_op) + 16 * len(per_op)
+    assert abs(r.instructions - plain.instructions) <= 16 * len(per_op)
+    # the quantized kernels are the dearest ops of a w8 model of this size
+    table = r.op_table()
+    assert sum(n for _, _, n in table) == sum(per_op)
+    assert {s.func_name for s in cm.sites} <= {k for k, _, _ in table}
+    # deterministic, and the same on QEMU icount
+    q = run_standalone(art, x, "qemu", profile_ops=True)
+    assert q.op_instructions == r.op_instructions
+    assert plain.op_instructions is None
+    with pytest.raises(ValueError, match="profile_ops"):
+        plain.op_table()
+    with pytest.raises(ValueError, match="bare-metal"):
+        run_standalone(art, x, "qemu-user", profile_ops=True)
+
+
 @needs_linux
 def test_w8_linux_static_under_qemu_user(w8):
     cm, x, art, ref = w8

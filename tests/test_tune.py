@@ -49,6 +49,24 @@ def test_result_is_measured(tuned):
         assert "no plan meets" in res.message
 
 
+def test_layer_passes_are_measured(tuned):
+    """Every layer pays the passes the compiler adds around its kernel: quantize + dequantize
+    when quantized, the bias pass when fp32 (measured on Spike, cached in the workdir)."""
+    from tvm_mpq.frontend import import_model
+    from tvm_mpq.search.features import layer_workload
+    from tvm_mpq.tuner import FP32_SUFFIX
+
+    m, x, kw, _ = tuned
+    with open(os.path.join(kw["workdir"], "qdq_overhead.json")) as f:
+        overhead = json.load(f)
+    table = import_model(tvm_mpq.fold_bn(m), x[:1], warn=False).table
+    for r in table:
+        key = layer_workload(r).key()
+        assert overhead[key] > 0
+        if r.has_bias:  # a bias pass only touches the output: cheaper than quantize+dequantize
+            assert 0 < overhead[key + FP32_SUFFIX] < overhead[key]
+
+
 def test_resume_uses_database_and_checkpoints(tuned, monkeypatch):
     m, x, kw, res = tuned
     import tvm_mpq.rpc.baremetal as bm

@@ -254,10 +254,14 @@ class _Stage:
             print(f"[tvm-mpq] {self.name} done in {self.timings[self.name]:.1f}s", flush=True)
 
 
+#: overhead key suffix of an fp32 layer's bias pass (see :func:`measure_qdq_overhead`)
+FP32_SUFFIX = "|fp32"
+
+
 class _MeasuredFirst:
     """Cost function for the search: the measured cost where the DB has one, else the
     cost model's prediction; a quantized layer also pays its measured quantize +
-    dequantize passes (``overhead``, by workload key)."""
+    dequantize passes, an fp32 layer its bias pass (``overhead``, see :func:`_qdq`)."""
 
     def __init__(self, cm: Any, measured: dict[tuple, float], overhead: dict[str, float]):
         self.cm, self.measured, self.overhead = cm, measured, overhead
@@ -269,12 +273,17 @@ class _MeasuredFirst:
 
 
 def _qdq(q: Any, overhead: dict[str, float]) -> float:
-    return 0.0 if q.variant == "fp32" else overhead.get(q.workload.key(), 0.0)
+    """The passes the compiler adds around a layer's kernel: quantize + dequantize for a
+    quantized layer (by workload key), the bias pass for an fp32 one (``<key>|fp32``)."""
+    key = q.workload.key()
+    return overhead.get(key + FP32_SUFFIX, 0.0) if q.variant == "fp32" else overhead.get(key, 0.0)
+
 
 
 def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) -> dict[str, float]:
     """Measured cost of the quantize (input) and dequantize (output) passes a quantized
-    call site adds, per distinct workload; cached in the JSON file ``path``.
+    call site adds, per distinct workload, and of the bias pass an fp32 call site with a
+    bias adds (key ``<workload key>|fp32``); cached in the JSON file ``path``.
 
     Built from the compiler's own quantize/dequantize computations, run on the simulator
     with outputs checked against numpy; a failed measurement raises (no guessed number).
@@ -282,7 +291,7 @@ def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) 
     from tvm import te
 
     from .calibration import LayerQParams
-    from .compiler import _dequantize_te, _quantize_te
+    from .compiler import _bias_te, _dequantize_te, _quantize_te
     from .rpc.baremetal import KernelCase, run_kernels
     from .search.features import layer_workload
 
@@ -296,9 +305,21 @@ def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) 
         if not r.quantizable:
             continue
         key = layer_workload(r).key()
+        k = int(r.output_shape[1])
+        if r.has_bias and key + FP32_SUFFIX not in cache and key + FP32_SUFFIX not in owners.values():
+            name = f"bias{len(owners)}"
+            owners[name] = key + FP32_SUFFIX
+            y = te.placeholder(r.output_shape, "float32", "y")
+            bias = te.placeholder((k,), "float32", "bias")
+            yv = rng.standard_normal(r.output_shape).astype(np.float32)
+            bv = rng.standard_normal(k).astype(np.float32)
+            shape = [1] * len(r.output_shape)
+            shape[1] = -1
+            cases.append(KernelCase(name, te.create_prim_func([y, bias, _bias_te(y, bias)]),
+                                    [yv, bv, np.zeros(r.output_shape, np.float32)],
+                                    {2: yv + bv.reshape(shape)}))
         if key in cache or key in owners.values():
             continue
-        k = int(r.output_shape[1])
         qp = LayerQParams(r.name, r.kind, 8, 8, np.float32(0.05), 7, np.full(k, 0.01, np.float32),
                           np.zeros((k, 1), np.int8), np.zeros(k, np.float32))
         x = te.placeholder(r.input_shape, "float32", "x")
@@ -330,7 +351,8 @@ def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) 
         if bad:
             raise RuntimeError("quantize/dequantize overhead measurement failed: " + "; ".join(bad[:3]))
         for name, key in owners.items():
-            cache[key] = float(runs[name + "_q"].instructions + runs[name + "_d"].instructions)
+            cache[key] = (float(runs[name].instructions) if key.endswith(FP32_SUFFIX) else
+                          float(runs[name + "_q"].instructions + runs[name + "_d"].instructions))
         with open(path, "w") as f:
             json.dump(cache, f, indent=1)
     return cache

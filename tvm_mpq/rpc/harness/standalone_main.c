@@ -2,6 +2,7 @@
  * input linked into the ELF (standalone_input.S) and prints
  *
  *   @@R rc=<rc> instret=<n> cycles=<n>     minstret/mcycle deltas around mpq_model_run
+ *   @@P <op index> <instret>                per op, when built with -DMPQ_PROFILE_OPS
  *   @@O <first index> <hex32> ...           the output floats, bit-exact, 8 per line
  *   @@DONE
  *
@@ -43,6 +44,15 @@ int main(void) {
   mpq_puts(" cycles=");
   mpq_putu(c1 - c0);
   mpq_putc('\n');
+#ifdef MPQ_PROFILE_OPS
+  for (uint32_t i = 0; i < MPQ_NUM_OPS; i++) {
+    mpq_puts("@@P ");
+    mpq_putu(i);
+    mpq_putc(' ');
+    mpq_putu(mpq_op_instret[i]);
+    mpq_putc('\n');
+  }
+#endif
   for (uint32_t i = 0; i < MPQ_OUTPUT_SIZE; i += 8) {
     mpq_puts("@@O ");
     mpq_putu(i);
