@@ -58,7 +58,7 @@ def test_layer_passes_are_measured(tuned):
 
     m, x, kw, _ = tuned
     with open(os.path.join(kw["workdir"], "qdq_overhead.json")) as f:
-        overhead = json.load(f)
+        overhead = json.load(f)["costs"]
     table = import_model(tvm_mpq.fold_bn(m), x[:1], warn=False).table
     for r in table:
         key = layer_workload(r).key()

@@ -141,19 +141,20 @@ def _input_var(node: Any, info: LayerInfo, importer: Any) -> Any:
 
 def _quantize_te(x: te.Tensor, qp: LayerQParams) -> te.Tensor:
     s = tvm.tirx.const(float(np.float32(qp.a_scale)), "float32")
-    z = tvm.tirx.const(float(qp.a_zero_point), "float32")
-    hi = tvm.tirx.const(float(qp.a_qmax), "float32")
-    lo = tvm.tirx.const(0.0, "float32")
-    big = tvm.tirx.const(float(1 << 22), "float32")
+    z = int(qp.a_zero_point)
+    lo = tvm.tirx.const(float(-z), "float32")
+    hi = tvm.tirx.const(float(qp.a_qmax - z), "float32")
 
     def f(*i):
-        # true float32 division, as the torch reference does (not x * (1/s)); round half to
-        # even with llvm.roundeven, which RISC-V lowers inline (fcvt with RNE; nearbyint is a
-        # libm call: ~87 vs ~19 instructions per element). The pre-clamp keeps the value in
-        # fcvt's exact range; anything that large saturates at the final clamp anyway.
-        v = tvm.tirx.max(tvm.tirx.min(x(*i) / s, big), -big)
-        q = tvm.tirx.call_llvm_pure_intrin("float32", "llvm.roundeven", v) + z
-        return tvm.tirx.max(tvm.tirx.min(q, hi), lo).astype("uint8")
+        # true float32 division, as the torch reference does (not x * (1/s)). Clamping to
+        # [-z, qmax - z] before rounding equals clamping after (rounding is monotone and the
+        # bounds are integers) and keeps the value in range of llvm.lrint, which rounds half
+        # to even in the default rounding mode: one fcvt.w.s on RISC-V, then integer add and
+        # a byte store (10 instructions per element instead of 20 with llvm.roundeven's
+        # float result).
+        v = tvm.tirx.max(tvm.tirx.min(x(*i) / s, hi), lo)
+        q = tvm.tirx.call_llvm_pure_intrin("int32", "llvm.lrint", v) + z
+        return q.astype("uint8")
 
     return te.compute(x.shape, f, name="quantize")
 
