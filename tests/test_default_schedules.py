@@ -138,3 +138,32 @@ def test_bitserial_macs_per_instruction_floor() -> None:
     for (bits, floor), r in zip(floors.items(), runs, strict=True):
         assert r.status == "ok", r.message
         assert REF_LAYER.macs / r.instructions >= floor, (bits, r.instructions)
+
+
+def test_tune_survives_foreign_log_handlers(tmp_path):
+    """A handler without a name on MetaSchedule's logger (a harness or application added it)
+    crashes MetaSchedule's logging setup, which every tune runs; tune_kernel detaches it
+    first (``_prepare_ms_logger``)."""
+    import logging
+
+    from tvm.s_tir.meta_schedule.logging import create_loggers
+
+    from tvm_mpq.schedules.tune import _prepare_ms_logger
+
+    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
+    saved = list(ms_log.handlers)
+    stray = logging.StreamHandler()
+    ms_log.addHandler(stray)
+    params = [{"log_dir": str(tmp_path), "logger_name": "tvm.s_tir.meta_schedule.task_0"}]
+    try:
+        with pytest.raises(AttributeError):  # MetaSchedule's own failure mode
+            create_loggers(str(tmp_path), params)
+        _prepare_ms_logger()
+        assert stray not in ms_log.handlers
+        create_loggers(str(tmp_path), params)  # now fine, and again with its own handlers on
+        create_loggers(str(tmp_path), params)
+    finally:
+        for h in list(ms_log.handlers):
+            ms_log.removeHandler(h)
+        for h in saved:
+            ms_log.addHandler(h)

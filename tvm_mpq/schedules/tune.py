@@ -100,6 +100,17 @@ def _runner_for(target: tvm.target.Target, runner: Any) -> Any:
         timeout_sec=30)
 
 
+def _prepare_ms_logger() -> None:
+    """MetaSchedule re-runs ``logging.config.dictConfig`` on every tune, listing the handlers
+    already on its logger by name; one without a name (added by a test harness or an
+    application) makes it crash in ``str.format`` of None, and one it did not create makes
+    dictConfig fail. Detach those; MetaSchedule re-attaches its own."""
+    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
+    for h in list(ms_log.handlers):
+        if not (h.get_name() or "").startswith("tvm.s_tir.meta_schedule"):
+            ms_log.removeHandler(h)
+
+
 def tune_kernel(kd: KernelDef, target: Any = "llvm", work_dir: str = "ms_work",
                 max_trials: int = 64, *, num_trials_per_iter: int = 32, runner: Any = None,
                 builder: Any = None, top_k: int = 8, validator: Validator | None = None,
@@ -116,6 +127,7 @@ def tune_kernel(kd: KernelDef, target: Any = "llvm", work_dir: str = "ms_work",
     db = ms.database.JSONDatabase(work_dir=work_dir)
     done = len(db.get_top_k(db.commit_workload(mod), 10**6)) if db.has_workload(mod) else 0
     if done < max_trials:
+        _prepare_ms_logger()
         db = ms.tune_tir(
             mod, tgt, work_dir, max_trials_global=max_trials - done,
             num_trials_per_iter=min(num_trials_per_iter, max_trials - done),
