@@ -429,6 +429,7 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     train_data: Any = None,
     qat_beacons: int = 0,
     qat_steps: int = 300,
+    repair_plans: int = 8,
     seed: int = 0,
     progress: bool = True,
 ) -> TuneResult:
@@ -463,6 +464,10 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
             quantization-aware training (``qat_steps`` steps each); the others' accuracy is
             corrected by their nearest beacon's gain, and the chosen plan is fine-tuned and
             verified. 0 (default) keeps pure post-training quantization.
+        repair_plans: after refinement, this many of the cheapest front plans that miss
+            the accuracy budget (and are cheaper than every plan within it) get their most
+            sensitive layers' bits raised, one measured step at a time, until they meet it
+            (:func:`tvm_mpq.search.nsga.repair`; 0: off).
         seed: random seed.
 
     Returns:
@@ -473,7 +478,7 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     from .rpc.database import MeasurementDB
     from .rpc.measure import measure_many
     from .search.costmodel import CostModel, evaluate_holdout, initial_design
-    from .search.nsga import refine, run_nsga
+    from .search.nsga import SearchResult, refine, repair, run_nsga
     from .search.problem import MPQProblem
     from .search.sensitivity import SensitivityTable, layer_sensitivity
 
@@ -609,8 +614,20 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     with _Stage(timings, "refine", progress):
         fp32_plan = QuantPlan.fp32(model)
         fp32_acc = accuracy_of(torch_forward(fp32_plan), n_eval)
-        refined = refine(front, lambda p: accuracy_of(torch_forward(_full_plan(p, model)), n_eval),
-                         baseline=fp32_acc, keep_dominated=True, progress=progress)
+        def plan_accuracy(p: QuantPlan) -> float:
+            return accuracy_of(torch_forward(_full_plan(p, model)), n_eval)
+
+        refined = refine(front, plan_accuracy, baseline=fp32_acc, keep_dominated=True,
+                         progress=progress)
+    if repair_plans > 0 and problem is not None:
+        with _Stage(timings, "repair", progress):
+            fixed = repair(problem, refined, plan_accuracy, max_drop=max_accuracy_drop / 100,
+                           baseline=fp32_acc, max_members=repair_plans, progress=progress)
+            if fixed:
+                refined = SearchResult(refined.members + fixed, refined.feasible,
+                                       refined.message + f" | repaired: {len(fixed)} plans raised "
+                                       "into the accuracy budget", refined.n_gen, refined.n_evals,
+                                       refined.objective_names, refined=True)
 
     # 7. costs from measurements, baselines, final end-to-end measurement ---------------
     with _Stage(timings, "final", progress):

@@ -22,6 +22,7 @@ Public API::
     res = run_nsga(prob, pop_size=48, n_gen=60, workdir="runs/x")
     res.feasible, res.message, res.members[0].plan, res.F
     res = refine(res, eval_fn=lambda plan: accuracy(plan))     # real accuracy replaces the proxy
+    fixed = repair(prob, res, eval_fn, max_drop=0.01)          # near misses raised into budget
     hypervolume(F, ref_point); hv_ratio(res.F, exhaustive_front(prob)[1])
     res.save("front.json"); SearchResult.load("front.json")
 """
@@ -49,6 +50,7 @@ __all__ = [
     "hypervolume",
     "non_dominated",
     "refine",
+    "repair",
     "run_nsga",
 ]
 
@@ -468,3 +470,83 @@ def refine(result: SearchResult, eval_fn: Callable[[QuantPlan], float], *,
         f"fp32 baseline accuracy {baseline:.4f}"
     return SearchResult(out, result.feasible, msg, result.n_gen, result.n_evals,
                         result.objective_names, refined=True)
+
+
+def repair(problem: MPQProblem, result: SearchResult, eval_fn: Callable[[QuantPlan], float], *,
+           max_drop: float, baseline: float, max_members: int = 8, max_steps: int = 10,
+           progress: bool = False) -> list[FrontMember]:
+    """Raise the bits of refined near-miss plans until their measured drop meets ``max_drop``.
+
+    The sensitivity proxy is additive and misses interactions, so the refined front often
+    has plans just over the accuracy budget that are cheaper than every plan within it. For
+    the cheapest such plans (at most ``max_members``, only those cheaper than the best
+    feasible member), greedily apply the single-layer upgrade (more bits, or fp32) with the
+    largest proxy-drop reduction per unit of added cost (free upgrades first), re-measuring
+    accuracy with ``eval_fn`` after each one (HAWQ-style bit raising, guided by real
+    accuracy), until the drop is within ``max_drop`` or the plan stops being cheaper than
+    the best feasible member (or ``max_steps`` upgrades).
+
+    Args:
+        problem: the search problem (its cost, drop and size tables guide the upgrades).
+        result: a refined front (:func:`refine`).
+        eval_fn: ``plan -> accuracy`` on the held-out subset used by :func:`refine`.
+        max_drop: the accuracy budget (a fraction, as ``FrontMember.drop``).
+        baseline: fp32 accuracy (``drop = baseline - accuracy``).
+
+    Returns:
+        The repaired plans that meet ``max_drop`` (new members; ``result`` is not changed).
+    """
+    from tqdm.auto import tqdm
+
+    if not result.refined:
+        raise ValueError("repair needs a refined front (measured accuracy): call refine() first")
+    feasible = [m.latency for m in result.members if m.drop <= max_drop]
+    bar = min(feasible) if feasible else math.inf
+    todo = sorted((m for m in result.members if m.drop > max_drop and m.latency < bar),
+                  key=lambda m: m.latency)[:max_members]
+    L = len(problem.layer_names)
+    out: list[FrontMember] = []
+    seen: set[tuple[int, ...]] = set()
+    for m in tqdm(todo, disable=not progress, desc="repair", unit="plan"):
+        x = problem.encode(m.plan)
+        proxy = m.proxy_drop if m.proxy_drop is not None else m.drop
+        for _ in range(max_steps):
+            B, V = problem._genes(x)
+            best, best_score = None, -math.inf
+            for layer in range(L):
+                oi, vi = B[0, layer], V[0, layer]
+                for oj in range(oi):  # lower index = more bits (fp32 first)
+                    gain = problem.drop_table[layer][oi] - problem.drop_table[layer][oj]
+                    if gain <= 0:
+                        continue
+                    dcost = (problem.cost_table[layer][oj, problem.best_variant[layer][oj]]
+                             - problem.cost_table[layer][oi, vi])
+                    score = math.inf if dcost <= 0 else gain / dcost
+                    if score > best_score:
+                        best, best_score = (layer, oj), score
+            if best is None:
+                break
+            x = x.copy()
+            x[best[0]] = best[1]
+            if problem.search_variant:
+                x[L + best[0]] = problem.best_variant[best[0]][best[1]]
+            vals = problem.evaluate_all(x[None])
+            if vals["latency"][0] >= bar or tuple(x) in seen:
+                break
+            seen.add(tuple(x))
+            plan = problem.decode(x)
+            try:
+                acc = float(eval_fn(plan))
+            except Exception as e:  # noqa: BLE001 - one broken plan must not stop the others
+                log.warning("repair: evaluating %r failed: %s", plan, e)
+                break
+            proxy = float(vals["drop"][0])
+            if baseline - acc <= max_drop:
+                viol = problem.violations(vals)
+                out.append(FrontMember(plan, float(vals["latency"][0]), baseline - acc,
+                                       float(vals["size"][0]),
+                                       float(np.clip(viol, 0, None).sum()), acc, proxy,
+                                       [int(v) for v in x]))
+                bar = min(bar, float(vals["latency"][0]))
+                break
+    return out

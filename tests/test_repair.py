@@ -1,0 +1,80 @@
+"""search.nsga.repair: near-miss plans raised into the accuracy budget by measured steps."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tvm_mpq.search.nsga import FrontMember, SearchResult, repair
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_search import _problem  # noqa: E402
+
+BASELINE = 0.9
+
+
+def _oracle(prob, scale: float = 1.5, pair: float = 0.004):
+    """A "real" accuracy the additive proxy underestimates: every layer's drop is larger than
+    the proxy says, plus a penalty for each pair of neighbouring low-bit layers."""
+    calls: list = []
+
+    def eval_fn(plan) -> float:
+        calls.append(plan)
+        x = prob.encode(plan)
+        drop = scale * float(prob.evaluate_all(x[None])["drop"][0]) / 100
+        low = [prob.options[int(b)][0] <= 4 for b in x[: len(prob.layer_names)]]
+        drop += pair * sum(a and b for a, b in zip(low, low[1:], strict=False))
+        return BASELINE - drop
+
+    return eval_fn, calls
+
+
+def _refined(prob, eval_fn, configs):
+    members = []
+    for c in configs:
+        x = prob.uniform_genomes([c])[0]
+        plan = prob.decode(x)
+        v = prob.evaluate_all(x[None])
+        acc = eval_fn(plan)
+        members.append(FrontMember(plan, float(v["latency"][0]), BASELINE - acc,
+                                   float(v["size"][0]), 0.0, acc, float(v["drop"][0]),
+                                   [int(g) for g in x]))
+    return SearchResult(members, True, "", refined=True)
+
+
+def test_repair_meets_budget_cheaper_than_every_feasible_plan():
+    prob = _problem()
+    eval_fn, calls = _oracle(prob)
+    front = _refined(prob, eval_fn, [(8, 8), (4, 4), (2, 2)])
+    d8, d4 = front.members[0].drop, front.members[1].drop
+    max_drop = (d8 + d4) / 2  # only the w8a8 plan is within it
+    feasible = [m for m in front.members if m.drop <= max_drop]
+    assert len(feasible) == 1
+    n0 = len(calls)
+    fixed = repair(prob, front, eval_fn, max_drop=max_drop, baseline=BASELINE, max_steps=12)
+    assert fixed, "no near-miss plan was repaired"
+    for m in fixed:
+        assert m.drop <= max_drop + 1e-12
+        assert m.latency < feasible[0].latency  # the point: cheaper than the best feasible plan
+        assert m.accuracy == pytest.approx(eval_fn(m.plan))  # the drop is the measured one
+        np.testing.assert_array_equal(prob.encode(m.plan), m.genome)
+    # later repairs must beat earlier ones, so latencies strictly fall
+    lats = [m.latency for m in fixed]
+    assert lats == sorted(lats, reverse=True)
+    assert len(calls) - n0 <= 2 * 12 + len(fixed)  # one evaluation per step, bounded
+
+
+def test_repair_needs_refined_front_and_skips_when_nothing_to_gain():
+    prob = _problem()
+    eval_fn, calls = _oracle(prob)
+    front = _refined(prob, eval_fn, [(8, 8), (4, 4)])
+    with pytest.raises(ValueError, match="refine"):
+        repair(prob, SearchResult(front.members, True, ""), eval_fn, max_drop=0.01,
+               baseline=BASELINE)
+    # everything already within the budget: nothing to repair, nothing evaluated
+    n0 = len(calls)
+    assert repair(prob, front, eval_fn, max_drop=1.0, baseline=BASELINE) == []
+    assert len(calls) == n0
