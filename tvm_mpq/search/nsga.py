@@ -473,15 +473,16 @@ def refine(result: SearchResult, eval_fn: Callable[[QuantPlan], float], *,
 
 
 def repair(problem: MPQProblem, result: SearchResult, eval_fn: Callable[[QuantPlan], float], *,
-           max_drop: float, baseline: float, max_members: int = 8, max_steps: int = 10,
+           max_drop: float, baseline: float, max_members: int = 8, max_steps: int = 16,
            progress: bool = False) -> list[FrontMember]:
     """Raise the bits of refined near-miss plans until their measured drop meets ``max_drop``.
 
     The sensitivity proxy is additive and misses interactions, so the refined front often
     has plans just over the accuracy budget that are cheaper than every plan within it. For
-    the cheapest such plans (at most ``max_members``, only those cheaper than the best
-    feasible member), greedily apply the single-layer upgrade (more bits, or fp32) with the
-    largest proxy-drop reduction per unit of added cost (free upgrades first), re-measuring
+    the nearest such misses (at most ``max_members``, smallest measured drop first, only
+    those cheaper than the best feasible member), greedily apply the single-layer upgrade
+    (more bits, or fp32) with the largest proxy-drop reduction per unit of added cost (free
+    upgrades first), re-measuring
     accuracy with ``eval_fn`` after each one (HAWQ-style bit raising, guided by real
     accuracy), until the drop is within ``max_drop`` or the plan stops being cheaper than
     the best feasible member (or ``max_steps`` upgrades).
@@ -502,8 +503,9 @@ def repair(problem: MPQProblem, result: SearchResult, eval_fn: Callable[[QuantPl
         raise ValueError("repair needs a refined front (measured accuracy): call refine() first")
     feasible = [m.latency for m in result.members if m.drop <= max_drop]
     bar = min(feasible) if feasible else math.inf
+    # the nearest misses first: a plan far over the budget would need most layers raised
     todo = sorted((m for m in result.members if m.drop > max_drop and m.latency < bar),
-                  key=lambda m: m.latency)[:max_members]
+                  key=lambda m: (m.drop, m.latency))[:max_members]
     L = len(problem.layer_names)
     out: list[FrontMember] = []
     seen: set[tuple[int, ...]] = set()
