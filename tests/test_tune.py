@@ -45,6 +45,9 @@ def test_result_is_measured(tuned):
     assert res.baselines["w8a8"].measured_cost <= res.baselines["int8"].measured_cost
     if res.best is not None:
         assert res.best.meets_constraints and res.best.drop * 100 <= 1.0 + 1e-9
+        ratio = res.best.model_cost / res.baselines["int8"].model_cost
+        assert f"whole model {res.best.model_cost:.4g} instructions ({ratio:.3f}x uniform int8" \
+            in res.message
     else:
         assert "no plan meets" in res.message
 
@@ -81,8 +84,12 @@ def test_resume_uses_database_and_checkpoints(tuned, monkeypatch):
 
 def test_save_load_report(tuned, tmp_path):
     _, _, kw, res = tuned
-    loaded = tvm_mpq.load_result(kw["workdir"])
+    # (the workdir's result.json may be a later resumed run's, without the final measurement)
+    res.save(str(tmp_path / "saved"))
+    loaded = tvm_mpq.load_result(str(tmp_path / "saved"))
     assert loaded.message == res.message
+    assert loaded.best == res.best and loaded.baselines == res.baselines
+    assert [p.plan for p in tvm_mpq.load_result(kw["workdir"]).pareto] == [p.plan for p in res.pareto]
     assert [p.plan for p in loaded.pareto] == [p.plan for p in res.pareto]
     summary = loaded.report(str(tmp_path))
     assert os.path.exists(os.path.join(tmp_path, "pareto.png"))

@@ -684,6 +684,11 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
             _final_measure([best] + list(baselines.values()), model, example_inputs, qcache,
                            profile, backend, workdir, accuracy_of if compiled_eval else None,
                            n_eval, progress)
+            whole = [f"{best.model_cost / baselines[b].model_cost:.3f}x uniform {b}"
+                     for b in ("int8", "w8a8") if best is not None and best.model_cost
+                     and baselines[b].model_cost]
+            if whole:
+                message += f"; whole model {best.model_cost:.4g} {unit} ({', '.join(whole)})"
 
     res = TuneResult(pareto, best, baselines, message, profile.name, backend, unit, fp32_acc,
                      report, timings,
