@@ -13,8 +13,13 @@ Usage::
     python bench/costmodel.py --db /tmp/cm/mbv2_r8.sqlite --profile rv64gc_zbb \\
         --holdout-model resnet8 --compare
     python bench/costmodel.py --db A.sqlite --db B.sqlite --json out.json
+    python bench/costmodel.py --db /tmp/cm/zbb.sqlite --db /tmp/cm/r8_zbb.sqlite \\
+        --holdout-model resnet8 --any-revision
 
 Databases are copied to a temporary file first (other processes may be writing them).
+``--any-revision`` reads databases of another kernel revision (which ``MeasurementDB``
+refuses) straight from SQLite: their numbers come from other kernels, so use it only to
+compare cost models with each other on the same old data.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -39,16 +45,37 @@ from tvm_mpq.search.costmodel import HoldoutReport, evaluate_holdout, metrics  #
 MODELS = {"mbv2": ("mobilenet_v2", (1, 1, 28, 28)), "resnet8": ("resnet8", (1, 1, 28, 28))}
 
 
-def load_records(path: str, profile: str | None, backend: str | None) -> list[dict[str, Any]]:
-    """Ok records of one database (read from a private copy)."""
+def load_records(path: str, profile: str | None, backend: str | None,
+                 any_revision: bool = False) -> list[dict[str, Any]]:
+    """Ok records of one database (read from a private copy). ``any_revision``: read the
+    table directly, skipping ``MeasurementDB``'s kernel-revision check."""
     with tempfile.TemporaryDirectory() as tmp:
         dst = Path(tmp) / "m.sqlite"
         shutil.copyfile(path, dst)
         for ext in ("-wal", "-shm"):
             if Path(path + ext).exists():
                 shutil.copyfile(path + ext, str(dst) + ext)
+        if any_revision:
+            return _raw_records(dst, profile, backend)
         with MeasurementDB(dst) as db:
             return [r.to_dict() for r in db.records(profile, backend, status="ok")]
+
+
+def _raw_records(path: Path, profile: str | None, backend: str | None) -> list[dict[str, Any]]:
+    """Ok rows of a measurement table as record dicts (workload JSON decoded)."""
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in con.execute("SELECT * FROM measurements WHERE status = 'ok'")]
+    finally:
+        con.close()
+    out = []
+    for r in rows:
+        if (profile is None or r["profile"] == profile) and \
+                (backend is None or r["backend"] == backend):
+            r["workload"] = json.loads(r["workload"])
+            out.append(r)
+    return out
 
 
 def layer_kind(rec: dict[str, Any]) -> str:
@@ -179,12 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--detail", action="store_true", help="per kind / bits tables")
     ap.add_argument("--rounds", type=int, default=None, help="boosting rounds")
     ap.add_argument("--json", default=None, help="write all metrics here")
+    ap.add_argument("--any-revision", action="store_true",
+                    help="read databases of another kernel revision (old data, see above)")
     a = ap.parse_args(argv)
 
     records: list[dict[str, Any]] = []
     seen: set[tuple] = set()
     for path in a.db:  # a key measured in several DBs counts once (the first DB's record)
-        for r in load_records(path, a.profile, a.backend):
+        for r in load_records(path, a.profile, a.backend, a.any_revision):
             key = (r["profile"], r["backend"], r["workload_key"], r["variant"], r["w_bits"],
                    r["a_bits"], r["schedule"])
             if key not in seen:

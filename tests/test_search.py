@@ -380,3 +380,52 @@ def test_refine_replaces_proxy_and_save_load(tmp_path):
     from tvm_mpq.search.nsga import SearchResult
     back = SearchResult.load(tmp_path / "front.json")
     assert back.plans == ref.plans and back.refined
+
+
+def test_analytic_terms_follow_the_default_schedules():
+    """Terms track the stages each variant really runs: bitserial pads packed words (no byte
+    padding stage), swar and bitserial count register tiles, and a 1x1 one-word bitserial
+    kernel whose W x G plane loop is too big for LLVM to unroll gets the rolled-loop term."""
+    from tvm_mpq.search.features import ANALYTIC_TERMS, analytic_terms, kernel_shape_class
+
+    col = {n: i for i, n in enumerate(ANALYTIC_TERMS)}
+    dw = Conv2dWorkload.make((1, 16, 8, 8), (16, 1, 3, 3), 1, 1, 16)
+    pw = Conv2dWorkload.make((1, 16, 8, 8), (32, 16, 1, 1), 1, 0, 1)
+    wide = Conv2dWorkload.make((1, 128, 4, 4), (32, 128, 1, 1), 1, 0, 1)
+    assert (kernel_shape_class(dw), kernel_shape_class(pw)) == ("window", "1x1")
+    T = analytic_terms([CostQuery(dw, "bitserial", 2, 2, PROFILE), CostQuery(dw, "swar", 2, 2, PROFILE),
+                        CostQuery(dw, "int8", 8, 8, PROFILE)])
+    assert T[0, col["pad"]] == 0 and T[0, col["pk_pad"]] > 0 and T[0, col["bs_tiles"]] > 0
+    assert T[1, col["pad"]] > 0 and T[1, col["swar_tiles"]] > 0 and T[1, col["bs_pop"]] == 0
+    assert T[2, col["pad"]] > 0 and T[2, col["swar_tiles"]] == T[2, col["bs_tiles"]] == 0
+    flat = analytic_terms([CostQuery(wl, "bitserial", w, a, PROFILE)
+                           for wl, w, a in ((pw, 4, 8), (pw, 4, 4), (wide, 4, 8))])[:, col["bs_flat"]]
+    assert flat[0] > 0 and flat[1] == 0 and flat[2] == 0
+
+
+def test_analytic_prior_falls_back_when_its_group_never_saw_a_stage():
+    """Trained on depthwise 3x3 (gather packing) and 1x1 (blocked packing) bitserial kernels,
+    the prior predicts a full 3x3 convolution, whose packing is blocked (a stage no window
+    kernel had: the window group's weight for it is 0), with the weights fitted over both
+    shapes; the choice survives a save."""
+    from tvm_mpq.search.costmodel import AnalyticPrior
+    from tvm_mpq.search.features import ANALYTIC_TERMS, analytic_terms
+
+    col = {n: i for i, n in enumerate(ANALYTIC_TERMS)}
+    train = [Conv2dWorkload.make((1, c, hw, hw), (c, 1, 3, 3), 1, 1, c)
+             for c in (16, 32, 64) for hw in (4, 8)]
+    train += [Conv2dWorkload.make((1, c, hw, hw), (2 * c, c, 1, 1), 1, 0, 1)
+              for c in (16, 64, 96) for hw in (2, 4)]
+    qs = [CostQuery(wl, "bitserial", 2, 2, PROFILE) for wl in train]
+    full = CostQuery(Conv2dWorkload.make((1, 32, 8, 8), (32, 32, 3, 3), 1, 1, 1), "bitserial",
+                     2, 2, PROFILE)
+    t_full = analytic_terms([full])[0]
+    assert t_full[col["pk_blk_out"]] > 0
+    assert all(analytic_terms([q])[0, col["pk_blk_out"]] == 0 for q in qs[:6])
+    prior = AnalyticPrior().fit(qs, _synthetic_cost(qs))
+    nonzero = {n for n in ANALYTIC_TERMS if t_full[col[n]] > 0}
+    window, broad = f"bitserial|{PROFILE}|window", f"bitserial|{PROFILE}"
+    assert "pk_blk_out" not in prior.support[window]
+    assert prior._theta(full, nonzero) == prior.coef[broad] != prior.coef[window]
+    again = AnalyticPrior.from_dict(prior.to_dict())
+    np.testing.assert_allclose(again.predict([full]), prior.predict([full]))

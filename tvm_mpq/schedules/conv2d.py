@@ -356,6 +356,14 @@ def grouped_planes(w_bits: int, a_bits: int) -> bool:
     return w_bits >= 2 and w_bits + a_bits - 1 < w_bits * a_bits
 
 
+def plane_accumulators(w_bits: int, a_bits: int) -> int:
+    """Accumulators per output of the bitserial kernel: A for bipolar 1-bit weights, W+A-1
+    with grouped planes, else W*A (what limits its register tiles)."""
+    if w_bits == 1:
+        return a_bits
+    return w_bits + a_bits - 1 if grouped_planes(w_bits, a_bits) else w_bits * a_bits
+
+
 def _bitserial_grouped(wl, w_bits, a_bits, pad_value, word_bits, x, wp, apack, grp) -> KernelDef:
     """Bitserial with the W*A plane-pair sums accumulated by their weight 2^(bw+ba).
 

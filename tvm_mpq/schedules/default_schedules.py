@@ -53,14 +53,9 @@ def _bitserial_config(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> dict[str,
     (w2a2) with 2 outputs; larger G with one output, k outermost and the whole kernel window
     unrolled (w4a4: 83.6% of the 64/(3WA) limit vs 68% with a 2x2 tile of serial planes).
     """
-    from .conv2d import grouped_planes
+    from .conv2d import plane_accumulators
 
-    if w_bits == 1:
-        g = a_bits
-    elif grouped_planes(w_bits, a_bits):
-        g = w_bits + a_bits - 1
-    else:
-        g = w_bits * a_bits
+    g = plane_accumulators(w_bits, a_bits)
     if wl.kh * wl.kw == 1:  # pointwise: no window, so more outputs fit the registers
         if g == 1:
             return {"kt": 1, "owt": _fit(wl.ow, 7)}

@@ -51,6 +51,7 @@ from .features import (
     CostQuery,
     analytic_terms,
     featurize,
+    kernel_shape_class,
     layer_workload,
     query_macs,
 )
@@ -74,8 +75,11 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "eta": 0.08,
     "max_depth": 6,
     "min_child_weight": 1.0,
-    "subsample": 0.85,
-    "colsample_bytree": 0.85,
+    # the boosters learn log(cost / prior): start them at 0 (the prior itself), not at
+    # xgboost's default base score 0.5 (a 65% offset the first rounds would have to undo)
+    "base_score": 0.0,
+    "subsample": 1.0,  # every kernel in every tree (bootstrap members give the spread) ...
+    "colsample_bytree": 0.5,  # ... but half the features: less reliance on any single one
     "lambda": 1.0,
     "nthread": 1,  # machines are shared; the data sets are small
 }
@@ -149,21 +153,71 @@ def _nnls_relative(T: np.ndarray, y: np.ndarray) -> np.ndarray:
     return theta
 
 
+#: Variants whose schedules run other loop nests (other instructions per iteration) for
+#: kernels with a spatial window and 1x1 ones: their prior is fitted per shape class
+#: (bitserial: other tiles, gather vs blocked packing). The other variants' terms (MACs,
+#: rolled-loop trips, unrolled regimes, swar tiles) describe both shapes, and one fit over
+#: both transfers better (measured leave-one-workload-out, and on a held-out model's 3x3
+#: convolutions when only depthwise ones were trained on).
+_SHAPE_SPLIT = frozenset({"bitserial"})
+
+#: Variants whose kernel is another's plus extra stages: ``variant -> (base, extra terms)``.
+#: "unpack" is the int8 convolution after a weight-unpacking stage (identical code at 8 bits).
+_DERIVED_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "unpack": ("int8", ("unpack", "unpack_unrolled")),
+}
+
+
+def _nnls_offset(T: np.ndarray, r: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative theta minimising sum(((T @ theta - r) / y)^2): the extra stages' weights
+    given the cost ``r`` left after the base kernel's part of ``y``."""
+    from scipy.optimize import nnls
+
+    scale = T.max(axis=0)
+    theta = np.zeros(T.shape[1])
+    used = scale > 0
+    if not used.any():
+        return theta
+    A = T[:, used] / scale[used] / y[:, None]
+    sol, _ = nnls(A, r / y, maxiter=50 * A.shape[1])
+    theta[used] = sol / scale[used]
+    return theta
+
+
 class AnalyticPrior:
-    """Per-(variant, profile) linear model of cost in the kernel's stage iteration counts.
+    """Per-(variant, profile[, kernel shape class]) linear model of cost in the kernel's stage
+    iteration counts.
 
     Weights (cost per iteration of each :data:`ANALYTIC_TERMS` stage) are non-negative
-    and fitted on relative error. A (variant, profile) with fewer than a handful of
-    kernels falls back to the variant's weights over all profiles, then to cost per MAC.
+    and fitted on relative error; for bitserial (:data:`_SHAPE_SPLIT`) separately
+    for kernels with a spatial window and 1x1 ones
+    (:func:`~tvm_mpq.search.features.kernel_shape_class`). A group with fewer than a handful
+    of kernels falls back to (variant, profile), then to the variant over all profiles, then
+    to cost per MAC; so does a query with a stage its group never saw (a 3x3 convolution
+    with rolled channel loops when only depthwise ones were measured: the group's weight for
+    that stage would be 0). A variant that is another plus extra stages (:data:`_DERIVED_VARIANTS`:
+    unpack = int8 + weight unpacking) reuses the base variant's weights and fits only its
+    extra stages'.
     """
 
     def __init__(self) -> None:
         self.coef: dict[str, list[float]] = {}
+        #: per group, the terms that were non-zero in its training kernels
+        self.support: dict[str, list[str]] = {}
         self.per_mac: float = 1.0
 
     @staticmethod
-    def _key(variant: str, profile: str | None) -> str:
-        return f"{variant}|{profile or '*'}"
+    def _key(variant: str, profile: str | None, shape: str | None = None) -> str:
+        return f"{variant}|{profile or '*'}" + (f"|{shape}" if shape else "")
+
+    @staticmethod
+    def _keys(q: CostQuery) -> tuple[str, ...]:
+        """Groups ``q`` belongs to, most specific first."""
+        k = AnalyticPrior._key
+        general = (k(q.variant, q.profile), k(q.variant, None))
+        if q.variant not in _SHAPE_SPLIT:
+            return general
+        return (k(q.variant, q.profile, kernel_shape_class(q.workload)), *general)
 
     def fit(self, queries: Sequence[CostQuery], y: np.ndarray) -> AnalyticPrior:
         """Fit on queries and their costs ``y`` (linear units)."""
@@ -172,11 +226,38 @@ class AnalyticPrior:
         self.per_mac = float(np.exp(np.mean(np.log(y / macs))))
         groups: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
-            groups.setdefault(self._key(q.variant, q.profile), []).append(i)
-            groups.setdefault(self._key(q.variant, None), []).append(i)
+            for key in self._keys(q):
+                groups.setdefault(key, []).append(i)
         self.coef = {k: _nnls_relative(T[idx], y[idx]).tolist()
                      for k, idx in groups.items() if len(idx) >= _MIN_GROUP}
+        for variant, (base, own) in _DERIVED_VARIANTS.items():
+            cols = [ANALYTIC_TERMS.index(t) for t in own]
+            for k, idx in groups.items():
+                base_key = k.replace(variant, base, 1)
+                if not k.startswith(f"{variant}|") or base_key not in self.coef \
+                        or len(idx) < _MIN_GROUP:
+                    continue
+                # the base kernel's weights for the shared stages, NNLS on the rest only: the
+                # extra stage's cost is then not confused with the loop nest it shares
+                theta = np.asarray(self.coef[base_key])
+                theta[cols] = 0.0
+                rest = y[idx] - T[idx] @ theta
+                extra = np.zeros(len(ANALYTIC_TERMS))
+                extra[cols] = _nnls_offset(T[np.ix_(idx, cols)], rest, y[idx])
+                self.coef[k] = (theta + extra).tolist()
+        self.support = {k: [t for t, used in zip(ANALYTIC_TERMS, T[groups[k]].max(axis=0) > 0,
+                                                 strict=True) if used]
+                        for k in self.coef}
         return self
+
+    def _theta(self, q: CostQuery, nonzero: set[str]) -> list[float] | None:
+        """Weights of the most specific group that saw every stage ``q`` has (else of the
+        most general group fitted)."""
+        fitted = [k for k in self._keys(q) if k in self.coef]
+        for k in fitted:
+            if k not in self.support or nonzero <= set(self.support[k]):
+                return self.coef[k]
+        return self.coef[fitted[-1]] if fitted else None
 
     def predict(self, queries: Sequence[CostQuery]) -> np.ndarray:
         """Prior cost of each query (always > 0)."""
@@ -184,19 +265,21 @@ class AnalyticPrior:
         macs = query_macs(queries)
         out = np.empty(len(queries))
         for i, q in enumerate(queries):
-            theta = self.coef.get(self._key(q.variant, q.profile)) or \
-                self.coef.get(self._key(q.variant, None))
+            nonzero = {t for t, v in zip(ANALYTIC_TERMS, T[i], strict=True) if v > 0}
+            theta = self._theta(q, nonzero)
             p = float(T[i] @ np.asarray(theta)) if theta is not None else 0.0
             out[i] = p if p > 0 else self.per_mac * macs[i]
         return np.maximum(out, 1e-12)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"terms": list(ANALYTIC_TERMS), "coef": self.coef, "per_mac": self.per_mac}
+        return {"terms": list(ANALYTIC_TERMS), "coef": self.coef, "support": self.support,
+                "per_mac": self.per_mac}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AnalyticPrior:
         p = cls()
         p.coef = {k: list(v) for k, v in d["coef"].items()}
+        p.support = {k: list(v) for k, v in d.get("support", {}).items()}
         p.per_mac = float(d["per_mac"])
         return p
 

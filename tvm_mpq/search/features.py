@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..plan import FP32
-from ..schedules.conv2d import swar_lanes
+from ..schedules.conv2d import grouped_planes, pixel_block, plane_accumulators, swar_lanes
+from ..schedules.default_schedules import _bitserial_config, _fit  # their own tile choices
 from ..schedules.registry import dense_as_conv
 from ..schedules.workload import Conv2dWorkload, DenseWorkload, Workload, workload_from_dict
 from ..targets import get_profile
@@ -41,11 +42,12 @@ __all__ = [
     "CostQuery",
     "analytic_terms",
     "featurize",
+    "kernel_shape_class",
     "layer_workload",
 ]
 
 #: Bump when the meaning of a feature changes (the names alone would not show it).
-FEATURE_SCHEMA_VERSION = 3  # 3: the "swar" variant and its terms
+FEATURE_SCHEMA_VERSION = 4  # 4: schedule-aware analytic terms (tiles, packing modes)
 
 #: Kernel variants one-hot encoded, in this order.
 VARIANT_ORDER: tuple[str, ...] = ("fp32", "int8", "bitserial", "unpack", "swar")
@@ -64,43 +66,69 @@ FEATURE_NAMES: tuple[str, ...] = (
     # loop structure of the default lowering (log2 of iteration counts, per MAC where useful)
     "has_pad", "log_pad_elems", "pad_per_mac", "log_out_per_mac", "log_cg", "log_kw",
     "cg_le_8", "cg_le_16", "cg_le_32", "cg_le_64",
-    "log_pack_words", "log_pack_bits_per_mac", "log_plane_iters_per_mac",
-    "log_plane_outs_per_mac", "log_unpack_per_mac", "log_inner_extent", "inner_unrolled",
+    "log_pack_out", "log_pack_per_mac", "log_pop_per_mac", "log_acc_per_mac",
+    "log_unpack_per_mac", "log_inner_extent", "inner_unrolled", "log_tile_outs", "pack_blocked",
+    "reduction_unrolled", "ow_unrolled",
 )
 
 #: Iteration counts of the stages of each variant's default lowering (see
-#: :mod:`tvm_mpq.schedules.conv2d`). A term is 0 where the variant has no such stage. The
-#: cost model fits per-(variant, profile) non-negative instructions-per-iteration weights on
-#: them (an *analytic prior*) and learns the residual with XGBoost.
+#: :mod:`tvm_mpq.schedules.conv2d` and :mod:`tvm_mpq.schedules.default_schedules`). A term is
+#: 0 where the variant has no such stage. The cost model fits per-(variant, profile, window
+#: class) non-negative instructions-per-iteration weights on them (an *analytic prior*) and
+#: learns the residual with XGBoost.
 ANALYTIC_TERMS: tuple[str, ...] = (
     "call",          # one per kernel call
-    "planes",        # output channel planes (n * k; bitserial: n * k * w_bits * a_bits)
-    "out",           # output elements (init + store of the accumulator)
+    "planes",        # output channel planes (n * k)
+    "out",           # output elements (init + store of the accumulator / plane combine)
     "out_rows",      # output rows (n * k * oh): loop overhead of the ow loop
-    # inner multiply-accumulates (fp32 / int8 / unpack), split by whether LLVM fully unrolls
-    # the innermost reduction loop (rx, or rc for 1x1): trip count x body size under a threshold
-    "macs_unrolled",
-    "macs",
-    "red_loops",     # out * cg * kh: rx-loop entries of the reduction
-    "pad",           # padded input elements materialised (0 without padding)
-    "pad_rows",      # padded input rows
-    "pad_planes",    # padded input channel planes
+    # byte/float padding stage (fp32, int8, unpack, swar): a select per padded element, a
+    # load for the ones inside the input
+    "pad",
+    "pad_inside",
+    "pad_rows",
+    "pad_planes",
+    # plain direct lowering (fp32 / int8 / unpack)
+    "macs",          # multiply-accumulates
+    "inner_trips",   # trips of the innermost rolled reduction loop (0: reduction unrolled)
+    "macs_unrolled",  # MACs of a reduction LLVM fully unrolls (rx, ry, rc) ...
+    "macs_unrolled_ow",  # ... and the ow loop around the unrolled reduction unrolled as well
+    "out_unrolled",  # output elements of the kernels counted in macs_unrolled
+    "out_unrolled_ow",  # ... in macs_unrolled_ow
+    "macs_unrolled_ohow",  # ... and the oh loop as well
+    "out_unrolled_ohow",
     "unpack",        # sub-byte weights unpacked (unpack, w_bits < 8), innermost loop over c
-    "unpack_unrolled",  # the same when the innermost loop is a short kw loop
-    "pack_bits",     # bitserial: activation bits packed, unpadded (groups*a_bits*words*h*w*64)
-    "pack_bits_pad", # bitserial: the same over the padded extent hp * wp (pad-then-pack lowering)
-    "pack_valid",    # bitserial: valid (non-ragged) channel bits packed, unpadded
-    "pack_valid_pad",  # the same over the padded extent
-    "pack_words",    # bitserial: packed activation words over the padded extent
-    "pack_rows",     # bitserial: packed activation rows over the padded extent
-    "plane_iters",   # bitserial: AND+popcount of (weight plane, activation plane) words
-    "plane_outs",    # bitserial: per-plane partial sums (out * w_bits * a_bits)
-    "plane_rows",    # bitserial: plane_outs * words * kh (inner-loop entries)
-    "asum",          # bitserial, w_bits == 1: activation window sums
-    "swar_words",    # swar: packed multiply-adds (out * kh * kw * ceil(cg / lanes))
-    "swar_pack",     # swar: activation lanes packed over the padded extent
-    "swar_asum",     # swar: packed multiply-adds of the activation window sums
+    "unpack_unrolled",  # the same when LLVM unrolls the innermost loop (kw, or few channels)
+    # bitserial, register-tiled schedule (_bitserial_config's kt x owt tiles)
+    "bs_pop",        # AND + popcount + add of (weight plane, activation plane) words
+    "bs_pop_hot",    # the same again for tiles needing more registers than there are (spills)
+    "bs_wload",      # weight-plane words loaded (once per tile and tap)
+    "bs_aload",      # activation-plane words loaded (the tile's columns per tap)
+    "bs_red",        # reduction loop iterations (tiles * words * kh; rx is unrolled)
+    "bs_acc",        # plane accumulators initialised and combined (tiles * kt * owt * G)
+    "bs_tiles",      # output tiles
+    "bs_flat",       # 1x1 with one word: plane-loop iterations left rolled (W x G per output)
+    "bs_asum",       # 1-bit weights: popcounts of the activation window sums
+    "bs_asum_out",   # 1-bit weights: activation window sums
+    # bitserial activation packing: blocked bit-slice transpose (cg >= 8, even H*W) ...
+    "pk_blk_bytes",  # channel bytes read (s pixels per load)
+    "pk_blk_slices",  # bit-slice words built (8 channels x s pixels per plane)
+    "pk_blk_out",    # packed words assembled, 8 chunk bytes each
+    # ... or the per-pixel gather
+    "pk_g_bytes",    # channel bytes gathered (64 per word, ragged ones selected away)
+    "pk_g_planes",   # plane words extracted (8 multiply-shift steps each)
+    "pk_pad",        # packed words of the padded planes (a select per border word)
+    # swar: 4x4 (k x ow) register tile of packed multiply-adds
+    "swar_words",    # packed multiply-adds (out * kh * kw * ceil(cg / lanes))
+    "swar_wload",    # packed weight words loaded
+    "swar_aload",    # packed activation words loaded
+    "swar_red",      # reduction loop iterations (tiles * kh * kw * words)
+    "swar_tiles",    # output tiles
+    "swar_pack",     # activation lanes packed over the padded extent
+    "swar_pack_words",  # packed activation words
+    "swar_asum",     # packed multiply-adds of the activation window sums
+    "swar_asum_out",  # activation window sums
 )
+
 
 @dataclass(frozen=True)
 class CostQuery:
@@ -160,6 +188,12 @@ def layer_workload(info: Any) -> Workload:
 
 def _as_conv(wl: Workload) -> Conv2dWorkload:
     return dense_as_conv(wl) if isinstance(wl, DenseWorkload) else wl
+
+
+def kernel_shape_class(wl: Workload) -> str:
+    """"window" for kernels with a spatial window (kh * kw > 1), else "1x1" (dense too)."""
+    cv = _as_conv(wl)
+    return "window" if cv.kh * cv.kw > 1 else "1x1"
 
 
 def _log(x: float) -> float:
@@ -243,57 +277,171 @@ def _inner_extent(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> int:
     return math.ceil(cv.cg / word_bits) if q.variant == "bitserial" else cv.cg
 
 
-#: Rough instructions in the innermost MAC loop body (loads, extends, multiply-add) and
-#: LLVM's full-unroll budget: a loop of ``extent`` iterations is unrolled when
-#: ``extent * body <= _UNROLL_BUDGET`` (fp32 with 32 channels is, int8 with 32 is not).
-_MAC_BODY = {"fp32": 4, "int8": 6, "unpack": 6, "bitserial": 6, "swar": 4}
-_UNROLL_BUDGET = 150
+#: Rough LLVM IR size of one multiply-accumulate and LLVM's full-unroll budget: a loop of
+#: ``extent`` iterations is unrolled when ``extent * body <= _UNROLL_BUDGET``. Measured
+#: (Spike): the plain fp32 / int8 / unpack 1x1 reduction is unrolled up to 32 channels
+#: (2.2-5 instructions per MAC), rolled from 48 (6.0 fp32, 7.0 int8 per MAC).
+_MAC_BODY = {"fp32": 8, "int8": 8, "unpack": 8, "bitserial": 6, "swar": 4}
+_UNROLL_BUDGET = 300
+
+
+#: Most MACs of a fully unrolled ow loop (and oh x ow nest) around an unrolled reduction:
+#: 1x1 with 7 x 8, 4 x 16, 2 x 32 channels and 3x3 depthwise with ow <= 7 unroll the ow loop;
+#: 2 x 2 x 32 channels and 2 x 2 depthwise outputs unroll both (rv64 code, LLVM 20).
+_OW_UNROLL_MACS = 64
+_OHOW_UNROLL_MACS = 128
+#: Rough IR size of one sub-byte weight unpack (load, shift, mask, sign-extend, store): its
+#: innermost loop is unrolled up to 24 channels (~2 instructions a weight), rolled from 32 (~12).
+_UNPACK_BODY = 12
 
 
 def _unrolled(variant: str, inner: int) -> bool:
     return inner * _MAC_BODY[variant] <= _UNROLL_BUDGET
 
 
+def _inner_trips(q: CostQuery, cv: Conv2dWorkload) -> float:
+    """Trips of the innermost reduction loop LLVM leaves rolled in the plain direct lowering
+    (the loops inside it, innermost first among rx, ry, rc, are unrolled); 0 if none is."""
+    size, inside = _MAC_BODY[q.variant], 1
+    for extent in (cv.kw, cv.kh, cv.cg):
+        if size * extent > _UNROLL_BUDGET:
+            return float(cv.macs) / inside
+        size, inside = size * extent, inside * extent
+    return 0.0
+
+
+def _direct_unroll(q: CostQuery, cv: Conv2dWorkload) -> int:
+    """How far LLVM fully unrolls the plain direct lowering (fp32 / int8 / unpack), from the
+    innermost loop outwards: 0 the reduction stays rolled, 1 the whole reduction (rx, ry, rc)
+    is unrolled, 2 the ow loop around it too, 3 the oh loop as well (checked on the
+    generated RISC-V code: multiplies in the kernel = MACs of the unrolled nest)."""
+    size = _MAC_BODY[q.variant]
+    for extent in (cv.kw, cv.kh, cv.cg):
+        size *= extent
+        if size > _UNROLL_BUDGET:
+            return 0
+    red = cv.cg * cv.kh * cv.kw
+    if cv.ow * red > _OW_UNROLL_MACS:
+        return 1
+    return 3 if cv.oh * cv.ow * red <= _OHOW_UNROLL_MACS else 2
+
+
+#: Live values (accumulators + loaded words) a bitserial tile keeps without spilling.
+_TILE_REGS = 20
+#: Largest W x G plane loop LLVM still unrolls on its own (w4a4: 28 is, w4a8: 44 is not).
+_PLANE_UNROLL = 32
+
+
+def _bitserial_tiled(variant: str, w_bits: int, a_bits: int, profile: str) -> bool:
+    """Whether bitserial gets the register-tiled schedule (mirrors
+    ``default_schedules._tile_bitserial``: all but vector cores without Zbb at W*A <= 4)."""
+    if variant != "bitserial":
+        return False
+    p = get_profile(profile)
+    if not p.is_host and not p.has_zbb and "+v" in p.mattr:
+        return w_bits * a_bits > 4
+    return True
+
+
+def _bitserial_tile(cv: Conv2dWorkload, w_bits: int, a_bits: int) -> tuple[int, int, int, bool]:
+    """(kt, owt, accumulators per output G, kernel rows unrolled) of the default schedule."""
+    cfg = _bitserial_config(cv, w_bits, a_bits)
+    kt, owt = cfg["kt"], cfg["owt"]
+    if cv.groups > 1 and kt > 1 and cv.kg % kt:
+        kt = 1  # as _schedule_bitserial: a k tile never straddles two groups
+    g = plane_accumulators(w_bits, a_bits)
+    return kt, owt, g, bool(cfg.get("unroll_ry", False))
+
+
 def _terms(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> dict[str, float]:
     """Iteration counts of the stages of ``q``'s default lowering (:data:`ANALYTIC_TERMS`)."""
     t = dict.fromkeys(ANALYTIC_TERMS, 0.0)
     out = float(cv.n * cv.k * cv.oh * cv.ow)
-    if any(cv.padding):
-        t["pad"] = float(cv.n * cv.c * cv.hp * cv.wp)
-        t["pad_rows"] = float(cv.n * cv.c * cv.hp)
-        t["pad_planes"] = float(cv.n * cv.c)
+    padded = any(cv.padding)
     t["call"] = 1.0
     t["out"] = out
     t["out_rows"] = float(cv.n * cv.k * cv.oh)
+    t["planes"] = float(cv.n * cv.k)
+    if padded and q.variant != "bitserial":  # bitserial pads packed words instead
+        t["pad"] = float(cv.n * cv.c * cv.hp * cv.wp)
+        t["pad_inside"] = float(cv.n * cv.c * cv.h * cv.w)
+        t["pad_rows"] = float(cv.n * cv.c * cv.hp)
+        t["pad_planes"] = float(cv.n * cv.c)
+    sw = cv.stride[1]
     if q.variant == "bitserial":
         wb, ab = q.w_bits, q.a_bits
-        nw = math.ceil(cv.cg / word_bits)
-        pack_words = float(cv.n * cv.groups * ab * nw * cv.hp * cv.wp)
-        t["pack_words"], t["pack_bits_pad"] = pack_words, pack_words * word_bits
-        t["pack_rows"] = float(cv.n * cv.groups * ab * nw * cv.hp)
-        t["pack_bits"] = float(cv.n * cv.groups * ab * nw * cv.h * cv.w) * word_bits
-        t["pack_valid"] = float(cv.n * ab * cv.c * cv.h * cv.w)
-        t["pack_valid_pad"] = float(cv.n * ab * cv.c * cv.hp * cv.wp)
-        t["planes"] = float(cv.n * cv.k * wb * ab)
-        t["plane_outs"] = out * wb * ab
-        t["plane_rows"] = t["plane_outs"] * nw * cv.kh
-        t["plane_iters"] = t["plane_outs"] * nw * cv.kh * cv.kw
+        wbits = int(word_bits)
+        nw = math.ceil(cv.cg / wbits)
+        taps = cv.kh * cv.kw
+        t["bs_pop"] = out * wb * ab * nw * taps
+        if _bitserial_tiled(q.variant, wb, ab, q.profile):
+            kt, owt, g, unroll_ry = _bitserial_tile(cv, wb, ab)
+            tiles = float(cv.n * math.ceil(cv.k / kt) * cv.oh * math.ceil(cv.ow / owt))
+            t["bs_tiles"] = tiles
+            t["bs_wload"] = tiles * kt * wb * nw * taps
+            t["bs_aload"] = tiles * ab * nw * cv.kh * ((owt - 1) * sw + cv.kw)
+            t["bs_red"] = tiles * nw * (1 if unroll_ry else cv.kh)
+            t["bs_acc"] = tiles * kt * owt * g
+            # accumulators plus the words of one tap in registers: past ~20 of RISC-V's 31
+            # the tile spills (w4a8 / w8a8: ~5.3 instead of ~3.7 instructions a popcount)
+            if g * kt * owt + kt * wb + owt * ab > _TILE_REGS:
+                t["bs_pop_hot"] = t["bs_pop"]
+            iters = wb * (g if grouped_planes(wb, ab) else ab)
+            if nw == 1 and taps == 1 and iters > _PLANE_UNROLL:
+                # no reduction loop is left (unit loops vanish), so the schedule stops before
+                # unrolling the plane loops; past LLVM's own full-unroll size the W x G loop
+                # stays rolled with its grouped-plane Selects (measured: ~15 instructions per
+                # iteration, 3-6x the unrolled cost at w4a8 / w8a8)
+                t["bs_flat"] = out * iters
+        else:  # plain lowering: every plane sum in memory
+            t["bs_acc"] = out * wb * ab
+            t["bs_red"] = out * wb * ab * nw * cv.kh
         if wb == 1:
-            t["asum"] = float(cv.n * cv.groups * ab * cv.oh * cv.ow * nw * cv.kh * cv.kw)
+            t["bs_asum_out"] = float(cv.n * cv.groups * ab * cv.oh * cv.ow)
+            t["bs_asum"] = t["bs_asum_out"] * nw * taps
+        hw = cv.h * cv.w
+        s = pixel_block(hw, wbits) if cv.cg >= 8 else 0
+        if s:
+            nq = math.ceil(cv.cg / 8)
+            t["pk_blk_bytes"] = float(cv.n * cv.c * hw)
+            t["pk_blk_slices"] = float(cv.n * cv.groups * ab * nq * 8 * (hw // s))
+            t["pk_blk_out"] = float(cv.n * cv.groups * hw * nw * ab * 8)
+        else:
+            t["pk_g_bytes"] = float(cv.n * cv.groups * nw * hw * wbits)
+            t["pk_g_planes"] = float(cv.n * cv.groups * nw * hw * 8 * ab)
+        if padded:
+            t["pk_pad"] = float(cv.n * cv.groups * cv.hp * cv.wp * nw * ab)
         return t
-    t["planes"] = float(cv.n * cv.k)
     if q.variant == "swar":
         lanes = swar_lanes(cv, q.w_bits, q.a_bits)[0]
         nwp = math.ceil(cv.cg / lanes)
-        t["swar_words"] = out * cv.kh * cv.kw * nwp
-        t["swar_pack"] = float(cv.n * cv.groups * cv.hp * cv.wp * nwp * lanes)
-        t["swar_asum"] = float(cv.n * cv.groups * cv.oh * cv.ow * cv.kh * cv.kw * nwp)
+        taps = cv.kh * cv.kw
+        kt, owt = _fit(cv.kg, 4), _fit(cv.ow, 4)  # the 4x4 tile of default_schedule
+        tiles = float(cv.n * (cv.k // kt) * cv.oh * (cv.ow // owt))
+        t["swar_words"] = out * taps * nwp
+        t["swar_wload"] = tiles * kt * taps * nwp
+        t["swar_aload"] = tiles * owt * taps * nwp
+        t["swar_red"] = tiles * taps * nwp
+        t["swar_tiles"] = tiles
+        t["swar_pack_words"] = float(cv.n * cv.groups * cv.hp * cv.wp * nwp)
+        t["swar_pack"] = t["swar_pack_words"] * lanes
+        t["swar_asum_out"] = float(cv.n * cv.groups * cv.oh * cv.ow)
+        t["swar_asum"] = t["swar_asum_out"] * taps * nwp
         return t
-    inner = _inner_extent(q, cv, word_bits)
-    t["macs_unrolled" if _unrolled(q.variant, inner) else "macs"] = float(cv.macs)
-    t["red_loops"] = out * cv.cg * cv.kh
+    # every MAC costs its loads, multiply and add; a rolled innermost loop adds its overhead
+    # per trip (1x1: per channel; 3x3 with rx unrolled: per (channel, kernel row)). Fully
+    # unrolled reductions (and the output loops LLVM unrolls around them) get their own
+    # per-MAC and per-output extras: spills, hoisted weights.
+    t["macs"] = float(cv.macs)
+    t["inner_trips"] = _inner_trips(q, cv)
+    level = _direct_unroll(q, cv)
+    if level:
+        suffix = ("", "_ow", "_ohow")[level - 1]
+        t["macs_unrolled" + suffix], t["out_unrolled" + suffix] = float(cv.macs), out
     if q.variant == "unpack" and q.w_bits < 8:
-        t["unpack_unrolled" if cv.kw > 1 else "unpack"] = float(cv.k * cv.cg * cv.kh * cv.kw)
+        inner = cv.kw if cv.kw > 1 else cv.cg
+        unrolled = inner * _UNPACK_BODY <= _UNROLL_BUDGET
+        t["unpack_unrolled" if unrolled else "unpack"] = float(cv.k * cv.cg * cv.kh * cv.kw)
     return t
 
 
@@ -312,15 +460,22 @@ def analytic_terms(queries: Sequence[CostQuery]) -> np.ndarray:
 def _structure_feats(q: CostQuery, cv: Conv2dWorkload, t: dict[str, float],
                      word_bits: float) -> list[float]:
     macs = float(max(cv.macs, 1))
+    pack = t["pk_blk_out"] + t["pk_g_planes"]
+    tiles = t["bs_tiles"] + t["swar_tiles"]
+    tile = t["out"] / tiles if tiles > 0 else 1.0  # outputs per register tile
     return [
         float(t["pad"] > 0), _log(t["pad"]), t["pad"] / macs, _log(t["out"]) - _log(macs),
         _log(cv.cg), float(cv.kw),
         float(cv.cg <= 8), float(cv.cg <= 16), float(cv.cg <= 32), float(cv.cg <= 64),
-        _log(t["pack_words"]), math.log2(max(t["pack_bits"], 1.0) / macs),
-        math.log2(max(t["plane_iters"], 1.0) / macs), math.log2(max(t["plane_outs"], 1.0) / macs),
-        math.log2(max(t["unpack"], 1.0) / macs),
+        _log(pack), math.log2(max(pack, 1.0) / macs),
+        math.log2(max(t["bs_pop"] + t["swar_words"], 1.0) / macs),
+        math.log2(max(t["bs_acc"], 1.0) / macs),
+        math.log2(max(t["unpack"] + t["unpack_unrolled"], 1.0) / macs),
         _log(_inner_extent(q, cv, word_bits)),
         float(_unrolled(q.variant, _inner_extent(q, cv, word_bits))),
+        math.log2(tile), float(t["pk_blk_out"] > 0),
+        float(t["macs_unrolled"] + t["macs_unrolled_ow"] + t["macs_unrolled_ohow"] > 0),
+        float(t["macs_unrolled_ow"] + t["macs_unrolled_ohow"] > 0),
     ]
 
 
