@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -99,6 +100,24 @@ def test_save_load_report(tuned, tmp_path):
         assert json.load(f)["profile"] == "rv64gc_zbb"
     cm = loaded.compile(loaded.pareto[0].plan, "host")
     assert cm(torch.randn(1, 1, 12, 12)).shape == (1, 10)
+
+
+def test_stale_cost_model_checkpoint_is_refitted(tuned, tmp_path):
+    """A workdir from an older version (cost model of another feature schema) resumes: the
+    model is refitted from the database instead of failing the load."""
+    m, x, kw, _ = tuned
+    wd = str(tmp_path / "wd")
+    shutil.copytree(kw["workdir"], wd)
+    cm_path = os.path.join(wd, "search", "round0", "costmodel.json")
+    with open(cm_path) as f:
+        saved = json.load(f)
+    saved["feature_schema_version"] -= 1
+    with open(cm_path, "w") as f:
+        json.dump(saved, f)
+    res = tvm_mpq.tune(m, x[:1], "riscv", **{**kw, "workdir": wd, "final_measure": False})
+    assert res.pareto
+    with open(cm_path) as f:
+        assert json.load(f)["feature_schema_version"] == saved["feature_schema_version"] + 1
 
 
 def test_bad_target_and_missing_eval():

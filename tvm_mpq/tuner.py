@@ -477,7 +477,7 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     from .frontend import import_model
     from .rpc.database import MeasurementDB
     from .rpc.measure import measure_many
-    from .search.costmodel import CostModel, evaluate_holdout, initial_design
+    from .search.costmodel import CostModel, CostModelMismatchError, evaluate_holdout, initial_design
     from .search.nsga import SearchResult, refine, repair, run_nsga
     from .search.problem import MPQProblem
     from .search.sensitivity import SensitivityTable, layer_sensitivity
@@ -566,8 +566,13 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
             rdir = os.path.join(search_dir, f"round{rnd}")
             os.makedirs(rdir, exist_ok=True)
             cm_path, meas_path = os.path.join(rdir, "costmodel.json"), os.path.join(rdir, "measured.json")
+            cm = None
             if os.path.exists(cm_path) and os.path.exists(meas_path):
-                cm = CostModel.load(cm_path)
+                try:
+                    cm = CostModel.load(cm_path)
+                except CostModelMismatchError as e:  # another feature schema: refit below
+                    log.warning("%s; refitting the cost model", e)
+            if cm is not None:
                 with open(meas_path) as f:
                     measured = {tuple(k): v for k, v in json.load(f)}
             else:
