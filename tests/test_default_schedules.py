@@ -140,6 +140,22 @@ def test_bitserial_macs_per_instruction_floor() -> None:
         assert REF_LAYER.macs / r.instructions >= floor, (bits, r.instructions)
 
 
+@pytest.mark.parametrize("c,k,h,stride", [(8, 48, 1, 1), (4, 4, 1, 2), (8, 8, 1, 1), (4, 8, 2, 2),
+                                            (16, 16, 1, 1)])
+@pytest.mark.parametrize("pad_value", [0, 3])
+def test_swar_one_output_pixel(c, k, h, stride, pad_value):
+    """swar w8a8 with a single output pixel (3x3, pad 1, few channels): TVM 0.27 miscompiled
+    the default schedule while the window sum was a one-element global buffer (every output
+    off by a multiple of 128 with zero padding; found by a measurement's output check on
+    Spike)."""
+    wl = Conv2dWorkload.make((1, c, h, h), (k, c, 3, 3), stride, 1)
+    kd = make_kernel(wl, "swar", 8, 8, pad_value=pad_value)
+    lib = build_kernel(kd, "llvm", default_schedule(kd, "llvm"))
+    for x, w in validation_inputs(kd):
+        got = run_built(lib, kd, x, w)
+        np.testing.assert_array_equal(got, reference_output(kd, x, w).reshape(got.shape))
+
+
 def test_tune_survives_foreign_log_handlers(tmp_path):
     """A handler without a name on MetaSchedule's logger (a harness or application added it)
     crashes MetaSchedule's logging setup, which every tune runs; tune_kernel detaches it

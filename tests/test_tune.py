@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ def tuned(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("tune"))
     kw = dict(calib_data=x[:32], eval_data=(x, y), workdir=wd, bits=[(8, 8), (2, 2)],
               variants=["int8", "bitserial"], pop_size=8, generations=4, active_rounds=1,
-              progress=False)
+              prior_workloads=2, progress=False)
     res = tvm_mpq.tune(m, x[:1], "riscv", **kw)
     return m, x, kw, res
 
@@ -51,6 +52,17 @@ def test_result_is_measured(tuned):
             in res.message
     else:
         assert "no plan meets" in res.message
+
+
+def test_prior_workloads_are_measured(tuned):
+    """prior_workloads: generic shapes measured next to the model's own, for the cost model."""
+    from tvm_mpq.rpc.database import MeasurementDB
+    from tvm_mpq.search.prior import generic_workloads
+
+    _, _, kw, _ = tuned
+    db = MeasurementDB(os.path.join(kw["workdir"], "measurements.sqlite"))
+    keys = {r.workload_key for r in db.records("rv64gc_zbb", "spike", status="ok")}
+    assert {w.key() for w in generic_workloads(2, seed=0)} <= keys
 
 
 def test_layer_passes_are_measured(tuned):
@@ -127,3 +139,29 @@ def test_bad_target_and_missing_eval():
                      eval_data=(torch.randn(4, 1, 12, 12), torch.zeros(4, dtype=torch.long)))
     with pytest.raises(ValueError, match="eval_data"):
         tvm_mpq.tune(m, torch.randn(1, 1, 12, 12), "riscv", calib_data=torch.randn(4, 1, 12, 12))
+
+
+def test_failed_kernel_is_never_picked(tmp_path):
+    """A kernel whose measurement failed (here: a wrong result) costs FAILED_COST in the
+    search, so the problem picks another variant for that bit-width."""
+    from tvm_mpq.rpc.database import MeasurementDB, MeasureRecord
+    from tvm_mpq.schedules import Conv2dWorkload
+    from tvm_mpq.search.features import CostQuery
+    from tvm_mpq.tuner import FAILED_COST, _measured_costs, _MeasuredFirst
+
+    wl = Conv2dWorkload.make((1, 8, 1, 1), (48, 8, 3, 3), 1, 1)
+    db = MeasurementDB(str(tmp_path / "m.sqlite"))
+    base = dict(profile="rv64gc", backend="spike", workload_key=wl.key(), w_bits=8, a_bits=8,
+                schedule="default", workload=wl.to_dict(), macs=wl.macs)
+    db.put(MeasureRecord(**base, variant="swar", status="wrong_result",
+                         message="48 mismatching elements"))
+    db.put(MeasureRecord(**base, variant="int8", status="ok", instructions=50_000, cycles=50_000))
+    measured = _measured_costs(db, "rv64gc", "spike", "instructions")
+    qs = [CostQuery(wl, v, 8, 8, "rv64gc") for v in ("swar", "int8")]
+    assert measured[qs[0].key()] == float("inf") and measured[qs[1].key()] == 50_000
+
+    def model(queries):  # a cost model that would pick swar
+        return np.asarray([1_000.0 if q.variant == "swar" else 9e9 for q in queries])
+
+    cost = _MeasuredFirst(model, measured, {})(qs)
+    assert cost.tolist() == [FAILED_COST, 50_000]

@@ -57,6 +57,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--qat-beacons", type=int, default=0,
                    help="MOHAQ beacons: front plans fine-tuned with QAT (CPU-heavy; 0 = PTQ only)")
     p.add_argument("--qat-steps", type=int, default=300)
+    p.add_argument("--prior-workloads", type=int, default=0,
+                   help="also measure this many generic layer shapes for the cost model")
     p.add_argument("--repair-plans", type=int, default=8,
                    help="near-miss front plans whose bits are raised into the accuracy budget (0: off)")
     p.add_argument("--train", type=int, default=10000,
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         pop_size=args.pop_size, generations=args.generations, active_rounds=args.active_rounds,
         sensitivity_samples=args.sens_samples, final_measure=not args.no_final,
         train_data=train, qat_beacons=args.qat_beacons, qat_steps=args.qat_steps,
-        repair_plans=args.repair_plans, seed=args.seed)
+        repair_plans=args.repair_plans, prior_workloads=args.prior_workloads, seed=args.seed)
     print()
     print(f"model {args.model} (fp32 test accuracy {info.get('test_acc')}, full 10k test set); "
           f"accuracies below on the first {args.eval} test images")

@@ -254,6 +254,9 @@ class _Stage:
             print(f"[tvm-mpq] {self.name} done in {self.timings[self.name]:.1f}s", flush=True)
 
 
+#: search cost of a kernel whose measurement failed: finite (the search needs numbers) but
+#: far above any real cost, so another variant or bit-width always wins
+FAILED_COST = 1e15
 #: overhead key suffix of an fp32 layer's bias pass (see :func:`measure_qdq_overhead`)
 FP32_SUFFIX = "|fp32"
 #: version of the compiler's passes around a kernel; a cache of another one is re-measured
@@ -271,8 +274,10 @@ class _MeasuredFirst:
 
     def __call__(self, queries: Sequence[Any]) -> np.ndarray:
         pred = np.asarray(self.cm(list(queries)), dtype=np.float64)
-        return np.asarray([self.measured.get(q.key(), p) + _qdq(q, self.overhead)
+        cost = np.asarray([self.measured.get(q.key(), p) + _qdq(q, self.overhead)
                            for q, p in zip(queries, pred, strict=True)])
+        # a kernel that failed its measurement (e.g. a wrong result) is never worth picking
+        return np.where(np.isfinite(cost), cost, FAILED_COST)
 
 
 def _qdq(q: Any, overhead: dict[str, float]) -> float:
@@ -364,14 +369,20 @@ def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) 
 
 
 def _measured_costs(db: Any, profile: str, backend: str, unit: str) -> dict[tuple, float]:
+    """Measured cost per query key (default schedules); ``inf`` for a kernel whose
+    measurement failed for good (wrong result, build or run error): the search must not
+    pick it, and the compiled model must not run it."""
     out: dict[tuple, float] = {}
-    for r in db.records(profile, backend, status="ok"):
+    for r in db.records(profile, backend):
         d = r.to_dict() if hasattr(r, "to_dict") else r
         if d.get("schedule", "default") != "default":
             continue
+        key = (d["workload_key"], d["variant"], int(d["w_bits"]), int(d["a_bits"]), profile)
         v = d.get(unit)
-        if v is not None:
-            out[(d["workload_key"], d["variant"], int(d["w_bits"]), int(d["a_bits"]), profile)] = float(v)
+        if d["status"] == "ok" and v is not None:
+            out[key] = float(v)
+        elif d["status"] in ("wrong_result", "build_error", "run_error"):
+            out.setdefault(key, math.inf)
     return out
 
 
@@ -430,6 +441,7 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     qat_beacons: int = 0,
     qat_steps: int = 300,
     repair_plans: int = 8,
+    prior_workloads: int = 0,
     seed: int = 0,
     progress: bool = True,
 ) -> TuneResult:
@@ -468,6 +480,10 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
             the accuracy budget (and are cheaper than every plan within it) get their most
             sensitive layers' bits raised, one measured step at a time, until they meet it
             (:func:`tvm_mpq.search.nsga.repair`; 0: off).
+        prior_workloads: also measure this many model-independent layer shapes
+            (:func:`tvm_mpq.search.prior.generic_workloads`, every variant and bits), so
+            the cost model sees shapes beyond the model's own (better predictions for
+            another model's layers; a few minutes on Spike for 24). 0: the model's only.
         seed: random seed.
 
     Returns:
@@ -550,6 +566,12 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
         n_wl = len(table.distinct_workloads())
         budget = measure_budget or n_wl * (1 + len(variants) * len(bits))
         design = initial_design(table, list(variants), list(bits), profile.name, budget, seed=seed)
+        if prior_workloads > 0:
+            from .search.prior import generic_workloads
+
+            prior = generic_workloads(prior_workloads, seed=seed)
+            design += initial_design(prior, list(variants), list(bits), profile.name,
+                                     len(prior) * (1 + len(variants) * len(bits)), seed=seed)
         measure(design)
         overhead = (measure_qdq_overhead(table, profile, backend, os.path.join(workdir, "qdq_overhead.json"))
                     if backend in ("spike", "qemu") else {})
@@ -644,7 +666,8 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
             extra = sum(_qdq(q, overhead) for q in qs)
             pred = float(np.sum(cm(qs))) + extra
             meas = [measured.get(q.key()) for q in qs]
-            mcost = float(sum(meas)) + extra if all(v is not None for v in meas) else None
+            mcost = (float(sum(meas)) + extra
+                     if all(v is not None and math.isfinite(v) for v in meas) else None)
             if acc is None:
                 acc = accuracy_of(torch_forward(plan), n_eval)
             drop = fp32_acc - acc

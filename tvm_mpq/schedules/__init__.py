@@ -8,8 +8,9 @@ bit-exact against the numpy reference in :mod:`.reference`.
 #: measurement database records the revision it was filled with and refuses another one
 #: (``tvm_mpq.rpc.database``). 2: planes-innermost bitserial layouts, blocked activation
 #: packing, grouped plane accumulators, rocket-rv64 scheduling model. 3: bitserial tiles on
-#: scalar cores without popcount too.
-KERNELS_REVISION = 3
+#: scalar cores without popcount too. 4: swar window sums of at most 64 elements in a local
+#: buffer (the global one was miscompiled for one output pixel).
+KERNELS_REVISION = 4
 
 from .api import run_conv2d, run_dense  # noqa: E402
 from .build import build_kernel, resolve_target  # noqa: E402
