@@ -35,6 +35,28 @@ def tune_model(target: str, args: argparse.Namespace):
     return res, time.time() - t0, info
 
 
+def unseen_accuracy(res, args: argparse.Namespace) -> str:
+    """Accuracy drops on the test images the search never saw (refinement and repair chose
+    plans on the first ``--eval`` images): selection bias shows up here."""
+    from tvm_mpq.calibration import fold_bn
+    from tvm_mpq.data import evaluate, load_fashion_mnist
+    from tvm_mpq.fakequant import fake_quant
+
+    x, y = load_fashion_mnist("test")
+    x, y = x[args.eval:], y[args.eval:]
+    if not len(x):
+        return "no unseen test images"
+    model, calib = res._model, res._calib
+    fp32 = evaluate(fold_bn(model).eval(), x, y, batch_size=500)
+    rows = [f"accuracy on the {len(x)} test images the search did not see (fp32 {100 * fp32:.2f}%):"]
+    for name, p in [("best", res.best), *res.baselines.items()]:
+        if p is None or not p.plan.quantized_layers():
+            continue
+        acc = evaluate(fake_quant(model, p.plan, calib_data=calib), x, y, batch_size=500)
+        rows.append(f"  {name}: {100 * acc:.2f}% (drop {100 * (fp32 - acc):.2f} pt)")
+    return "\n".join(rows)
+
+
 def hypervolume_check(args: argparse.Namespace) -> str:
     """NSGA-II front vs the exhaustive front on ResNet-8's first layers (small space)."""
     from tvm_mpq.frontend import import_model
@@ -89,6 +111,7 @@ def main() -> None:
                   f"{res.best.model_cost / int8.model_cost:.3f}; best / fp32 = "
                   f"{res.best.model_cost / res.baselines['fp32'].model_cost:.3f}")
         print(f"\ncost model: {res.costmodel_report.get('summary')}")
+        print(unseen_accuracy(res, args))
     try:
         print("\n" + hypervolume_check(args))
     except (FileNotFoundError, ValueError) as e:
