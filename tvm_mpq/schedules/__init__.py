@@ -8,9 +8,10 @@ bit-exact against the numpy reference in :mod:`.reference`.
 #: measurement database records the revision it was filled with and refuses another one
 #: (``tvm_mpq.rpc.database``). 2: planes-innermost bitserial layouts, blocked activation
 #: packing, grouped plane accumulators, rocket-rv64 scheduling model. 3: bitserial tiles on
-#: scalar cores without popcount too. 4: swar window sums of at most 64 elements in a local
-#: buffer (the global one was miscompiled for one output pixel).
-KERNELS_REVISION = 4
+#: scalar cores without popcount too. 4 (never released in a result): a local-buffer
+#: workaround for the swar miscompile fixed in 5. 5: swar window sums from the padded input
+#: (the packed form was miscompiled by TVM 0.27 for small windows).
+KERNELS_REVISION = 5
 
 from .api import run_conv2d, run_dense  # noqa: E402
 from .build import build_kernel, resolve_target  # noqa: E402

@@ -428,8 +428,8 @@ def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0
     Here one 64-bit multiply + add does P MACs (:func:`swar_lanes`: 2 at w8a8, 3-4 at w4a4,
     4-5 at w2a2, 6+ at w1a1). Weights are pre-packed (k, kh, kw, words) with reversed lanes;
     activations are padded (with ``pad_value``) and packed in the kernel; the zero point of
-    the offset weights is removed with the window sum of the activations, computed by the
-    same packed multiply.
+    the offset weights is removed with the window sum of the activations (per group and
+    pixel, shared by every output channel of the group).
     """
     p, s = swar_lanes(wl, w_bits, a_bits)
     nwp = -(-wl.cg // p)
@@ -460,14 +460,16 @@ def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0
         lambda n, k, oh, ow: te.sum(apk[n, grp(k), oh * sh + ry, ow * sw + rx, rj]
                                     * wpk[k, ry, rx, rj], axis=[ry, rx, rj]),
         name="swar_acc")
-    ones = tvm.tirx.const(sum(1 << (s * (p - 1 - q)) for q in range(p)), u64)
+    # window sum of the activations per (group, pixel), from the padded input (not from the
+    # packed words times a word of ones: that form, with TVM 0.27's CSE and storage rewrite,
+    # was miscompiled for small windows)
     ry2 = te.reduce_axis((0, wl.kh), "ry2")
     rx2 = te.reduce_axis((0, wl.kw), "rx2")
-    rj2 = te.reduce_axis((0, nwp), "rj2")
+    rc2 = te.reduce_axis((0, wl.cg), "rc2")
     asum = te.compute(
         (wl.n, wl.groups, wl.oh, wl.ow),
-        lambda n, g, oh, ow: te.sum(apk[n, g, oh * sh + ry2, ow * sw + rx2, rj2] * ones,
-                                    axis=[ry2, rx2, rj2]),
+        lambda n, g, oh, ow: te.sum(xp[n, g * wl.cg + rc2, oh * sh + ry2, ow * sw + rx2]
+                                    .astype("int32"), axis=[rc2, ry2, rx2]),
         name="swar_asum")
     shift = tvm.tirx.const(s * (p - 1), u64)
 
@@ -476,7 +478,7 @@ def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0
 
     def out(n, k, oh, ow):
         dot = lane(acc[n, k, oh, ow])
-        total = lane(asum[n, grp(k), oh, ow])
+        total = asum[n, grp(k), oh, ow]
         if w_bits == 1:
             return dot * 2 - total
         return dot - total * (1 << (w_bits - 1))

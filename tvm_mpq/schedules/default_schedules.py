@@ -31,8 +31,6 @@ from .registry import dense_as_conv
 from .workload import Conv2dWorkload, DenseWorkload
 
 log = logging.getLogger(__name__)
-#: swar window sums with at most this many elements live in a local buffer (see default_schedule)
-_SWAR_LOCAL_ASUM = 64
 
 def _conv_workload(kd: KernelDef) -> Conv2dWorkload:
     wl = kd.workload
@@ -312,16 +310,7 @@ def default_schedule(kd: KernelDef, target: Any = None) -> tvm.IRModule | None:
             # 4x4 (k x ow) tile of 64-bit accumulators: measured on rv64gc (Spike) 1.5-1.7x
             # fewer instructions than the plain lowering (conv3x3_64_28 w4a4 46.9M -> 30.3M)
             wl = _conv_workload(kd)
-            mod = _schedule_direct(kd, kt=_fit(wl.kg, 4), owt=_fit(wl.ow, 4), block="swar_acc")
-            if wl.n * wl.groups * wl.oh * wl.ow <= _SWAR_LOCAL_ASUM:
-                # TVM 0.27 miscompiles this schedule when the window-sum stage is a tiny
-                # global intermediate (w8a8, one output pixel, 3x3 pad 1, 4-8 channels: every
-                # output off by a multiple of 128; found by a measurement's output check);
-                # a local buffer computes it right, and is what a few elements want anyway
-                sch = s_tir.Schedule(mod)
-                sch.set_scope(sch.get_sblock("swar_asum"), 0, "local")
-                mod = sch.mod
-            return mod
+            return _schedule_direct(kd, kt=_fit(wl.kg, 4), owt=_fit(wl.ow, 4), block="swar_acc")
     except Exception as e:  # noqa: BLE001 - any primitive failing means: plain lowering
         log.debug("default schedule for %s failed, using the plain lowering: %s",
                   kd.describe(), e)

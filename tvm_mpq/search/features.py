@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: Bump when the meaning of a feature changes (the names alone would not show it).
-FEATURE_SCHEMA_VERSION = 4  # 4: schedule-aware analytic terms (tiles, packing modes)
+FEATURE_SCHEMA_VERSION = 5  # 4: schedule-aware analytic terms; 5: swar window sum by adds
 
 #: Kernel variants one-hot encoded, in this order.
 VARIANT_ORDER: tuple[str, ...] = ("fp32", "int8", "bitserial", "unpack", "swar")
@@ -125,7 +125,7 @@ ANALYTIC_TERMS: tuple[str, ...] = (
     "swar_tiles",    # output tiles
     "swar_pack",     # activation lanes packed over the padded extent
     "swar_pack_words",  # packed activation words
-    "swar_asum",     # packed multiply-adds of the activation window sums
+    "swar_asum",     # adds of the activation window sums (over the padded input)
     "swar_asum_out",  # activation window sums
 )
 
@@ -426,7 +426,7 @@ def _terms(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> dict[str, floa
         t["swar_pack_words"] = float(cv.n * cv.groups * cv.hp * cv.wp * nwp)
         t["swar_pack"] = t["swar_pack_words"] * lanes
         t["swar_asum_out"] = float(cv.n * cv.groups * cv.oh * cv.ow)
-        t["swar_asum"] = t["swar_asum_out"] * taps * nwp
+        t["swar_asum"] = t["swar_asum_out"] * taps * cv.cg  # adds over the padded input
         return t
     # every MAC costs its loads, multiply and add; a rolled innermost loop adds its overhead
     # per trip (1x1: per channel; 3x3 with rx unrolled: per (channel, kernel row)). Fully
