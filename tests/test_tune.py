@@ -132,6 +132,30 @@ def test_stale_cost_model_checkpoint_is_refitted(tuned, tmp_path):
         assert json.load(f)["feature_schema_version"] == saved["feature_schema_version"] + 1
 
 
+def test_workdir_of_older_kernel_revision_starts_over(tuned, tmp_path):
+    """A workdir measured with other kernel definitions: its database and search checkpoints
+    are kept aside (nothing lost) and the campaign runs again with the current kernels."""
+    import sqlite3
+
+    from tvm_mpq.schedules import KERNELS_REVISION
+
+    m, x, kw, _ = tuned
+    wd = str(tmp_path / "wd")
+    shutil.copytree(kw["workdir"], wd)
+    db = os.path.join(wd, "measurements.sqlite")
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value=? WHERE name='kernels_revision'", (str(KERNELS_REVISION - 1),))
+    con.commit()
+    con.close()
+    res = tvm_mpq.tune(m, x[:1], "riscv", **{**kw, "workdir": wd, "final_measure": False})
+    assert res.pareto
+    old = f"{db}.rev{KERNELS_REVISION - 1}"
+    assert os.path.exists(old) and os.path.isdir(os.path.join(wd, f"search.rev{KERNELS_REVISION - 1}"))
+    from tvm_mpq.rpc.database import MeasurementDB
+
+    assert MeasurementDB(db).count() > 0  # measured again, current revision
+
+
 def test_bad_target_and_missing_eval():
     m = SmallNet().eval()
     with pytest.raises(ValueError, match="unknown target"):

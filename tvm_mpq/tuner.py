@@ -368,6 +368,30 @@ def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) 
     return cache
 
 
+def _open_db(workdir: str) -> Any:
+    """The workdir's measurement database. One of an older kernel revision (a workdir from
+    an earlier version) is kept aside as ``measurements.sqlite.rev<N>``, with the search
+    checkpoints built on it (``search.rev<N>``), and the campaign starts over."""
+    from .rpc.database import MeasurementDB, StaleDatabaseError
+
+    path = os.path.join(workdir, "measurements.sqlite")
+    try:
+        return MeasurementDB(path)
+    except StaleDatabaseError as e:
+        tag, n = f".rev{e.stored_revision}", 1
+        while os.path.exists(path + tag) or os.path.exists(os.path.join(workdir, "search" + tag)):
+            n += 1  # an earlier upgrade's copies stay too
+            tag = f".rev{e.stored_revision}.{n}"
+        for suffix in ("", "-wal", "-shm"):  # a stray WAL must not replay into the new file
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, path + tag + suffix)
+        search = os.path.join(workdir, "search")
+        if os.path.isdir(search):
+            os.replace(search, search + tag)
+        log.warning("%s; kept it as %s and measuring again", e, path + tag)
+        return MeasurementDB(path)
+
+
 def _measured_costs(db: Any, profile: str, backend: str, unit: str) -> dict[tuple, float]:
     """Measured cost per query key (default schedules); ``inf`` for a kernel whose
     measurement failed for good (wrong result, build or run error): the search must not
@@ -491,7 +515,6 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     """
     from .data import evaluate
     from .frontend import import_model
-    from .rpc.database import MeasurementDB
     from .rpc.measure import measure_many
     from .search.costmodel import CostModel, CostModelMismatchError, evaluate_holdout, initial_design
     from .search.nsga import SearchResult, refine, repair, run_nsga
@@ -554,7 +577,7 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
             sens.save(sens_path)
 
     # 3. measurement campaign -----------------------------------------------------------
-    db = MeasurementDB(os.path.join(workdir, "measurements.sqlite"))
+    db = _open_db(workdir)
     kwork = os.path.join(workdir, "kernels")
 
     def measure(queries: Sequence[Any]) -> None:

@@ -156,6 +156,14 @@ def default_db_path() -> str:
     return str(Path.home() / ".cache" / "tvm-mpq" / "measurements.sqlite")
 
 
+class StaleDatabaseError(RuntimeError):
+    """A measurement database of another kernel revision (its numbers would be stale)."""
+
+    def __init__(self, stored_revision: int, message: str) -> None:
+        super().__init__(message)
+        self.stored_revision = stored_revision
+
+
 class MeasurementDB:
     """SQLite store of :class:`MeasureRecord` (safe to share between threads and processes).
 
@@ -203,7 +211,7 @@ class MeasurementDB:
             else:
                 stored = int(row[0])
         if stored != KERNELS_REVISION:
-            raise RuntimeError(
+            raise StaleDatabaseError(stored,
                 f"{self.path}: holds measurements of kernel revision {stored}, this code builds "
                 f"revision {KERNELS_REVISION} (tvm_mpq.schedules.KERNELS_REVISION); its numbers "
                 f"would be stale: use a new database file (or a new tune workdir)")
