@@ -126,8 +126,19 @@ def test_stale_cost_model_checkpoint_is_refitted(tuned, tmp_path):
     saved["feature_schema_version"] -= 1
     with open(cm_path, "w") as f:
         json.dump(saved, f)
+    # and a sensitivity table computed on another subset is recomputed (the old one kept)
+    sens_path = os.path.join(wd, "sensitivity.json")
+    with open(sens_path) as f:
+        sens = json.load(f)
+    n_eval = sens["meta"]["n_eval"]
+    sens["meta"]["n_eval"] = n_eval // 2
+    with open(sens_path, "w") as f:
+        json.dump(sens, f)
     res = tvm_mpq.tune(m, x[:1], "riscv", **{**kw, "workdir": wd, "final_measure": False})
     assert res.pareto
+    assert os.path.exists(sens_path + ".old")
+    with open(sens_path) as f:
+        assert json.load(f)["meta"]["n_eval"] == n_eval
     with open(cm_path) as f:
         assert json.load(f)["feature_schema_version"] == saved["feature_schema_version"] + 1
 

@@ -50,7 +50,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--size-budget", type=float, default=None, help="weight bytes")
     p.add_argument("--calib", type=int, default=256, help="calibration images (train split)")
     p.add_argument("--eval", type=int, default=1000, help="held-out test images for accuracy")
-    p.add_argument("--sens-samples", type=int, default=256)
+    p.add_argument("--sens-samples", type=int, default=512,
+                   help="held-out images for per-layer sensitivity (as tune()'s default)")
     p.add_argument("--pop-size", type=int, default=32)
     p.add_argument("--generations", type=int, default=30)
     p.add_argument("--active-rounds", type=int, default=1)

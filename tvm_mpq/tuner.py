@@ -567,9 +567,18 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
     # 2. sensitivity -------------------------------------------------------------------
     sens_path = os.path.join(workdir, "sensitivity.json")
     with _Stage(timings, "sensitivity", progress):
-        if os.path.exists(sens_path):
-            sens = SensitivityTable.load(sens_path)
-        else:
+        sens = SensitivityTable.load(sens_path) if os.path.exists(sens_path) else None
+        want = {(int(w), int(a)) for w, a in bits}
+        if sens is not None and (not want <= {tuple(b) for b in sens.bits}
+                                 or not set(layers) <= set(sens.layers)
+                                 or (ex is not None and sens.meta.get("n_eval")
+                                     != min(sensitivity_samples, len(ex)))):
+            # computed for other bits, layers or another subset: keep it aside, recompute
+            os.replace(sens_path, sens_path + ".old")
+            log.warning("%s was computed with other settings; recomputing (old one: .old)",
+                        sens_path)
+            sens = None
+        if sens is None:
             if ex is None:
                 raise ValueError("per-layer sensitivity needs eval_data=(images, labels)")
             sens = layer_sensitivity(model, calib_x, (ex[:sensitivity_samples], ey[:sensitivity_samples]),
