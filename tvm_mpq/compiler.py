@@ -35,7 +35,8 @@ from tvm import relax, te
 from .calibration import LayerQParams, QuantParams, calibrate, fold_bn
 from .frontend import ImportedModel, LayerInfo, import_model
 from .plan import QuantPlan, resolve_variant
-from .schedules import Conv2dWorkload, DenseWorkload, KernelDef, make_kernel
+from .schedules import DenseWorkload, KernelDef, make_kernel
+from .search.features import layer_workload
 from .targets import Profile, get_profile
 
 #: schedule_for(kernel) -> scheduled IRModule (e.g. a validated MetaSchedule record) or None
@@ -173,14 +174,6 @@ def _bias_te(y: te.Tensor, bias: te.Tensor, ch_axis: int = 1) -> te.Tensor:
     return te.compute(y.shape, lambda *i: y(*i) + bias[i[ch_axis]], name="bias_add")
 
 
-def _workload(info: LayerInfo) -> Conv2dWorkload | DenseWorkload:
-    if info.kind == "conv2d":
-        ph, pw = info.padding
-        return Conv2dWorkload.make(info.input_shape, info.weight_shape, info.stride,
-                                   (ph, pw, ph, pw), info.groups)
-    return DenseWorkload.make(info.input_shape, info.weight_shape)
-
-
 class _Emitter:
     """The convert hook: replaces planned call sites with quantized kernels."""
 
@@ -207,21 +200,11 @@ class _Emitter:
                              f"got w{cfg.w_bits}a{cfg.a_bits}")
         bb = importer.block_builder
         x = _input_var(node, info, importer)
-        wl = _workload(info)
-        kd = make_kernel(wl, variant, cfg.w_bits, cfg.a_bits, pad_value=int(qp.a_zero_point),
-                         word_bits=self.profile.word_bits)
+        kd = make_kernel(layer_workload(info), variant, cfg.w_bits, cfg.a_bits,
+                         pad_value=int(qp.a_zero_point), word_bits=self.profile.word_bits)
         w_q = qp.w_q.astype(np.int64)
-        scheduled = self.schedule_for(kd) if self.schedule_for else None
-        gv = self._kernel_gv(bb, kd, scheduled, info.name)
-
         xq = bb.emit_te(lambda t: _quantize_te(t, qp), x, primfunc_name_hint="quantize")
-        if isinstance(wl, DenseWorkload):
-            xq = bb.emit(relax.op.reshape(xq, (wl.m, wl.d, 1, 1)))
-        w_arg = relax.const(kd.prepare_weight(w_q))
-        out_shape = [int(d) for d in kd.output.shape]
-        acc = bb.emit(relax.call_tir(gv, [xq, w_arg], relax.TensorType(out_shape, kd.out_dtype)))
-        if isinstance(wl, DenseWorkload):
-            acc = bb.emit(relax.op.reshape(acc, wl.output_shape))
+        acc, site = self._call_kernel(bb, kd, info.name, xq, w_q)
         # zero-point correction: sum over the window of (a_q - z) * w = acc - z * sum(w)
         corr = (int(qp.a_zero_point) * w_q.reshape(len(w_q), -1).sum(axis=1)).astype(np.int32)
         scale = (np.float32(qp.a_scale) * qp.w_scale.astype(np.float32)).astype(np.float32)
@@ -229,7 +212,7 @@ class _Emitter:
         if qp.bias is not None:
             consts.append(relax.const(qp.bias.astype(np.float32)))
         y = bb.emit_te(_dequantize_te, acc, *consts, primfunc_name_hint="dequantize")
-        self.sites.append(QuantizedSite(info.name, kd, gv.name_hint, scheduled is not None))
+        self.sites.append(site)
         return y
 
     def _fp32(self, info: LayerInfo, node: Any, importer: Any) -> Any:
@@ -238,24 +221,30 @@ class _Emitter:
         if not isinstance(mod, torch.nn.Conv2d | torch.nn.Linear):
             return None
         bb = importer.block_builder
-        x = _input_var(node, info, importer)
-        wl = _workload(info)
-        kd = make_kernel(wl, "fp32", 8, 8, word_bits=self.profile.word_bits)
-        scheduled = self.schedule_for(kd) if self.schedule_for else None
-        gv = self._kernel_gv(bb, kd, scheduled, info.name)
-        if isinstance(wl, DenseWorkload):
-            x = bb.emit(relax.op.reshape(x, (wl.m, wl.d, 1, 1)))
+        kd = make_kernel(layer_workload(info), "fp32", 8, 8, word_bits=self.profile.word_bits)
         w = mod.weight.detach().cpu().numpy().astype(np.float32)
-        w_arg = relax.const(np.ascontiguousarray(kd.prepare_weight(w)))
-        out_shape = [int(d) for d in kd.output.shape]
-        y = bb.emit(relax.call_tir(gv, [x, w_arg], relax.TensorType(out_shape, "float32")))
-        if isinstance(wl, DenseWorkload):
-            y = bb.emit(relax.op.reshape(y, wl.output_shape))
+        y, site = self._call_kernel(bb, kd, info.name, _input_var(node, info, importer), w)
         if mod.bias is not None:
             bias = relax.const(mod.bias.detach().cpu().numpy().astype(np.float32))
             y = bb.emit_te(_bias_te, y, bias, primfunc_name_hint="bias_add")
-        self.fp32_sites.append(QuantizedSite(info.name, kd, gv.name_hint, scheduled is not None))
+        self.fp32_sites.append(site)
         return y
+
+    def _call_kernel(self, bb: Any, kd: KernelDef, name: str, x: Any,
+                     weight: np.ndarray) -> tuple[Any, QuantizedSite]:
+        """``call_tir`` of kernel ``kd`` (scheduled if a schedule is provided) on ``x`` with the
+        pre-packed ``weight`` as a constant; a dense layer runs as its 1x1 conv (reshapes)."""
+        wl = kd.workload
+        scheduled = self.schedule_for(kd) if self.schedule_for else None
+        gv = self._kernel_gv(bb, kd, scheduled, name)
+        if isinstance(wl, DenseWorkload):
+            x = bb.emit(relax.op.reshape(x, (wl.m, wl.d, 1, 1)))
+        w_arg = relax.const(np.ascontiguousarray(kd.prepare_weight(weight)))
+        out_shape = [int(d) for d in kd.output.shape]
+        y = bb.emit(relax.call_tir(gv, [x, w_arg], relax.TensorType(out_shape, kd.out_dtype)))
+        if isinstance(wl, DenseWorkload):
+            y = bb.emit(relax.op.reshape(y, wl.output_shape))
+        return y, QuantizedSite(name, kd, gv.name_hint, scheduled is not None)
 
     def _kernel_gv(self, bb: Any, kd: KernelDef, scheduled: tvm.IRModule | None, name: str):
         if scheduled is None:  # our default schedule for the profile, else the plain lowering

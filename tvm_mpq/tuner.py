@@ -287,7 +287,6 @@ def _qdq(q: Any, overhead: dict[str, float]) -> float:
     return overhead.get(key + FP32_SUFFIX, 0.0) if q.variant == "fp32" else overhead.get(key, 0.0)
 
 
-
 def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) -> dict[str, float]:
     """Measured cost of the quantize (input) and dequantize (output) passes a quantized
     call site adds, per distinct workload, and of the bias pass an fp32 call site with a
@@ -316,6 +315,8 @@ def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) 
             continue
         key = layer_workload(r).key()
         k = int(r.output_shape[1])
+        per_channel = [1] * len(r.output_shape)  # broadcast shape of a per-channel vector
+        per_channel[1] = -1
         if r.has_bias and key + FP32_SUFFIX not in cache and key + FP32_SUFFIX not in owners.values():
             name = f"bias{len(owners)}"
             owners[name] = key + FP32_SUFFIX
@@ -323,11 +324,9 @@ def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) 
             bias = te.placeholder((k,), "float32", "bias")
             yv = rng.standard_normal(r.output_shape).astype(np.float32)
             bv = rng.standard_normal(k).astype(np.float32)
-            shape = [1] * len(r.output_shape)
-            shape[1] = -1
             cases.append(KernelCase(name, te.create_prim_func([y, bias, _bias_te(y, bias)]),
                                     [yv, bv, np.zeros(r.output_shape, np.float32)],
-                                    {2: yv + bv.reshape(shape)}))
+                                    {2: yv + bv.reshape(per_channel)}))
         if key in cache or key in owners.values():
             continue
         qp = LayerQParams(r.name, r.kind, 8, 8, np.float32(0.05), 7, np.full(k, 0.01, np.float32),
@@ -345,10 +344,8 @@ def measure_qdq_overhead(table: Any, profile: Profile, backend: str, path: str) 
         sv = rng.uniform(1e-4, 1e-2, k).astype(np.float32)
         bv = rng.standard_normal(k).astype(np.float32)
         ref_q = np.clip(np.round(xv / np.float32(0.05)) + 7, 0, 255).astype(np.uint8)
-        shape = [1] * len(r.output_shape)
-        shape[1] = -1
-        ref_y = ((av - cv.reshape(shape)).astype(np.float32) * sv.reshape(shape)
-                 + bv.reshape(shape)).astype(np.float32)
+        ref_y = ((av - cv.reshape(per_channel)).astype(np.float32) * sv.reshape(per_channel)
+                 + bv.reshape(per_channel)).astype(np.float32)
         name = f"qdq{len(owners)}"
         owners[name] = key
         cases.append(KernelCase(name + "_q", te.create_prim_func([x, xq]),
@@ -744,11 +741,11 @@ def tune(  # noqa: C901 - one orchestrating function, stage by stage
             _final_measure([best] + list(baselines.values()), model, example_inputs, qcache,
                            profile, backend, workdir, accuracy_of if compiled_eval else None,
                            n_eval, progress)
-            whole = [f"{best.model_cost / baselines[b].model_cost:.3f}x uniform {b}"
-                     for b in ("int8", "w8a8") if best is not None and best.model_cost
-                     and baselines[b].model_cost]
-            if whole:
-                message += f"; whole model {best.model_cost:.4g} {unit} ({', '.join(whole)})"
+            if best is not None and best.model_cost:
+                whole = [f"{best.model_cost / baselines[b].model_cost:.3f}x uniform {b}"
+                         for b in ("int8", "w8a8") if baselines[b].model_cost]
+                if whole:
+                    message += f"; whole model {best.model_cost:.4g} {unit} ({', '.join(whole)})"
 
     res = TuneResult(pareto, best, baselines, message, profile.name, backend, unit, fp32_acc,
                      report, timings,

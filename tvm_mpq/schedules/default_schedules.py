@@ -281,7 +281,7 @@ def has_hw_popcount(target: Any) -> bool:
     return mattr is None or "+zbb" in mattr
 
 
-def _tile_bitserial(kd: KernelDef, target: Any) -> bool:
+def _tile_bitserial(w_bits: int, a_bits: int, target: Any) -> bool:
     """Whether bitserial gets the register-tiled schedule on ``target``.
 
     Measured on Spike (1x64x28x28 -> 64, 3x3): with a popcount instruction always; on scalar
@@ -292,7 +292,7 @@ def _tile_bitserial(kd: KernelDef, target: Any) -> bool:
     """
     mattr = _riscv_mattr(target)
     if mattr is not None and "+zbb" not in mattr and "+v" in mattr:
-        return kd.w_bits * kd.a_bits > 4
+        return w_bits * a_bits > 4
     return True
 
 
@@ -304,7 +304,7 @@ def default_schedule(kd: KernelDef, target: Any = None) -> tvm.IRModule | None:
         target: the TVM target, profile name or JSON dict (None: the host).
     """
     try:
-        if kd.variant == "bitserial" and _tile_bitserial(kd, target):
+        if kd.variant == "bitserial" and _tile_bitserial(kd.w_bits, kd.a_bits, target):
             return _schedule_bitserial(kd)
         if kd.variant == "swar":
             # 4x4 (k x ow) tile of 64-bit accumulators: measured on rv64gc (Spike) 1.5-1.7x

@@ -138,8 +138,10 @@ PRIOR_FEATURE = "log_prior_per_mac"
 _MIN_GROUP = 4  # fewest kernels to fit a (variant, profile) prior on its own
 
 
-def _nnls_relative(T: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative theta minimising sum((T @ theta / y - 1)^2) (relative error)."""
+def _nnls_relative(T: np.ndarray, y: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
+    """Non-negative theta minimising sum(((T @ theta - r) / y)^2): the error relative to the
+    cost ``y`` of fitting ``r`` (default ``y`` itself; a smaller ``r`` is the cost left for
+    extra stages once a base kernel's part is known)."""
     from scipy.optimize import nnls
 
     scale = T.max(axis=0)
@@ -148,7 +150,8 @@ def _nnls_relative(T: np.ndarray, y: np.ndarray) -> np.ndarray:
     if not used.any():
         return theta
     A = T[:, used] / scale[used] / y[:, None]
-    sol, _ = nnls(A, np.ones(len(y)), maxiter=50 * A.shape[1])
+    target = np.ones(len(y)) if r is None else r / y
+    sol, _ = nnls(A, target, maxiter=50 * A.shape[1])
     theta[used] = sol / scale[used]
     return theta
 
@@ -166,22 +169,6 @@ _SHAPE_SPLIT = frozenset({"bitserial"})
 _DERIVED_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "unpack": ("int8", ("unpack", "unpack_unrolled")),
 }
-
-
-def _nnls_offset(T: np.ndarray, r: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative theta minimising sum(((T @ theta - r) / y)^2): the extra stages' weights
-    given the cost ``r`` left after the base kernel's part of ``y``."""
-    from scipy.optimize import nnls
-
-    scale = T.max(axis=0)
-    theta = np.zeros(T.shape[1])
-    used = scale > 0
-    if not used.any():
-        return theta
-    A = T[:, used] / scale[used] / y[:, None]
-    sol, _ = nnls(A, r / y, maxiter=50 * A.shape[1])
-    theta[used] = sol / scale[used]
-    return theta
 
 
 class AnalyticPrior:
@@ -243,7 +230,7 @@ class AnalyticPrior:
                 theta[cols] = 0.0
                 rest = y[idx] - T[idx] @ theta
                 extra = np.zeros(len(ANALYTIC_TERMS))
-                extra[cols] = _nnls_offset(T[np.ix_(idx, cols)], rest, y[idx])
+                extra[cols] = _nnls_relative(T[np.ix_(idx, cols)], y[idx], rest)
                 self.coef[k] = (theta + extra).tolist()
         self.support = {k: [t for t, used in zip(ANALYTIC_TERMS, T[groups[k]].max(axis=0) > 0,
                                                  strict=True) if used]

@@ -29,7 +29,11 @@ import numpy as np
 
 from ..plan import FP32
 from ..schedules.conv2d import grouped_planes, pixel_block, plane_accumulators, swar_lanes
-from ..schedules.default_schedules import _bitserial_config, _fit  # their own tile choices
+from ..schedules.default_schedules import (  # the schedules' own tile choices
+    _bitserial_config,
+    _fit,
+    _tile_bitserial,
+)
 from ..schedules.registry import dense_as_conv
 from ..schedules.workload import Conv2dWorkload, DenseWorkload, Workload, workload_from_dict
 from ..targets import get_profile
@@ -332,17 +336,6 @@ _TILE_REGS = 20
 _PLANE_UNROLL = 32
 
 
-def _bitserial_tiled(variant: str, w_bits: int, a_bits: int, profile: str) -> bool:
-    """Whether bitserial gets the register-tiled schedule (mirrors
-    ``default_schedules._tile_bitserial``: all but vector cores without Zbb at W*A <= 4)."""
-    if variant != "bitserial":
-        return False
-    p = get_profile(profile)
-    if not p.is_host and not p.has_zbb and "+v" in p.mattr:
-        return w_bits * a_bits > 4
-    return True
-
-
 def _bitserial_tile(cv: Conv2dWorkload, w_bits: int, a_bits: int) -> tuple[int, int, int, bool]:
     """(kt, owt, accumulators per output G, kernel rows unrolled) of the default schedule."""
     cfg = _bitserial_config(cv, w_bits, a_bits)
@@ -374,7 +367,7 @@ def _terms(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> dict[str, floa
         nw = math.ceil(cv.cg / wbits)
         taps = cv.kh * cv.kw
         t["bs_pop"] = out * wb * ab * nw * taps
-        if _bitserial_tiled(q.variant, wb, ab, q.profile):
+        if _tile_bitserial(wb, ab, q.profile):
             kt, owt, g, unroll_ry = _bitserial_tile(cv, wb, ab)
             tiles = float(cv.n * math.ceil(cv.k / kt) * cv.oh * math.ceil(cv.ow / owt))
             t["bs_tiles"] = tiles

@@ -261,6 +261,11 @@ def _initial(problem: MPQProblem, pop_size: int, seeds: np.ndarray, rng: np.rand
     return np.concatenate([seeds, rand]) if n_rand > 0 else seeds
 
 
+def _total_violation(problem: MPQProblem, vals: dict[str, np.ndarray]) -> np.ndarray:
+    """Sum of the relative budget overshoots per genome (0: feasible)."""
+    return np.clip(problem.violations(vals), 0, None).sum(axis=1)
+
+
 class _Archive:
     """Non-dominated genomes under (objectives, total violation)."""
 
@@ -271,8 +276,7 @@ class _Archive:
     def scores(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         vals = self.problem.evaluate_all(X)
         F = np.stack([vals[k] for k in self.problem.objective_names], axis=1)
-        cv = np.clip(self.problem.violations(vals), 0, None).sum(axis=1)
-        return F, cv, vals
+        return F, _total_violation(self.problem, vals), vals
 
     def add(self, X: np.ndarray) -> None:
         X = np.unique(np.concatenate([self.X, np.rint(X).astype(np.int64)]), axis=0)
@@ -511,7 +515,6 @@ def repair(problem: MPQProblem, result: SearchResult, eval_fn: Callable[[QuantPl
     seen: set[tuple[int, ...]] = set()
     for m in tqdm(todo, disable=not progress, desc="repair", unit="plan"):
         x = problem.encode(m.plan)
-        proxy = m.proxy_drop if m.proxy_drop is not None else m.drop
         for _ in range(max_steps):
             B, V = problem._genes(x)
             best, best_score = None, -math.inf
@@ -542,13 +545,11 @@ def repair(problem: MPQProblem, result: SearchResult, eval_fn: Callable[[QuantPl
             except Exception as e:  # noqa: BLE001 - one broken plan must not stop the others
                 log.warning("repair: evaluating %r failed: %s", plan, e)
                 break
-            proxy = float(vals["drop"][0])
             if baseline - acc <= max_drop:
-                viol = problem.violations(vals)
                 out.append(FrontMember(plan, float(vals["latency"][0]), baseline - acc,
                                        float(vals["size"][0]),
-                                       float(np.clip(viol, 0, None).sum()), acc, proxy,
-                                       [int(v) for v in x]))
+                                       float(_total_violation(problem, vals)[0]), acc,
+                                       float(vals["drop"][0]), [int(v) for v in x]))
                 bar = min(bar, float(vals["latency"][0]))
                 break
     return out
