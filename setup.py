@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["tvm_mpq", "tvm_mpq.*"]),
-    package_data={"tvm_mpq": ["rpc/harness/*", "data/*"]},
+    package_data={"tvm_mpq": ["measure/harness/*", "zoo/weights/*"]},
     install_requires=[
         "apache-tvm>=0.27,<0.28",
         # 0.1.15.post2 segfaults in ToJSONGraph (MetaSchedule's JSON database).
@@ -30,5 +30,5 @@ setup(
         "hypothesis",
     ],
     extras_require={"dev": ["ruff", "pytest-timeout"]},
-    entry_points={"console_scripts": ["tvm-mpq=tvm_mpq.cli:main"]},
+    entry_points={"console_scripts": ["tvm-mpq=tvm_mpq.cli.main:main"]},
 )

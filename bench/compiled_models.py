@@ -30,10 +30,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import tvm_mpq
-    from tvm_mpq.calibration import calibrate
-    from tvm_mpq.data import calib_subset, evaluate, load_fashion_mnist
-    from tvm_mpq.models import load_pretrained
-    from tvm_mpq.standalone import export_standalone, run_standalone
+    from tvm_mpq.deploy import export_standalone, run_standalone
+    from tvm_mpq.quant.calibration import calibrate
+    from tvm_mpq.zoo.fashion_mnist import calib_subset, evaluate, load_fashion_mnist
+    from tvm_mpq.zoo.models import load_pretrained
 
     model, info = load_pretrained(args.model)
     calib, _ = calib_subset(args.calib, seed=0)

@@ -38,9 +38,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tvm_mpq.rpc.database import MeasurementDB  # noqa: E402
+from tvm_mpq.costmodel.holdout import HoldoutReport, evaluate_holdout, metrics  # noqa: E402
+from tvm_mpq.measure.database import MeasurementDB  # noqa: E402
 from tvm_mpq.schedules.workload import workload_from_dict  # noqa: E402
-from tvm_mpq.search.costmodel import HoldoutReport, evaluate_holdout, metrics  # noqa: E402
 
 MODELS = {"mbv2": ("mobilenet_v2", (1, 1, 28, 28)), "resnet8": ("resnet8", (1, 1, 28, 28))}
 
@@ -137,18 +137,18 @@ def model_groups(records: Sequence[dict[str, Any]], holdout_model: str) -> dict[
     model only, shared = workloads of both (dropped), train = the rest."""
     import torch
 
-    from tvm_mpq.frontend import import_model
-    from tvm_mpq.models import load_pretrained
-    from tvm_mpq.search.features import layer_workload
+    from tvm_mpq.frontend.importer import import_model
+    from tvm_mpq.schedules.workload import workload_from_layer
+    from tvm_mpq.zoo.models import load_pretrained
 
     name, shape = MODELS[holdout_model]
     table = import_model(load_pretrained(name)[0], torch.zeros(*shape)).table
-    test = {layer_workload(row).key() for row in table}
+    test = {workload_from_layer(row).key() for row in table}
     others = set()
     for other, (oname, oshape) in MODELS.items():
         if other != holdout_model:
             t = import_model(load_pretrained(oname)[0], torch.zeros(*oshape)).table
-            others |= {layer_workload(row).key() for row in t}
+            others |= {workload_from_layer(row).key() for row in t}
     out = {}
     for r in records:
         k = r["workload_key"]

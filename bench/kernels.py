@@ -22,7 +22,7 @@ import numpy as np
 import tvm
 
 from tvm_mpq.schedules import Conv2dWorkload, build_kernel, make_kernel
-from tvm_mpq.schedules.tune import tune_kernel, validation_inputs
+from tvm_mpq.schedules.ms_tune import tune_kernel, validation_inputs
 
 LAYERS = {
     "pw_32to64_28": Conv2dWorkload.make((1, 32, 28, 28), (64, 32, 1, 1)),

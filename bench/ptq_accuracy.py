@@ -2,7 +2,7 @@
 
 Prints, per model and uniform bit-width, the fake-quant test accuracy (the
 compiled model computes the same numbers, see docs/quantization.md) with the
-v1 rules (:data:`tvm_mpq.calibration.LEGACY`) and with the current defaults,
+v1 rules (:data:`tvm_mpq.quant.calibration.LEGACY`) and with the current defaults,
 plus any extra named recipes, all in one run on the same data.
 
     python bench/ptq_accuracy.py                       # both models, default bits
@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from tvm_mpq.calibration import LEGACY, calibrate
-from tvm_mpq.data import calib_subset, evaluate, load_fashion_mnist
-from tvm_mpq.fakequant import fake_quant
-from tvm_mpq.models import load_pretrained
-from tvm_mpq.plan import QuantPlan
+from tvm_mpq.quant.calibration import LEGACY, calibrate
+from tvm_mpq.quant.fakequant import fake_quant
+from tvm_mpq.quant.plan import QuantPlan
+from tvm_mpq.zoo.fashion_mnist import calib_subset, evaluate, load_fashion_mnist
+from tvm_mpq.zoo.models import load_pretrained
 
 RECIPES: dict[str, dict[str, Any]] = {
     "v1": dict(LEGACY),
@@ -31,7 +31,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "bc": {"act_method": "legacy", "weight_clip": "mse", "bias_correction": True},
     "ada": {"adaround_iters": 200},
 }
-"""Named keyword sets for :func:`~tvm_mpq.calibration.calibrate` ("new" = the defaults)."""
+"""Named keyword sets for :func:`~tvm_mpq.quant.calibration.calibrate` ("new" = the defaults)."""
 
 
 def _bits(s: str) -> tuple[int, int]:

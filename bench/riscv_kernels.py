@@ -2,7 +2,7 @@
 
 For MobileNetV2-like layers (pointwise 1x1, depthwise 3x3, dense 3x3), every (variant, bits)
 kernel is measured on each profile by the simulator (Spike by default) through
-``tvm_mpq.rpc.measure.measure_many``: random full-range inputs, outputs checked against the
+``tvm_mpq.measure.campaign.measure_many``: random full-range inputs, outputs checked against the
 numpy reference in the same run, failures shown as failures. Ratios are against the int8
 kernel of the same layer and profile from the same run; MACs/instruction of bit-serial
 kernels on Zbb is shown next to its ideal 64 / (3 * W * A) (AND + CPOP + ADD per 64-bit
@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from tvm_mpq.rpc.baremetal import KernelCase, run_kernels  # noqa: E402
-from tvm_mpq.rpc.database import MeasureRecord  # noqa: E402
-from tvm_mpq.rpc.measure import MeasureRequest, measure_many  # noqa: E402
+from tvm_mpq.measure.baremetal import KernelCase, run_kernels  # noqa: E402
+from tvm_mpq.measure.campaign import MeasureRequest, measure_many  # noqa: E402
+from tvm_mpq.measure.database import MeasureRecord  # noqa: E402
 from tvm_mpq.schedules import Conv2dWorkload  # noqa: E402
 from tvm_mpq.schedules.default_schedules import bitserial_packing_func  # noqa: E402
 from tvm_mpq.schedules.reference import conv2d_ref  # noqa: E402

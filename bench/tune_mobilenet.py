@@ -22,8 +22,8 @@ import torch
 
 def tune_model(target: str, args: argparse.Namespace):
     import tvm_mpq
-    from tvm_mpq.data import calib_subset, load_fashion_mnist
-    from tvm_mpq.models import load_pretrained
+    from tvm_mpq.zoo.fashion_mnist import calib_subset, load_fashion_mnist
+    from tvm_mpq.zoo.models import load_pretrained
 
     model, info = load_pretrained(args.model)
     calib, _ = calib_subset(args.calib, seed=0)
@@ -38,9 +38,9 @@ def tune_model(target: str, args: argparse.Namespace):
 def unseen_accuracy(res, args: argparse.Namespace) -> str:
     """Accuracy drops on the test images the search never saw (refinement and repair chose
     plans on the first ``--eval`` images): selection bias shows up here."""
-    from tvm_mpq.calibration import fold_bn
-    from tvm_mpq.data import evaluate, load_fashion_mnist
-    from tvm_mpq.fakequant import fake_quant
+    from tvm_mpq.quant.fakequant import fake_quant
+    from tvm_mpq.quant.folding import fold_bn
+    from tvm_mpq.zoo.fashion_mnist import evaluate, load_fashion_mnist
 
     x, y = load_fashion_mnist("test")
     x, y = x[args.eval:], y[args.eval:]
@@ -59,17 +59,18 @@ def unseen_accuracy(res, args: argparse.Namespace) -> str:
 
 def hypervolume_check(args: argparse.Namespace) -> str:
     """NSGA-II front vs the exhaustive front on ResNet-8's first layers (small space)."""
-    from tvm_mpq.frontend import import_model
-    from tvm_mpq.models import load_pretrained
-    from tvm_mpq.search.costmodel import CostModel
-    from tvm_mpq.search.nsga import exhaustive_front, hv_ratio, run_nsga
+    from tvm_mpq.costmodel.model import CostModel
+    from tvm_mpq.frontend.importer import import_model
+    from tvm_mpq.quant.sensitivity import SensitivityTable
+    from tvm_mpq.search.front import exhaustive_front, hv_ratio
+    from tvm_mpq.search.nsga import run_nsga
     from tvm_mpq.search.problem import MPQProblem
-    from tvm_mpq.search.sensitivity import SensitivityTable
-    from tvm_mpq.tuner import resolve_profile
+    from tvm_mpq.targets import get_profile
+    from tvm_mpq.zoo.models import load_pretrained
 
     wd = os.path.join(args.out, "riscv64-zbb")
     sens = SensitivityTable.load(os.path.join(wd, "sensitivity.json"))
-    from tvm_mpq.rpc.database import MeasurementDB
+    from tvm_mpq.measure.database import MeasurementDB
 
     # refit from the run's measurements (a saved model of another schema version is refused)
     cm = CostModel().fit(MeasurementDB(os.path.join(wd, "measurements.sqlite")).records(
@@ -77,7 +78,7 @@ def hypervolume_check(args: argparse.Namespace) -> str:
     model, _ = load_pretrained(args.model)
     table = import_model(model, torch.zeros(1, 1, 28, 28), warn=False).table
     layers = table.quantizable_names()[: args.hv_layers]
-    prob = MPQProblem(table, cm, sens, resolve_profile("riscv64-zbb").name,
+    prob = MPQProblem(table, cm, sens, get_profile("riscv64-zbb").name,
                       bits=[(8, 8), (4, 4), (2, 2)], layers=layers, metric="loss")
     _, F_ex = exhaustive_front(prob)
     res = run_nsga(prob, pop_size=24, n_gen=30, seed=1)

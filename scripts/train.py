@@ -5,9 +5,9 @@ Example (the committed MobileNetV2 checkpoint; see docs/models.md):
 
     .venv/bin/python scripts/train.py --model mobilenet_v2 --width 0.35 --epochs 5
 
-The checkpoint (``tvm_mpq/data/<model>_fmnist.pt`` by default) holds the state dict,
+The checkpoint (``tvm_mpq/zoo/weights/<model>_fmnist.pt`` by default) holds the state dict,
 the build kwargs, the fp32 accuracy on the full 10k test set and on its first
-1000 images, the training time and the exact command; ``tvm_mpq.models.load_pretrained``
+1000 images, the training time and the exact command; ``tvm_mpq.zoo.models.load_pretrained``
 reads it back.
 """
 
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from tvm_mpq.data import MEAN, STD, evaluate, load_fashion_mnist  # noqa: E402
-from tvm_mpq.models import MODELS, build, checkpoint_path  # noqa: E402
+from tvm_mpq.zoo.fashion_mnist import MEAN, STD, evaluate, load_fashion_mnist  # noqa: E402
+from tvm_mpq.zoo.models import MODELS, build, checkpoint_path  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "depthwise convs on CPU)")
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint path (default tvm_mpq/data/<model>_fmnist.pt)")
+                   help="checkpoint path (default tvm_mpq/zoo/weights/<model>_fmnist.pt)")
     return p.parse_args(argv)
 
 

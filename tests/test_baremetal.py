@@ -9,15 +9,15 @@ import pytest
 import tvm
 from tvm import te, topi
 
-from tvm_mpq.rpc import simulators
-from tvm_mpq.rpc.baremetal import KernelCase, run_kernels
-from tvm_mpq.rpc.simulators import ToolchainError
+from tvm_mpq.measure import toolchain
+from tvm_mpq.measure.baremetal import KernelCase, run_kernels
+from tvm_mpq.measure.toolchain import ToolchainError
 
 try:
-    simulators.find_gcc()
-    simulators.find_picolibc()
-    simulators.find_spike()
-    simulators.find_qemu(64)
+    toolchain.find_gcc()
+    toolchain.find_picolibc()
+    toolchain.find_spike()
+    toolchain.find_qemu(64)
     HAVE_TOOLS = True
 except ToolchainError:
     HAVE_TOOLS = False
@@ -275,7 +275,7 @@ def test_missing_compiler_message(monkeypatch, tmp_path):
 
 def test_missing_simulator_messages(monkeypatch, tmp_path):
     # keep only the compiler visible
-    gcc = simulators.find_gcc() if HAVE_TOOLS else None
+    gcc = toolchain.find_gcc() if HAVE_TOOLS else None
     if gcc is None:
         pytest.skip("compiler not installed")
     os.symlink(gcc, tmp_path / "riscv64-unknown-elf-gcc")
@@ -294,7 +294,7 @@ def test_missing_simulator_messages(monkeypatch, tmp_path):
 def test_metaschedule_tunes_matmul_for_instructions(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
-    from tvm_mpq.rpc.ms_runner import (
+    from tvm_mpq.measure.ms_runner import (
         BareMetalRunner,
         bare_metal_builder,
         ms_target,

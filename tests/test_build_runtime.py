@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tvm_mpq.cli import rpc as cli_rpc
 from tvm_mpq.rpc import build_runtime as BR
-from tvm_mpq.rpc import cli_rpc
 
 HAVE_CROSS = shutil.which(BR.DEFAULT_CXX) is not None
 HAVE_QEMU = shutil.which("qemu-riscv64") is not None and Path("/usr/riscv64-linux-gnu/lib").is_dir()

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import tvm_mpq
-from tvm_mpq.calibration import calibrate
+from tvm_mpq.quant.calibration import calibrate
 
 
 class SmallNet(nn.Module):
@@ -124,3 +124,37 @@ def test_cross_export_riscv64_library(net, tmp_path):
     with open(path, "rb") as f:
         head = f.read(20)
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 243  # EM_RISCV
+
+
+@pytest.mark.parametrize("a_bits", [2, 4, 8])
+def test_quantize_te_equals_torch_reference(a_bits):
+    """The compiler's quantize pass (tvm_mpq.compiler.ops, also what the overhead
+    measurement times) rounds half to even and clamps exactly as LayerQParams does."""
+    import tvm
+    from tvm import te
+
+    from tvm_mpq.compiler.ops import dequantize_te, quantize_te
+    from tvm_mpq.quant.qparams import LayerQParams
+
+    rng = np.random.default_rng(a_bits)
+    qp = LayerQParams("l", "conv2d", 8, a_bits, np.float32(0.05), 2 ** a_bits // 3,
+                      np.ones(4, np.float32), np.zeros((4, 1), np.int8), None)
+    # values on the rounding ties (k + 0.5) * s and far outside the range
+    xv = np.concatenate([(np.arange(-40, 40) + 0.5) * 0.05, rng.normal(0, 5, 176)])
+    xv = xv.astype(np.float32).reshape(2, 4, 32)
+    x = te.placeholder(xv.shape, "float32", "x")
+    f = tvm.compile(te.create_prim_func([x, quantize_te(x, qp)]), target="llvm")
+    out = tvm.runtime.tensor(np.zeros(xv.shape, np.uint8))
+    f(tvm.runtime.tensor(xv), out)
+    np.testing.assert_array_equal(out.numpy(), qp.quantize_input(torch.from_numpy(xv)).numpy())
+
+    acc = te.placeholder((2, 4, 3), "int32", "acc")
+    corr = te.placeholder((4,), "int32", "corr")
+    scale = te.placeholder((4,), "float32", "scale")
+    g = tvm.compile(te.create_prim_func([acc, corr, scale, dequantize_te(acc, corr, scale, None)]),
+                    target="llvm")
+    av = rng.integers(-1000, 1000, (2, 4, 3)).astype(np.int32)
+    cv, sv = rng.integers(-50, 50, 4).astype(np.int32), rng.random(4).astype(np.float32)
+    y = tvm.runtime.tensor(np.zeros((2, 4, 3), np.float32))
+    g(*(tvm.runtime.tensor(v) for v in (av, cv, sv)), y)
+    np.testing.assert_array_equal(y.numpy(), (av - cv[:, None]).astype(np.float32) * sv[:, None])

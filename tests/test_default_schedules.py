@@ -9,8 +9,15 @@ from hypothesis import strategies as st
 
 from tvm_mpq.schedules import Conv2dWorkload, make_kernel
 from tvm_mpq.schedules.build import build_kernel, kernel_module, run_built
-from tvm_mpq.schedules.default_schedules import default_schedule
-from tvm_mpq.schedules.tune import reference_output, validation_inputs
+from tvm_mpq.schedules.conv2d import plane_accumulators
+from tvm_mpq.schedules.default_schedules import (
+    bitserial_is_tiled,
+    bitserial_tile,
+    default_schedule,
+    fit_tile,
+    swar_tile,
+)
+from tvm_mpq.schedules.ms_tune import reference_output, validation_inputs
 from tvm_mpq.schedules.workload import DenseWorkload
 
 REF_LAYER = Conv2dWorkload.make((1, 64, 28, 28), (64, 64, 3, 3), 1, 1)
@@ -53,6 +60,32 @@ def test_bitserial_default_schedule_bit_exact_host(case) -> None:
     _check_host(kd)
 
 
+@given(st.integers(1, 300), st.integers(1, 16))
+def test_fit_tile_is_the_largest_divisor_up_to_want(extent: int, want: int) -> None:
+    t = fit_tile(extent, want)
+    assert 1 <= t <= min(extent, want) and extent % t == 0
+    assert not any(extent % d == 0 for d in range(t + 1, min(extent, want) + 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(conv_cases())
+def test_register_tiles_fit_the_workload(case) -> None:
+    """The tiles the cost model counts with are the schedules' own: they divide k within a
+    group and ow (no ragged tile), and only kernels with many plane sums get k outermost."""
+    wl, (wb, ab), _ = case
+    t = bitserial_tile(wl, wb, ab)
+    assert wl.kg % t.kt == 0 and wl.ow % t.owt == 0
+    assert t.k_outer == t.unroll_ry == (plane_accumulators(wb, ab) > 3 and wl.kh * wl.kw > 1)
+    kt, owt = swar_tile(wl)
+    assert wl.kg % kt == 0 and wl.ow % owt == 0 and kt <= 4 and owt <= 4
+
+
+def test_bitserial_is_tiled_only_where_measured_faster() -> None:
+    # vector cores without popcount keep the plain (vectorized) lowering up to W*A = 4
+    assert not bitserial_is_tiled(2, 2, "rv64gcv") and bitserial_is_tiled(4, 4, "rv64gcv")
+    assert all(bitserial_is_tiled(1, 1, p) for p in ("rv64gc", "rv64gc_zbb", "rv32imc", None))
+
+
 @pytest.mark.parametrize("variant", ["int8", "unpack", "bitserial", "swar"])
 def test_default_schedule_dense_and_reference_layer(variant: str) -> None:
     for wl in (DenseWorkload(3, 100, 10), Conv2dWorkload.make((1, 16, 6, 6), (8, 16, 3, 3), 1, 1)):
@@ -66,7 +99,7 @@ def test_bitserial_reference_layer_is_scheduled() -> None:
 
 
 def _spike_cases(specs, profile: str):
-    from tvm_mpq.rpc.baremetal import KernelCase
+    from tvm_mpq.measure.baremetal import KernelCase
 
     word_bits = 32 if profile.startswith("rv32") else 64
     cases = []
@@ -83,13 +116,13 @@ def _spike_cases(specs, profile: str):
 
 
 def _spike_available() -> bool:
-    from tvm_mpq.rpc import simulators
+    from tvm_mpq.measure import toolchain
 
     try:
-        simulators.find_spike()
-        simulators.find_gcc()
+        toolchain.find_spike()
+        toolchain.find_gcc()
         return True
-    except simulators.ToolchainError:
+    except toolchain.ToolchainError:
         return False
 
 
@@ -99,7 +132,7 @@ needs_spike = pytest.mark.skipif(not _spike_available(), reason="no bare-metal t
 @needs_spike
 @pytest.mark.parametrize("profile", ["rv64gc_zbb", "rv32imc"])
 def test_default_schedules_bit_exact_on_spike(profile: str) -> None:
-    from tvm_mpq.rpc.baremetal import run_kernels
+    from tvm_mpq.measure.baremetal import run_kernels
 
     small = Conv2dWorkload.make((1, 70, 6, 5), (6, 70, 3, 3), 1, 1)
     strided = Conv2dWorkload.make((1, 8, 7, 7), (4, 8, 3, 3), 2, (1, 0, 2, 1))
@@ -116,7 +149,7 @@ def test_default_schedules_bit_exact_on_spike(profile: str) -> None:
 def test_swar_beats_int8_on_rv64gc() -> None:
     """On a core without popcount, one packed 64-bit multiply per P MACs must beat the
     one-multiply-per-MAC int8 kernel (measured 4.1x fewer at w4a4 on the reference layer)."""
-    from tvm_mpq.rpc.baremetal import run_kernels
+    from tvm_mpq.measure.baremetal import run_kernels
 
     wl = Conv2dWorkload.make((1, 32, 8, 8), (32, 32, 3, 3), 1, 1)
     runs = run_kernels(_spike_cases([(wl, "int8", 8, 8, 0), (wl, "swar", 8, 8, 0),
@@ -130,7 +163,7 @@ def test_swar_beats_int8_on_rv64gc() -> None:
 def test_bitserial_macs_per_instruction_floor() -> None:
     """Regression guard on the reference layer (measured 15.78 / 4.35 / 1.115 MAC/instr,
     74% / 81.5% / 83.6% of the 64/(3WA) limit)."""
-    from tvm_mpq.rpc.baremetal import run_kernels
+    from tvm_mpq.measure.baremetal import run_kernels
 
     floors = {(1, 1): 15.0, (2, 2): W2A2_FLOOR, (4, 4): 1.08}
     runs = run_kernels(_spike_cases([(REF_LAYER, "bitserial", w, a, 0) for w, a in floors],
@@ -164,7 +197,7 @@ def test_tune_survives_foreign_log_handlers(tmp_path):
 
     from tvm.s_tir.meta_schedule.logging import create_loggers
 
-    from tvm_mpq.schedules.tune import _prepare_ms_logger
+    from tvm_mpq.schedules.ms_tune import _prepare_ms_logger
 
     ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
     saved = list(ms_log.handlers)

@@ -1,8 +1,10 @@
-"""Measurement database, measure/measure_many (cache, failures, resume) and the CLI."""
+"""Measurement database, runners, measure/measure_many (cache, failures, resume) and the CLI."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -15,19 +17,29 @@ from pathlib import Path
 import pytest
 
 from tvm_mpq import cli
-from tvm_mpq.rpc import baremetal, simulators
-from tvm_mpq.rpc import measure as measure_mod
-from tvm_mpq.rpc.database import MeasureKey, MeasurementDB, MeasureRecord, schedule_tag
-from tvm_mpq.rpc.measure import MeasureRequest, measure, measure_many, measure_request_json
-from tvm_mpq.rpc.simulators import ToolchainError
+from tvm_mpq.measure import baremetal, toolchain
+from tvm_mpq.measure import local_runner as measure_mod
+from tvm_mpq.measure.campaign import MeasureRequest, measure, measure_many, measure_request_json
+from tvm_mpq.measure.database import (
+    CorruptDatabaseError,
+    MeasureKey,
+    MeasurementDB,
+    MeasureRecord,
+    failed_record,
+    failed_record_dict,
+    schedule_tag,
+)
+from tvm_mpq.measure.key import KernelKey
+from tvm_mpq.measure.runner import BACKENDS, Runner, create_runner
+from tvm_mpq.measure.toolchain import ToolchainError
 from tvm_mpq.schedules import Conv2dWorkload, DenseWorkload
 
 REPO = Path(__file__).resolve().parent.parent
 
 try:
-    simulators.find_gcc()
-    simulators.find_picolibc()
-    simulators.find_spike()
+    toolchain.find_gcc()
+    toolchain.find_picolibc()
+    toolchain.find_spike()
     HAVE_TOOLS = True
 except ToolchainError:
     HAVE_TOOLS = False
@@ -108,6 +120,104 @@ def test_failed_record_never_has_a_number(tmp_path):
     db.put(_record(status="timeout", instructions=None, cycles=None, message="watchdog"))
     with pytest.raises(sqlite3.IntegrityError):  # the schema refuses it too
         db._conn.execute("UPDATE measurements SET instructions = 5")
+
+
+def test_kernel_key_is_part_of_measure_key():
+    r = _record(schedule="tuned8", tune_trials=8)
+    kernel = KernelKey(DENSE.key(), "int8", 8, 8, "rv64gc")
+    assert r.kernel_key == kernel == r.key.kernel
+    assert MeasureKey.of(kernel, "spike", "tuned8") == r.key
+    # the positional form stored databases and tests use still builds the same key
+    assert MeasureKey("rv64gc", "spike", DENSE.key(), "int8", 8, 8, "tuned8") == r.key
+    assert MeasureRequest(DENSE, "int8", 8, 8, 8).key("rv64gc", "spike") == r.key
+
+
+def test_kernel_costs(tmp_path):
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    ok = _record(instructions=500, cycles=500)
+    wrong = _record(variant="unpack", w_bits=4, status="wrong_result", instructions=None,
+                    cycles=None, message="1 mismatch")
+    slow = _record(variant="bitserial", w_bits=2, a_bits=2, status="timeout", instructions=None,
+                   cycles=None, message="watchdog")
+    tuned = _record(variant="swar", w_bits=2, a_bits=2, schedule="tuned4", tune_trials=4)
+    other = _record(variant="fp32", backend="qemu")
+    host = _record(profile="host", backend="host", instructions=None, cycles=None, seconds=2e-6,
+                   seconds_std=0.0)
+    for r in (ok, wrong, slow, tuned, other, host):
+        db.put(r)
+    costs = db.kernel_costs("rv64gc", "spike", "instructions")
+    # default schedules only; a failure for good costs inf, a timeout is left to retry
+    assert costs == {ok.kernel_key: 500.0, wrong.kernel_key: math.inf}
+    assert db.kernel_costs("host", "host", "seconds") == {host.kernel_key: 2e-6}
+    assert db.kernel_costs("rv64gc", "spike", "seconds") == {wrong.kernel_key: math.inf}
+    with pytest.raises(ValueError, match="unit"):
+        db.kernel_costs("rv64gc", "spike", "cycles")
+
+
+def test_corrupt_database_names_the_file(tmp_path):
+    path = tmp_path / "measurements.sqlite"
+    path.write_bytes(b"this is not sqlite, just bytes " * 100)
+    with pytest.raises(CorruptDatabaseError, match=r"measurements\.sqlite is not a valid .*delete or move"):
+        MeasurementDB(path)
+    # a database damaged after it was opened is reported the same way on read
+    good = tmp_path / "good.sqlite"
+    with MeasurementDB(good) as db:
+        db.put(_record())
+        db._conn.execute("UPDATE measurements SET workload = '{broken'")
+        with pytest.raises(CorruptDatabaseError, match="good.sqlite"):
+            db.records()
+    assert issubclass(CorruptDatabaseError, RuntimeError)
+
+
+def test_failed_record_builder():
+    req = {"workload": DENSE.to_dict(), "variant": "int8", "w_bits": 8, "a_bits": 8,
+           "profile": "rv64gc", "backend": "spike", "tune_trials": 4, "seed": 3}
+    r = failed_record(req, "run_error", "trap")
+    assert r.key == MeasureKey("rv64gc", "spike", DENSE.key(), "int8", 8, 8, "tuned4")
+    assert r.instructions is None and r.seconds is None and r.seed == 3 and r.macs == DENSE.macs
+    assert r.host and r.tvm_version
+    with pytest.raises(ValueError, match="failure status"):
+        failed_record(req, "ok", "")
+    d = failed_record_dict(req, "timeout", "slow", rpc={"server": "h:1"})
+    assert MeasureRecord.from_dict(d).status == "timeout" and d["extra"]["rpc"] == {"server": "h:1"}
+    # not a measurement request (an RPC self-test): its own fields, no numbers
+    d = failed_record_dict({"sleep_s": 1, "instructions": 5}, "run_error", "lost")
+    assert d["sleep_s"] == 1 and d["instructions"] is None and d["status"] == "run_error"
+
+
+def test_runners():
+    assert BACKENDS == ("spike", "qemu", "host")
+    spike, qemu, host = (create_runner(b) for b in BACKENDS)
+    assert (spike.backend, spike.unit, spike.bare_metal, spike.platform) == (
+        "spike", "instructions", True, "spike")
+    assert (qemu.platform, host.unit, host.bare_metal, host.default_profile) == (
+        "virt", "seconds", False, "host")
+    assert create_runner(spike) is spike and isinstance(host, Runner)
+    assert spike.check_profile("riscv64-zbb").name == "rv64gc_zbb"
+    with pytest.raises(ValueError, match="simulates a RISC-V profile"):
+        qemu.check_profile("host")
+    with pytest.raises(ValueError, match="host profile only"):
+        host.check_profile("rv64gc")
+    with pytest.raises(ValueError, match="unknown backend"):
+        create_runner("verilator")
+    with pytest.raises(NotImplementedError):
+        host.run_cases([], host.check_profile("host"))
+
+
+def test_qdq_overhead_cache(tmp_path, caplog):
+    from tvm_mpq.measure.overhead import PASSES_REVISION, measure_qdq_overhead
+    from tvm_mpq.targets import get_profile
+
+    prof = get_profile("rv64gc")
+    path = tmp_path / "qdq_overhead.json"
+    path.write_text(json.dumps({"passes_revision": PASSES_REVISION, "costs": {"k": 12.0}}))
+    assert measure_qdq_overhead([], prof, "spike", str(path)) == {"k": 12.0}
+    assert measure_qdq_overhead([], get_profile("host"), "host", str(path)) == {}  # no passes
+    path.write_text('{"passes_revision": 2, "costs": {"k": 1')  # a torn write
+    with caplog.at_level("WARNING"):
+        assert measure_qdq_overhead([], prof, create_runner("spike"), str(path)) == {}
+    assert "corrupt" in caplog.text and (tmp_path / "qdq_overhead.json.corrupt").exists()
+    assert not path.exists()
 
 
 # ---- measure -------------------------------------------------------------------------------
@@ -226,7 +336,7 @@ def test_measure_request_json_roundtrip():
 
 _CAMPAIGN = textwrap.dedent("""
     import sys
-    from tvm_mpq.rpc.measure import measure_many
+    from tvm_mpq.measure.campaign import measure_many
     from tvm_mpq.schedules import Conv2dWorkload
     reqs = [(Conv2dWorkload.make((1, 8, 6 + i, 6 + i), (8, 8, 3, 3), 1, 1), "int8", 8, 8)
             for i in range(12)]
@@ -277,7 +387,7 @@ def test_resume_after_killed_process(tmp_path, monkeypatch):
 
 @needs_tools
 def test_cli_json_output(tmp_path):
-    cmd = [sys.executable, "-m", "tvm_mpq.cli", "measure", "conv2d", "--input", "1x8x6x6",
+    cmd = [sys.executable, "-m", "tvm_mpq.cli.main", "measure", "conv2d", "--input", "1x8x6x6",
            "--out-channels", "8", "--kernel", "3", "--stride", "1", "--padding", "1",
            "--groups", "1", "--w-bits", "2", "--a-bits", "2", "--variant", "bitserial",
            "--profile", "rv64gc_zbb", "--backend", "spike", "--json", "--db",
@@ -332,19 +442,19 @@ def test_cli_bad_args(argv, problem, capsys):
     assert problem in capsys.readouterr().err
 
 
-def test_cli_plugin_registry(monkeypatch, capsys):
+def test_cli_commands_and_registry(monkeypatch):
+    # the command groups are registered statically, one module each
+    assert list(cli.SUBCOMMANDS) == ["measure", "tune", "rpc"]
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(sub.choices) == ["measure", "rpc", "tune"]
     calls = []
 
     def add_parser(sub):
-        p = sub.add_parser("hello", help="test plugin")
+        p = sub.add_parser("hello", help="test extension")
         p.set_defaults(func=lambda args: calls.append(args.command) or 0)
 
     monkeypatch.setitem(cli.SUBCOMMANDS, "hello", add_parser)
     assert cli.main(["hello"]) == 0 and calls == ["hello"]
-    # absent plugin modules are skipped silently
-    monkeypatch.setattr(cli, "PLUGIN_MODULES", ["tvm_mpq.no_such_plugin"])
-    cli.build_parser()
-    assert "warning" not in capsys.readouterr().err
 
 
 # ---- tuning --------------------------------------------------------------------------------

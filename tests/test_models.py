@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from tvm_mpq import data, models
-from tvm_mpq.data import calib_subset, evaluate, load_fashion_mnist, make_loader
-from tvm_mpq.models import MODELS, build, checkpoint_path, load_pretrained
+from tvm_mpq.zoo import fashion_mnist as data
+from tvm_mpq.zoo import models
+from tvm_mpq.zoo.fashion_mnist import calib_subset, evaluate, load_fashion_mnist, make_loader
+from tvm_mpq.zoo.models import MODELS, build, checkpoint_path, load_pretrained
 
 SMALL = {  # quick-to-run sizes of every registered model
     "mobilenet_v1": {"width_mult": 0.25},

@@ -1,11 +1,11 @@
-"""search.prior.generic_workloads: the model-independent shapes measured for the cost model."""
+"""costmodel.prior.generic_workloads: the model-independent shapes measured for the cost model."""
 
 from __future__ import annotations
 
 import pytest
 
+from tvm_mpq.costmodel.prior import generic_workloads
 from tvm_mpq.schedules import Conv2dWorkload, DenseWorkload
-from tvm_mpq.search.prior import generic_workloads
 
 
 def test_deterministic_distinct_capped_and_varied():

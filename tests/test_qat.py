@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 import tvm_mpq
-from tvm_mpq.data import evaluate
-from tvm_mpq.search.qat import beacon_correction, plan_distance, qat_finetune
+from tvm_mpq.quant.qat import beacon_correction, plan_distance, qat_finetune
+from tvm_mpq.zoo.fashion_mnist import evaluate
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_compile import SmallNet  # noqa: E402

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,16 +11,11 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvm_mpq.calibration import (
-    CLIP_RATIOS,
-    QuantParams,
-    act_qparams,
-    calibrate,
-    fold_bn,
-    quantize_weight,
-)
-from tvm_mpq.fakequant import QuantConv2d, QuantLinear, fake_quant
-from tvm_mpq.plan import FP32, LayerConfig, QuantPlan, resolve_variant
+from tvm_mpq.quant.calibration import CLIP_RATIOS, act_qparams, calibrate, quantize_weight
+from tvm_mpq.quant.fakequant import QuantConv2d, QuantLinear, fake_quant
+from tvm_mpq.quant.folding import fold_bn, set_submodule
+from tvm_mpq.quant.plan import FP32, LayerConfig, QuantPlan, resolve_variant
+from tvm_mpq.quant.qparams import QuantParams
 
 
 # ---------------------------------------------------------------- models
@@ -80,7 +77,7 @@ def data() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def imported(model):
-    from tvm_mpq.frontend import import_model
+    from tvm_mpq.frontend.importer import import_model
 
     return import_model(model, torch.randn(1, 3, 12, 12))
 
@@ -168,7 +165,8 @@ def test_layer_table(imported):
     groups = t.distinct_workloads()
     assert len(groups) == len(t) - 1
     assert groups[1].names == ["b1.conv1", "b2.conv1"] and groups[1].count == 2
-    assert b1.workload == b2.workload and hash(b1.workload) == hash(b2.workload)
+    assert b1.layer_shape == b2.layer_shape and hash(b1.layer_shape) == hash(b2.layer_shape)
+    assert groups[1].shape == b1.layer_shape and b1.layer_shape != dw.layer_shape
     md = t.to_markdown()
     assert "b2.conv1" in md and "6 distinct workloads" in md
     assert QuantPlan.uniform(imported).layers() == NAMES
@@ -187,7 +185,7 @@ def test_imported_module_runs(model, imported):
 
 
 def test_unsupported_operator_error():
-    from tvm_mpq.frontend import UnsupportedOperatorError, import_model
+    from tvm_mpq.frontend.importer import UnsupportedOperatorError, import_model
 
     class Odd(nn.Module):
         def forward(self, x):
@@ -208,7 +206,7 @@ def test_unsupported_operator_error():
 
 
 def test_non_quantizable_layer_warns():
-    from tvm_mpq.frontend import NonQuantizableLayerWarning, import_model
+    from tvm_mpq.frontend.importer import NonQuantizableLayerWarning, import_model
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, padding=2, dilation=2),
                         nn.ConvTranspose2d(4, 2, 2, stride=2)).eval()
@@ -266,6 +264,17 @@ def test_fold_bn(model, data):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched
     torch.testing.assert_close(f(data), model(data), atol=1e-5, rtol=1e-5)
     assert fold_bn(f).state_dict().keys() == f.state_dict().keys()
+
+
+def test_set_submodule_replaces_by_dotted_name(model):
+    m = copy.deepcopy(model)  # the fixture is shared
+    names = [n for n, _ in m.named_modules() if n]
+    for name in (names[0], max(names, key=lambda n: n.count("."))):  # top level and deepest
+        new = nn.Identity()
+        set_submodule(m, name, new)
+        assert m.get_submodule(name) is new
+    with pytest.raises(AttributeError):
+        set_submodule(m, "no_such_parent.child", nn.Identity())
 
 
 def test_fp32_plan_equals_folded(model, data):
@@ -377,7 +386,7 @@ def test_calibration_is_layer_local(model, data):
 
 
 def test_bias_correction_and_legacy(model, data):
-    from tvm_mpq.calibration import LEGACY
+    from tvm_mpq.quant.calibration import LEGACY
 
     plan = QuantPlan.uniform(model, 4, 4)
     folded = dict(fold_bn(model).named_modules())

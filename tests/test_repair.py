@@ -1,4 +1,4 @@
-"""search.nsga.repair: near-miss plans raised into the accuracy budget by measured steps."""
+"""search.refine.repair: near-miss plans raised into the accuracy budget by measured steps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tvm_mpq.search.nsga import FrontMember, SearchResult, repair
+from tvm_mpq.search.front import FrontMember, SearchResult
+from tvm_mpq.search.refine import repair
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_search import _problem  # noqa: E402

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from tvm_mpq.rpc import cli_rpc
+from tvm_mpq.cli import rpc as cli_rpc
 from tvm_mpq.rpc import server as S
 from tvm_mpq.rpc import tracker as T
 from tvm_mpq.rpc.client import RPCMeasurer, measure_on_board
@@ -33,11 +33,11 @@ def _free_port() -> int:
 
 def _spike_available() -> bool:
     try:
-        from tvm_mpq.rpc import simulators
+        from tvm_mpq.measure import toolchain
 
-        simulators.find_spike()
-        simulators.find_dtc()
-        simulators.find_gcc()
+        toolchain.find_spike()
+        toolchain.find_dtc()
+        toolchain.find_gcc()
         return True
     except Exception:  # noqa: BLE001
         return False
@@ -132,6 +132,34 @@ def test_two_servers_measure_in_parallel(cluster):
     assert recs[2]["instructions"] == recs[3]["instructions"] > recs[0]["instructions"]
     used = {r["extra"]["rpc"]["server"] for r in recs}
     assert used == {f"127.0.0.1:{p}" for p in groups[REAL_KEY].ports}
+
+
+@pytest.mark.skipif(not _spike_available(), reason="spike / riscv64-unknown-elf-gcc not installed")
+def test_rpc_runner_in_measure_many(cluster, tmp_path):
+    """measure_many through the tracker: the same records and caching as a local campaign."""
+    from tvm_mpq.measure.campaign import measure_many
+    from tvm_mpq.measure.database import MeasurementDB
+    from tvm_mpq.rpc.runner import RPCRunner
+    from tvm_mpq.schedules.workload import DenseWorkload
+
+    tr, groups = cluster
+    reqs = [(DenseWorkload(1, 64, 8), "int8", 8, 8), (DenseWorkload(1, 64, 16), "unpack", 4, 8)]
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    runner = RPCRunner(f"127.0.0.1:{tr.port}", REAL_KEY)
+    assert runner.backend == "spike" and runner.unit == "instructions"
+    recs = measure_many(reqs, "rv64gc", runner, db=db, progress=False)
+    assert all(r.ok for r in recs), [r.message for r in recs]
+    assert {r.extra["rpc"]["server"] for r in recs} <= {f"127.0.0.1:{p}" for p in groups[REAL_KEY].ports}
+    assert db.count("rv64gc", "spike") == 2
+    local = measure_many(reqs, "rv64gc", "spike", progress=False)
+    assert [r.instructions for r in recs] == [r.instructions for r in local]
+    # cached records come back without asking the tracker (this one does not answer)
+    dead = RPCRunner(f"127.0.0.1:{_free_port()}", REAL_KEY)
+    assert measure_many(reqs, "rv64gc", dead, db=db, progress=False) == recs
+    with pytest.raises(T.TrackerUnreachableError):
+        measure_many(reqs, "rv64gc", dead, db=db, force=True, progress=False)
+    with pytest.raises(ValueError, match="backend"):
+        RPCRunner(f"127.0.0.1:{tr.port}", "board-rv64gc")
 
 
 def test_bad_request_is_a_failed_record(cluster):
@@ -242,7 +270,7 @@ def test_cli_tracker_and_serve_processes(tmp_path):
 
     port = _free_port()
     srv_port = random.randint(20000, 50000)
-    py = [sys.executable, "-m", "tvm_mpq.rpc.cli_rpc"]
+    py = [sys.executable, "-m", "tvm_mpq.cli.rpc"]
     tr = subprocess.Popen(py + ["tracker", "--port", str(port)], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
     srv = None

@@ -11,22 +11,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tvm_mpq.fakequant import fake_quant
-from tvm_mpq.frontend import LayerInfo, LayerTable
-from tvm_mpq.plan import FP32, LayerConfig, QuantPlan
-from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload
-from tvm_mpq.search.costmodel import (
-    CostModel,
-    CostModelMismatchError,
-    evaluate_holdout,
-    initial_design,
-    select_for_measurement,
-)
-from tvm_mpq.search.features import FEATURE_NAMES, CostQuery, featurize, layer_workload
-from tvm_mpq.search.nsga import exhaustive_front, hv_ratio, refine, run_nsga
-from tvm_mpq.search.plots import plot_bits, plot_pareto
+from tvm_mpq.costmodel.design import initial_design, select_for_measurement
+from tvm_mpq.costmodel.features import FEATURE_NAMES, featurize
+from tvm_mpq.costmodel.holdout import evaluate_holdout
+from tvm_mpq.costmodel.model import CostModel, CostModelMismatchError
+from tvm_mpq.costmodel.query import CostQuery
+from tvm_mpq.frontend.layers import LayerInfo, LayerTable
+from tvm_mpq.measure.key import KernelKey
+from tvm_mpq.plots import plot_bits, plot_pareto
+from tvm_mpq.quant.fakequant import fake_quant
+from tvm_mpq.quant.plan import FP32, LayerConfig, QuantPlan
+from tvm_mpq.quant.sensitivity import SensitivityTable, layer_sensitivity
+from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload, workload_from_layer
+from tvm_mpq.search.front import exhaustive_front, hv_ratio
+from tvm_mpq.search.nsga import run_nsga
 from tvm_mpq.search.problem import MPQProblem
-from tvm_mpq.search.sensitivity import SensitivityTable, layer_sensitivity
+from tvm_mpq.search.refine import refine
 
 PROFILE = "rv64gc_zbb"
 
@@ -163,6 +163,18 @@ def test_features_shape_and_fp32_bits_ignored():
     assert not np.array_equal(X[0], X[2])
 
 
+def test_query_key_is_the_kernel_key():
+    """CostQuery.key() is the one KernelKey, equal (and hashing equal) to the plain tuple
+    older code and stored JSON lists use; fp32 placeholder bits give one key."""
+    wl = _workloads()[0]
+    q = CostQuery(wl, "bitserial", 2, 4, PROFILE)
+    k = q.key()
+    assert isinstance(k, KernelKey) and k == (wl.key(), "bitserial", 2, 4, PROFILE)
+    assert {k} == {tuple(k)} and KernelKey(*json.loads(json.dumps(k))) == k
+    assert CostQuery(wl, "fp32", 2, 2, PROFILE).key() == CostQuery(wl, "fp32", 8, 8, PROFILE).key()
+    assert CostQuery.from_record(_record(wl, "bitserial", 2, 4, 100)).key() == k
+
+
 def test_costmodel_generalises_to_held_out_workloads():
     recs = _records()
     rep = evaluate_holdout(recs, "workload", max_folds=5, num_rounds=120)
@@ -190,6 +202,7 @@ def test_costmodel_fit_predict_save_load(tmp_path):
     np.testing.assert_allclose(m2, mean, rtol=1e-6)
     np.testing.assert_allclose(s2, std, atol=1e-6)
     assert cm2.trained_keys == cm.trained_keys
+    assert all(isinstance(k, KernelKey) for k in cm2.trained_keys)
 
     doc = json.loads(path.read_text())
     bad = dict(doc, feature_names=doc["feature_names"][:-1] + ["some_new_feature"])
@@ -206,8 +219,8 @@ def test_costmodel_fit_predict_save_load(tmp_path):
 def test_analytic_prior_extrapolates_and_survives_save_load(tmp_path):
     """The prior is linear in stage iteration counts, so it scales to a workload 4x the
     size of any trained one (trees alone cannot); the saved model keeps it."""
-    from tvm_mpq.search.costmodel import AnalyticPrior
-    from tvm_mpq.search.features import ANALYTIC_TERMS, analytic_terms
+    from tvm_mpq.costmodel.analytic import AnalyticPrior
+    from tvm_mpq.costmodel.terms import ANALYTIC_TERMS, analytic_terms
 
     wls = [Conv2dWorkload.make((1, c, hw, hw), (c, c, 3, 3), 1, 1, 1)
            for c in (8, 16) for hw in (4, 6, 8)]
@@ -242,7 +255,7 @@ def test_initial_design_and_selection():
     table = _chain_table()
     qs = initial_design(table, ("int8", "bitserial", "unpack"), BITS, PROFILE, budget=30)
     assert len(qs) == 30 and len({q.key() for q in qs}) == 30
-    wl_keys = {layer_workload(r).key() for r in table}
+    wl_keys = {workload_from_layer(r).key() for r in table}
     fp32 = {q.workload.key() for q in qs if q.variant == "fp32"}
     assert fp32 == wl_keys  # every workload measured at the fp32 anchor
     cells = {(q.variant, q.w_bits, q.a_bits) for q in qs if q.variant != "fp32"}
@@ -377,7 +390,7 @@ def test_refine_replaces_proxy_and_save_load(tmp_path):
         assert m.accuracy is not None and math.isclose(m.drop, 0.9 - m.accuracy)
         assert m.proxy_drop is not None
     ref.save(tmp_path / "front.json")
-    from tvm_mpq.search.nsga import SearchResult
+    from tvm_mpq.search.front import SearchResult
     back = SearchResult.load(tmp_path / "front.json")
     assert back.plans == ref.plans and back.refined
 
@@ -386,7 +399,8 @@ def test_analytic_terms_follow_the_default_schedules():
     """Terms track the stages each variant really runs: bitserial pads packed words (no byte
     padding stage), swar and bitserial count register tiles, and a 1x1 one-word bitserial
     kernel whose W x G plane loop is too big for LLVM to unroll gets the rolled-loop term."""
-    from tvm_mpq.search.features import ANALYTIC_TERMS, analytic_terms, kernel_shape_class
+    from tvm_mpq.costmodel.features import kernel_shape_class
+    from tvm_mpq.costmodel.terms import ANALYTIC_TERMS, analytic_terms
 
     col = {n: i for i, n in enumerate(ANALYTIC_TERMS)}
     dw = Conv2dWorkload.make((1, 16, 8, 8), (16, 1, 3, 3), 1, 1, 16)
@@ -408,8 +422,8 @@ def test_analytic_prior_falls_back_when_its_group_never_saw_a_stage():
     the prior predicts a full 3x3 convolution, whose packing is blocked (a stage no window
     kernel had: the window group's weight for it is 0), with the weights fitted over both
     shapes; the choice survives a save."""
-    from tvm_mpq.search.costmodel import AnalyticPrior
-    from tvm_mpq.search.features import ANALYTIC_TERMS, analytic_terms
+    from tvm_mpq.costmodel.analytic import AnalyticPrior
+    from tvm_mpq.costmodel.terms import ANALYTIC_TERMS, analytic_terms
 
     col = {n: i for i, n in enumerate(ANALYTIC_TERMS)}
     train = [Conv2dWorkload.make((1, c, hw, hw), (c, 1, 3, 3), 1, 1, c)

@@ -11,23 +11,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tvm_mpq.compiler import compile as mpq_compile
-from tvm_mpq.plan import QuantPlan
-from tvm_mpq.rpc import simulators
-from tvm_mpq.rpc.simulators import ToolchainError
-from tvm_mpq.standalone import (
-    _Storage,
-    export_standalone,
-    load_standalone,
-    plan_memory,
-    run_standalone,
-)
+from tvm_mpq.compiler.compiled import compile as mpq_compile
+from tvm_mpq.deploy import export_standalone, load_standalone, plan_memory, run_standalone
+from tvm_mpq.deploy.graph import Storage
+from tvm_mpq.measure import toolchain
+from tvm_mpq.measure.toolchain import ToolchainError
+from tvm_mpq.quant.plan import QuantPlan
 
 try:
-    simulators.find_gcc()
-    simulators.find_picolibc()
-    simulators.find_spike()
-    simulators.find_qemu(64)
+    toolchain.find_gcc()
+    toolchain.find_picolibc()
+    toolchain.find_spike()
+    toolchain.find_qemu(64)
     HAVE_BM = True
 except ToolchainError:
     HAVE_BM = False
@@ -142,11 +137,47 @@ def test_arena_plan_never_overlaps_live_buffers(w8):
 
 def test_plan_memory_reuses_dead_buffers():
     # a chain a -> b -> c -> d: a and c can share, b and d can share
-    ss = [_Storage(i, "arena", 1000, first=i, last=i + 1) for i in range(4)]
+    ss = [Storage(i, "arena", 1000, first=i, last=i + 1) for i in range(4)]
     top = plan_memory(ss)
     assert top == 2 * 1024
     assert ss[0].offset == ss[2].offset and ss[1].offset == ss[3].offset
     assert ss[0].offset != ss[1].offset
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int8", "uint8", "int16", "int32", "int64", "uint16",
+                                   "float16", "float32", "float64", ">f4", "<i2"])
+def test_dl_dtype_one_table_for_names_and_numpy(dtype):
+    """The DLPack codes of the generated C (TVM dtype names) and of the measurement harness
+    (numpy arrays) come from one table and agree."""
+    dt = np.dtype(dtype)
+    code, bits = toolchain.dl_dtype(dt)
+    assert (code, bits) == toolchain.dl_dtype(dt.name)
+    assert code == {"i": 0, "u": 1, "f": 2, "b": 6}[dt.kind] and bits == 8 * dt.itemsize
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "complex64", "int", "bool8", np.dtype("U3")])
+def test_dl_dtype_rejects_what_has_no_code(dtype):
+    with pytest.raises(ValueError, match="DLPack"):
+        toolchain.dl_dtype(dtype)
+
+
+@pytest.mark.parametrize("profile", ["rv64gc", "rv64gc_zbb", "rv32imc"])
+def test_makefile_uses_the_measurement_flags(profile):
+    """The artifact's Makefile compiles and links with the bare-metal flags the kernel
+    measurements use (toolchain's build flags), whatever the include directories."""
+    from tvm_mpq.deploy.buildrules import makefile, tool_vars
+    from tvm_mpq.targets import get_profile
+
+    prof = get_profile(profile)
+    mk = makefile(prof, True, tool_vars(prof))
+    base = toolchain.bare_metal_cflags(prof)
+    cflags = next(ln for ln in mk.splitlines() if ln.startswith("BM_CFLAGS ?= "))
+    assert cflags.split()[2:2 + len(base)] == base
+    ld = toolchain.bare_metal_ldflags(prof, "harness/link.ld")
+    assert f"BM_LDFLAGS ?= {' '.join(ld)}" in mk
+    assert ld[0] == f"-march={prof.march.split('_')[0]}"  # the picolibc multilib name
+    assert "-DPLATFORM_VIRT" in toolchain.bare_metal_cflags(prof, platform="virt")
+    assert "-DPLATFORM_VIRT" not in toolchain.bare_metal_cflags(prof, platform="spike")
 
 
 def test_host_profile_rejected(tmp_path):
@@ -218,6 +249,20 @@ def test_wrong_input_shape_and_bad_backend(w8):
         run_standalone(art, np.zeros((1, 3, 8, 8), np.float32), "spike")
     with pytest.raises(ValueError, match="backend"):
         run_standalone(art, x, "gem5")
+
+
+@needs_bm
+def test_runner_object_as_backend(w8):
+    """A measurement runner is accepted as the backend; one that runs no binaries is not."""
+    from tvm_mpq.measure.runner import create_runner
+
+    _, x, art, _ = w8
+    by_name = run_standalone(art, x, "qemu")
+    by_runner = run_standalone(art, x, create_runner("qemu"))
+    assert by_runner.status == "ok" and by_runner.backend == "qemu"
+    assert by_runner.instructions == by_name.instructions
+    with pytest.raises(ValueError, match="backend 'host'"):
+        run_standalone(art, x, "host")
 
 
 @needs_bm

@@ -56,8 +56,8 @@ def test_result_is_measured(tuned):
 
 def test_prior_workloads_are_measured(tuned):
     """prior_workloads: generic shapes measured next to the model's own, for the cost model."""
-    from tvm_mpq.rpc.database import MeasurementDB
-    from tvm_mpq.search.prior import generic_workloads
+    from tvm_mpq.costmodel.prior import generic_workloads
+    from tvm_mpq.measure.database import MeasurementDB
 
     _, _, kw, _ = tuned
     db = MeasurementDB(os.path.join(kw["workdir"], "measurements.sqlite"))
@@ -68,16 +68,16 @@ def test_prior_workloads_are_measured(tuned):
 def test_layer_passes_are_measured(tuned):
     """Every layer pays the passes the compiler adds around its kernel: quantize + dequantize
     when quantized, the bias pass when fp32 (measured on Spike, cached in the workdir)."""
-    from tvm_mpq.frontend import import_model
-    from tvm_mpq.search.features import layer_workload
-    from tvm_mpq.tuner import FP32_SUFFIX
+    from tvm_mpq.frontend.importer import import_model
+    from tvm_mpq.measure.overhead import FP32_SUFFIX
+    from tvm_mpq.schedules.workload import workload_from_layer
 
     m, x, kw, _ = tuned
     with open(os.path.join(kw["workdir"], "qdq_overhead.json")) as f:
         overhead = json.load(f)["costs"]
     table = import_model(tvm_mpq.fold_bn(m), x[:1], warn=False).table
     for r in table:
-        key = layer_workload(r).key()
+        key = workload_from_layer(r).key()
         assert overhead[key] > 0
         if r.has_bias:  # a bias pass only touches the output: cheaper than quantize+dequantize
             assert 0 < overhead[key + FP32_SUFFIX] < overhead[key]
@@ -85,7 +85,7 @@ def test_layer_passes_are_measured(tuned):
 
 def test_resume_uses_database_and_checkpoints(tuned, monkeypatch):
     m, x, kw, res = tuned
-    import tvm_mpq.rpc.baremetal as bm
+    import tvm_mpq.measure.baremetal as bm
 
     def boom(*a, **k):
         raise AssertionError("re-run measured a kernel again instead of using the database")
@@ -162,7 +162,7 @@ def test_workdir_of_older_kernel_revision_starts_over(tuned, tmp_path):
     assert res.pareto
     old = f"{db}.rev{KERNELS_REVISION - 1}"
     assert os.path.exists(old) and os.path.isdir(os.path.join(wd, f"search.rev{KERNELS_REVISION - 1}"))
-    from tvm_mpq.rpc.database import MeasurementDB
+    from tvm_mpq.measure.database import MeasurementDB
 
     assert MeasurementDB(db).count() > 0  # measured again, current revision
 
@@ -179,10 +179,10 @@ def test_bad_target_and_missing_eval():
 def test_failed_kernel_is_never_picked(tmp_path):
     """A kernel whose measurement failed (here: a wrong result) costs FAILED_COST in the
     search, so the problem picks another variant for that bit-width."""
-    from tvm_mpq.rpc.database import MeasurementDB, MeasureRecord
+    from tvm_mpq.costmodel.query import CostQuery
+    from tvm_mpq.measure.database import MeasurementDB, MeasureRecord
     from tvm_mpq.schedules import Conv2dWorkload
-    from tvm_mpq.search.features import CostQuery
-    from tvm_mpq.tuner import FAILED_COST, _measured_costs, _MeasuredFirst
+    from tvm_mpq.tuner.costs import FAILED_COST, MeasuredFirst
 
     wl = Conv2dWorkload.make((1, 8, 1, 1), (48, 8, 3, 3), 1, 1)
     db = MeasurementDB(str(tmp_path / "m.sqlite"))
@@ -191,12 +191,136 @@ def test_failed_kernel_is_never_picked(tmp_path):
     db.put(MeasureRecord(**base, variant="swar", status="wrong_result",
                          message="48 mismatching elements"))
     db.put(MeasureRecord(**base, variant="int8", status="ok", instructions=50_000, cycles=50_000))
-    measured = _measured_costs(db, "rv64gc", "spike", "instructions")
+    measured = db.kernel_costs("rv64gc", "spike", "instructions")
     qs = [CostQuery(wl, v, 8, 8, "rv64gc") for v in ("swar", "int8")]
     assert measured[qs[0].key()] == float("inf") and measured[qs[1].key()] == 50_000
 
     def model(queries):  # a cost model that would pick swar
         return np.asarray([1_000.0 if q.variant == "swar" else 9e9 for q in queries])
 
-    cost = _MeasuredFirst(model, measured, {})(qs)
+    cost = MeasuredFirst(model, measured, {})(qs)
     assert cost.tolist() == [FAILED_COST, 50_000]
+
+
+# ---------------------------------------------------------------------- stages: resume, invalidation
+STAGE_NAMES = ["import", "sensitivity", "measure", "search", "cost model report", "refine",
+               "repair", "price", "beacons", "final"]
+
+
+def _count_runs(monkeypatch, fail: str | None = None) -> list[str]:
+    """Record the stages that run (instead of loading); ``fail``: that stage raises."""
+    from tvm_mpq.tuner.stages import STAGES
+
+    ran: list[str] = []
+    for cls in STAGES:
+        def run(self, state, _orig=cls.run):
+            ran.append(self.name)
+            if self.name == fail:
+                raise RuntimeError(f"killed in {fail}")
+            return _orig(self, state)
+
+        monkeypatch.setattr(cls, "run", run)
+    return ran
+
+
+def _same(a, b) -> None:
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        d.pop("timings")
+    assert da == db
+
+
+@pytest.fixture(scope="module")
+def finished(tuned, tmp_path_factory):
+    """A workdir whose every stage checkpoint is valid for ``kw`` (no final measurement)."""
+    m, x, kw, _ = tuned
+    wd = str(tmp_path_factory.mktemp("finished"))
+    shutil.copytree(kw["workdir"], wd, dirs_exist_ok=True)
+    kw = {**kw, "workdir": wd, "final_measure": False}
+    return m, x, kw, tvm_mpq.tune(m, x[:1], "riscv", **kw)
+
+
+def _copy(finished, tmp_path) -> dict:
+    _, _, kw, _ = finished
+    wd = str(tmp_path / "wd")
+    shutil.copytree(kw["workdir"], wd)
+    return {**kw, "workdir": wd}
+
+
+def test_finished_run_loads_every_stage(finished, tmp_path, monkeypatch):
+    """Nothing is recomputed on a finished workdir, also when the same settings come as a
+    TuneConfig; the result records the whole config."""
+    m, x, _, res = finished
+    kw = _copy(finished, tmp_path)
+    ran = _count_runs(monkeypatch)
+    settings = {k: v for k, v in kw.items() if k not in ("calib_data", "eval_data", "workdir",
+                                                          "progress")}
+    cfg = tvm_mpq.TuneConfig.from_kwargs(**settings)
+    res2 = tvm_mpq.tune(m, x[:1], "riscv", calib_data=kw["calib_data"], eval_data=kw["eval_data"],
+                        workdir=kw["workdir"], progress=False, config=cfg, pop_size=kw["pop_size"])
+    assert ran == []
+    _same(res, res2)
+    assert res.settings == {**cfg.to_dict(), "measured_kernels": res.settings["measured_kernels"]}
+    with pytest.raises(ValueError, match="pop_size"):
+        tvm_mpq.tune(m, x[:1], "riscv", calib_data=kw["calib_data"], eval_data=kw["eval_data"],
+                     workdir=kw["workdir"], config=cfg, pop_size=kw["pop_size"] + 1)
+
+
+@pytest.mark.parametrize("k", range(len(STAGE_NAMES) - 1))
+def test_resume_after_each_stage(finished, tmp_path, monkeypatch, k):
+    """Killed in stage k+1: the rerun loads stages 0..k, computes the rest, same result."""
+    from tvm_mpq.tuner.checkpoint import Manifest
+
+    m, x, _, res = finished
+    kw = _copy(finished, tmp_path)
+    Manifest(kw["workdir"]).forget(STAGE_NAMES[k + 1:])  # their checkpoints never written
+    ran = _count_runs(monkeypatch, fail=STAGE_NAMES[k + 1])
+    with pytest.raises(RuntimeError, match="killed"):
+        tvm_mpq.tune(m, x[:1], "riscv", **kw)
+    assert ran == [STAGE_NAMES[k + 1]]  # stages 0..k were loaded, not recomputed
+    monkeypatch.undo()
+    ran = _count_runs(monkeypatch)
+    _same(res, tvm_mpq.tune(m, x[:1], "riscv", **kw))
+    assert ran == STAGE_NAMES[k + 1:]
+
+
+def test_changed_weights_or_data_invalidate_their_stages(finished, tmp_path, monkeypatch):
+    """New weights or evaluation data: the import and the measurements are kept, sensitivity
+    and every stage after it recomputed (a stale sensitivity.json used to be reused);
+    training data that no stage uses (no QAT) changes nothing."""
+    import copy
+
+    m, x, _, res = finished
+    kw = _copy(finished, tmp_path)
+    ran = _count_runs(monkeypatch)
+    tvm_mpq.tune(m, x[:1], "riscv", **{**kw, "train_data": (x, x[:, 0, 0, 0].long())})
+    assert ran == []
+    m2 = copy.deepcopy(m)
+    with torch.no_grad():
+        next(m2.parameters()).mul_(1.5)
+    sens_before = open(os.path.join(kw["workdir"], "sensitivity.json")).read()
+    tvm_mpq.tune(m2, x[:1], "riscv", **kw)
+    assert ran == STAGE_NAMES[1:2] + STAGE_NAMES[3:]  # not import, not measure
+    assert open(os.path.join(kw["workdir"], "sensitivity.json")).read() != sens_before
+    ran.clear()
+    ex, ey = kw["eval_data"]
+    tvm_mpq.tune(m2, x[:1], "riscv", **{**kw, "eval_data": (ex, (ey + 1) % 10)})
+    assert ran == STAGE_NAMES[1:2] + STAGE_NAMES[3:]
+
+
+def test_corrupt_checkpoints_are_set_aside(finished, tmp_path, monkeypatch):
+    """An unreadable checkpoint is kept as .corrupt and its stage recomputed (no bare
+    JSONDecodeError); the result is unchanged."""
+    m, x, _, res = finished
+    kw = _copy(finished, tmp_path)
+    for path in ("sensitivity.json", "stages/price.json"):
+        with open(os.path.join(kw["workdir"], path), "w") as f:
+            f.write('{"truncated": ')
+    ran = _count_runs(monkeypatch)
+    _same(res, tvm_mpq.tune(m, x[:1], "riscv", **kw))
+    assert ran == ["sensitivity", "price"]
+    assert os.path.exists(os.path.join(kw["workdir"], "stages", "price.json.corrupt"))
+    with open(os.path.join(kw["workdir"], "result", "result.json"), "w") as f:
+        f.write("not json")
+    with pytest.raises(ValueError, match="result.json"):
+        tvm_mpq.load_result(kw["workdir"])

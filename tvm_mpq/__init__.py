@@ -16,13 +16,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "QuantPlan": "tvm_mpq.plan",
-    "LayerConfig": "tvm_mpq.plan",
-    "resolve_variant": "tvm_mpq.plan",
-    "fake_quant": "tvm_mpq.fakequant",
-    "calibrate": "tvm_mpq.calibration",
-    "QuantParams": "tvm_mpq.calibration",
-    "fold_bn": "tvm_mpq.calibration",
+    "QuantPlan": "tvm_mpq.quant.plan",
+    "LayerConfig": "tvm_mpq.quant.plan",
+    "resolve_variant": "tvm_mpq.quant.plan",
+    "fake_quant": "tvm_mpq.quant.fakequant",
+    "calibrate": "tvm_mpq.quant.calibration",
+    "QuantParams": "tvm_mpq.quant.calibration",
+    "fold_bn": "tvm_mpq.quant.calibration",
     "import_model": "tvm_mpq.frontend",
     "LayerTable": "tvm_mpq.frontend",
     "UnsupportedOperatorError": "tvm_mpq.frontend",
@@ -32,6 +32,11 @@ _EXPORTS = {
     "PROFILES": "tvm_mpq.targets",
     "tune": "tvm_mpq.tuner",
     "load_result": "tvm_mpq.tuner",
+    "TuneResult": "tvm_mpq.tuner",
+    "PlanPoint": "tvm_mpq.tuner",
+    "TuneConfig": "tvm_mpq.tuner",
+    "export_standalone": "tvm_mpq.standalone",
+    "measure_many": "tvm_mpq.measure.campaign",
 }
 
 __all__ = sorted(_EXPORTS)

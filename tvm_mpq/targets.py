@@ -119,10 +119,25 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+#: user-facing target names -> profile names (accepted wherever a target is taken)
+TARGET_ALIASES: dict[str, str] = {
+    "riscv": "rv64gc_zbb", "riscv64": "rv64gc", "riscv64-zbb": "rv64gc_zbb",
+    "riscv64-gc": "rv64gc", "riscv64-v": "rv64gcv", "riscv64-rvv": "rv64gcv",
+    "riscv32": "rv32imc", "host": "host", "llvm": "host",
+}
+
+
 def get_profile(name: str | Profile) -> Profile:
-    """Look up a profile by name; raise ValueError naming the known ones."""
+    """The profile of ``name``: a profile name (``"rv64gc_zbb"``), an alias from
+    :data:`TARGET_ALIASES` (``"riscv"``, ``"riscv64"``, ...) or a :class:`Profile`.
+
+    Raises:
+        ValueError: unknown name (the message lists aliases and profiles).
+    """
     if isinstance(name, Profile):
         return name
-    if name not in PROFILES:
-        raise ValueError(f"unknown target profile {name!r}; known: {', '.join(PROFILES)}")
-    return PROFILES[name]
+    key = TARGET_ALIASES.get(str(name).lower(), str(name))
+    if key not in PROFILES:
+        raise ValueError(f"unknown target profile {name!r}; use an alias {sorted(TARGET_ALIASES)} or a "
+                         f"profile name {sorted(PROFILES)}")
+    return PROFILES[key]

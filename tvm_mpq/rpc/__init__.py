@@ -1,8 +1,10 @@
-"""Measurement on RISC-V targets: bare-metal Spike/QEMU runs, the measurement database,
-RPC fan-out to simulator hosts and boards.
+"""Measurement over TVM RPC: a tracker, simulator-host servers, the RPC runner, boards.
 
-Modules: ``baremetal`` (run kernels on Spike / QEMU icount), ``simulators`` (tool lookup),
-``ms_runner`` (MetaSchedule runner by instruction count), ``database`` (SQLite records),
-``measure`` (the one measurement interface), ``tracker`` / ``server`` / ``client`` (TVM RPC).
-Import from the submodules; nothing heavy is imported here.
+Modules: ``tracker`` (start / query a TVM RPC tracker), ``server`` (simulator hosts: a TVM
+RPC server exposing ``tvm_mpq.measure_json``), ``client`` (``RPCMeasurer``: fan requests out
+over the servers of a key, with retries; ``measure_on_board``: time a library on a board),
+``runner`` (``RPCRunner``: a :class:`~tvm_mpq.measure.runner.Runner` for
+``tvm_mpq.measure.campaign.measure_many``), ``build_runtime`` (cross-build the TVM runtime and
+RPC server for a riscv64 Linux board). The kernels, harness, database and campaign live in
+:mod:`tvm_mpq.measure`. Import from the submodules; nothing heavy is imported here.
 """

@@ -1,13 +1,15 @@
 """Fan measurements out over the RPC servers of one tracker key, and time kernels on boards.
 
 :class:`RPCMeasurer` sends each request (a JSON object, see
-:func:`tvm_mpq.rpc.measure.measure_request_json`) to the remote global function
+:func:`tvm_mpq.measure.campaign.measure_request_json`) to the remote global function
 ``tvm_mpq.measure_json`` of a simulator host (:mod:`tvm_mpq.rpc.server`). One worker thread per
 server of the key asks the tracker for a session, sends one request, closes the session, and
 repeats; the tracker hands each free server to one waiting thread, so all servers work in
 parallel. A server lost mid-measurement (killed, crashed, network gone) makes the call fail on the
 client: the request is re-queued for another server up to ``max_retries`` times, then recorded as
 ``run_error`` naming the lost server. The campaign always completes with one record per request.
+:class:`~tvm_mpq.rpc.runner.RPCRunner` wraps it as a measurement runner, so that
+``measure_many(..., RPCRunner(tracker, key), db=db)`` caches and stores as a local campaign.
 
 :func:`measure_on_board` is the other path: a board running a stock TVM RPC server
 (``tvm_rpc server``, ``python -m tvm.exec.rpc_server``) gets a cross-compiled shared library,
@@ -29,50 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from .tracker import DEFAULT_HOST, DEFAULT_PORT, TrackerUnreachableError, tracker_status
-from .tracker import connect as _tracker_connect
+from tvm_mpq.measure.database import failed_record_dict
+from tvm_mpq.measure.runner import last_line
+from tvm_mpq.rpc.server import MEASURE_FUNC
+from tvm_mpq.rpc.tracker import DEFAULT_HOST, DEFAULT_PORT, TrackerUnreachableError, tracker_status
+from tvm_mpq.rpc.tracker import connect as _tracker_connect
 
 log = logging.getLogger(__name__)
 
-MEASURE_FUNC = "tvm_mpq.measure_json"  # registered by tvm_mpq.rpc.server
 
 
 class NoServerError(RuntimeError):
     """The tracker has no server registered under the key."""
-
-
-def failed_record(request: dict[str, Any], status: str, message: str,
-                  rpc: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A failure record for ``request`` without any number.
-
-    Shaped like ``MeasureRecord.to_dict()`` when the request is a valid measurement request
-    (so ``MeasureRecord.from_dict`` and the database accept it); otherwise the request's own
-    fields plus ``status``/``message`` and null numbers.
-    """
-    rec: dict[str, Any]
-    try:
-        from ..schedules.workload import workload_from_dict
-        from .database import MeasureRecord, schedule_tag
-        from .measure import _provenance  # noqa: PLC2701 -- same package; keeps records uniform
-
-        wl = workload_from_dict(request["workload"])
-        trials = int(request.get("tune_trials", 0))
-        rec = MeasureRecord(
-            profile=str(request["profile"]), backend=str(request["backend"]), workload_key=wl.key(),
-            variant=str(request["variant"]), w_bits=int(request["w_bits"]),
-            a_bits=int(request["a_bits"]), schedule=schedule_tag(trials), workload=wl.to_dict(),
-            status=status, message=message, macs=int(wl.macs), tune_trials=trials,
-            seed=int(request.get("seed", 0)), **_provenance(),
-        ).to_dict()
-    except Exception:  # noqa: BLE001 -- not a measurement request (e.g. selftest): keep its fields
-        rec = {k: v for k, v in request.items() if k not in ("instructions", "cycles", "seconds",
-                                                              "seconds_std")}
-        rec.update(status=status, message=message, instructions=None, cycles=None,
-                   seconds=None, seconds_std=None)
-    if rpc:
-        rec.setdefault("extra", {})
-        rec["extra"] = {**(rec["extra"] or {}), "rpc": rpc}
-    return rec
 
 
 @dataclass
@@ -173,7 +143,7 @@ class RPCMeasurer:
                 try:
                     self._run_item(item, finish, requeue)
                 except Exception as err:  # noqa: BLE001 -- a worker must never lose a request
-                    finish(item, failed_record(item.request, "run_error",
+                    finish(item, failed_record_dict(item.request, "run_error",
                                                f"RPC client error: {type(err).__name__}: {err}",
                                                self._rpc_info(None, item)))
             self._drop_tracker_conn()
@@ -198,16 +168,16 @@ class RPCMeasurer:
     def _run_item(self, item: _Item, finish, requeue) -> None:
         gone = self._no_server
         if gone is not None and self.servers() == 0:  # no need to wait queue_timeout_s again
-            finish(item, failed_record(item.request, "run_error", gone, self._rpc_info(None, item)))
+            finish(item, failed_record_dict(item.request, "run_error", gone, self._rpc_info(None, item)))
             return
         try:
             sess, server = self._request_session()
         except NoServerError as err:
             self._no_server = str(err)
-            finish(item, failed_record(item.request, "run_error", str(err), self._rpc_info(None, item)))
+            finish(item, failed_record_dict(item.request, "run_error", str(err), self._rpc_info(None, item)))
             return
         except TrackerUnreachableError as err:
-            finish(item, failed_record(item.request, "run_error", f"tracker lost: {err}",
+            finish(item, failed_record_dict(item.request, "run_error", f"tracker lost: {err}",
                                        self._rpc_info(None, item)))
             return
         item.attempts += 1
@@ -216,18 +186,18 @@ class RPCMeasurer:
         except Exception as err:  # noqa: BLE001 -- the transport failed, not the measurement
             text = str(err)
             if "RPCSessionTimeoutError" in text:
-                finish(item, failed_record(
+                finish(item, failed_record_dict(
                     item.request, "timeout",
                     f"measurement exceeded {self.timeout_s:.0f} s on server {server} (key {self.key})",
                     self._rpc_info(server, item)))
                 return
-            why = _last_line(text)
+            why = last_line(text)
             item.lost = (*item.lost, server)
             log.warning("lost server %s (key %s) during a measurement: %s", server, self.key, why)
             if item.attempts <= self.max_retries:
                 requeue(item)
             else:
-                finish(item, failed_record(
+                finish(item, failed_record_dict(
                     item.request, "run_error",
                     f"lost server {server} (key {self.key}) during the measurement: {why}; "
                     f"tried {item.attempts} time(s) on {', '.join(item.lost)}",
@@ -238,7 +208,7 @@ class RPCMeasurer:
         try:
             rec = json.loads(out)
         except ValueError:
-            rec = failed_record(item.request, "run_error",
+            rec = failed_record_dict(item.request, "run_error",
                                 f"server {server} returned non-JSON: {str(out)[:200]!r}")
         rec["extra"] = {**(rec.get("extra") or {}), "rpc": self._rpc_info(server, item)}
         finish(item, rec)
@@ -298,12 +268,7 @@ class RPCMeasurer:
                 if connect_failures >= 5:
                     raise NoServerError(f"5 servers of key {self.key!r} handed out by tracker "
                                         f"{host}:{port} refused connections; last {server}: "
-                                        f"{_last_line(str(err))}") from None
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else text
+                                        f"{last_line(str(err))}") from None
 
 
 # -------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ behind ``python -m tvm.exec.rpc_server``), run in the foreground of a process th
 ``tvm_mpq`` and registers two global functions:
 
 * ``tvm_mpq.measure_json(request_json: str) -> str``: one measurement request (JSON) -> one
-  measurement record (JSON), by default :func:`tvm_mpq.rpc.measure.measure_request_json`;
+  measurement record (JSON), by default :func:`tvm_mpq.measure.campaign.measure_request_json`;
 * ``tvm_mpq.server_info() -> str``: JSON with key, profile, backend, pid, host name.
 
 TVM's server forks one child per client session, so functions registered before serving are
@@ -33,11 +33,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .tracker import DEFAULT_HOST, DEFAULT_PORT, parse_addr
+from tvm_mpq.measure.database import failed_record_dict
+from tvm_mpq.measure.runner import SIM_BACKENDS
+from tvm_mpq.rpc.tracker import DEFAULT_HOST, DEFAULT_PORT, parse_addr
 
 MEASURE_FUNC = "tvm_mpq.measure_json"
 INFO_FUNC = "tvm_mpq.server_info"
-DEFAULT_IMPL = "tvm_mpq.rpc.measure:measure_request_json"
+DEFAULT_IMPL = "tvm_mpq.measure.campaign:measure_request_json"
 SELFTEST_IMPL = "tvm_mpq.rpc.server:selftest_measure"
 DEFAULT_SERVER_PORT = 9090
 
@@ -81,12 +83,6 @@ def _resolve_impl(spec: str) -> Callable[[str], str]:
     return getattr(mod, attr)
 
 
-def _failed(req: dict, status: str, message: str) -> str:
-    rec = dict(req)
-    rec.update(status=status, instructions=None, cycles=None, message=message)
-    return json.dumps(rec)
-
-
 def make_measure_func(impl: Callable[[str], str], profile: str, backend: str) -> Callable[[str], str]:
     """Wrap ``impl`` for remote calls: default profile/backend filled in, mismatches refused,
     and any exception turned into a ``run_error`` record (a failure is never a number)."""
@@ -95,16 +91,17 @@ def make_measure_func(impl: Callable[[str], str], profile: str, backend: str) ->
         try:
             req = json.loads(request_json)
         except ValueError as err:
-            return _failed({}, "run_error", f"bad request JSON: {err}")
+            return json.dumps(failed_record_dict({}, "run_error", f"bad request JSON: {err}"))
         for name, mine in (("profile", profile), ("backend", backend)):
             theirs = req.setdefault(name, mine)
             if mine and theirs != mine:
-                return _failed(req, "run_error",
-                               f"this server measures {name} {mine!r}, the request asks {theirs!r}")
+                why = f"this server measures {name} {mine!r}, the request asks {theirs!r}"
+                return json.dumps(failed_record_dict(req, "run_error", why))
         try:
             return impl(json.dumps(req))
         except Exception as err:  # noqa: BLE001 -- reported in the record, the server keeps serving
-            return _failed(req, "run_error", f"{type(err).__name__} on {socket.gethostname()}: {err}")
+            why = f"{type(err).__name__} on {socket.gethostname()}: {err}"
+            return json.dumps(failed_record_dict(req, "run_error", why))
 
     return measure_json
 
@@ -130,7 +127,7 @@ def serve_one(key: str, profile: str, backend: str = "spike",
     import tvm_ffi
     from tvm.rpc import server as tvm_server
 
-    from ..targets import get_profile
+    from tvm_mpq.targets import get_profile
 
     get_profile(profile)  # fail early on a typo
     func = make_measure_func(_resolve_impl(impl), profile, backend)
@@ -299,7 +296,7 @@ def _drain(stream, sink) -> None:
 
 def wait_for_servers(tracker: str | tuple[str, int], key: str, n: int, timeout: float = 60) -> None:
     """Block until ``n`` servers of ``key`` are registered and free at the tracker."""
-    from .tracker import tracker_status
+    from tvm_mpq.rpc.tracker import tracker_status
 
     host, port = parse_addr(tracker)
     deadline = time.monotonic() + timeout
@@ -339,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tvm_mpq.rpc.server", description=__doc__.split("\n")[0])
     ap.add_argument("--key", help="tracker key (default: <backend>-<profile>)")
     ap.add_argument("--profile", required=True)
-    ap.add_argument("--backend", default="spike", choices=("spike", "qemu"))
+    ap.add_argument("--backend", default="spike", choices=SIM_BACKENDS)
     ap.add_argument("--tracker", help="HOST:PORT of the tracker (none: serve direct connections)")
     ap.add_argument("--host", default=DEFAULT_HOST)
     ap.add_argument("--port", type=int, default=DEFAULT_SERVER_PORT)

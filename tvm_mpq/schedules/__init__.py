@@ -6,19 +6,19 @@ bit-exact against the numpy reference in :mod:`.reference`.
 
 #: Revision of the kernel definitions and default schedules. Measurements depend on it: a
 #: measurement database records the revision it was filled with and refuses another one
-#: (``tvm_mpq.rpc.database``). 2: planes-innermost bitserial layouts, blocked activation
+#: (``tvm_mpq.measure.database``). 2: planes-innermost bitserial layouts, blocked activation
 #: packing, grouped plane accumulators, rocket-rv64 scheduling model. 3: bitserial tiles on
 #: scalar cores without popcount too. 4 (never released in a result): a local-buffer
 #: workaround for the swar miscompile fixed in 5. 5: swar window sums from the padded input
 #: (the packed form was miscompiled by TVM 0.27 for small windows).
 KERNELS_REVISION = 5
 
-from .api import run_conv2d, run_dense  # noqa: E402
-from .build import build_kernel, resolve_target  # noqa: E402
-from .kernel import KernelDef  # noqa: E402
-from .reference import conv2d_ref, dense_ref  # noqa: E402
-from .registry import make_kernel, variants  # noqa: E402
-from .workload import A_BITS, W_BITS, Conv2dWorkload, DenseWorkload  # noqa: E402
+from tvm_mpq.schedules.build import build_kernel, resolve_target  # noqa: E402
+from tvm_mpq.schedules.host_run import run_conv2d, run_dense  # noqa: E402
+from tvm_mpq.schedules.kernel import KernelDef  # noqa: E402
+from tvm_mpq.schedules.reference import conv2d_ref, dense_ref  # noqa: E402
+from tvm_mpq.schedules.registry import make_kernel, variants  # noqa: E402
+from tvm_mpq.schedules.workload import A_BITS, W_BITS, Conv2dWorkload, DenseWorkload  # noqa: E402
 
 __all__ = [
     "A_BITS", "KERNELS_REVISION", "W_BITS", "Conv2dWorkload", "DenseWorkload", "KernelDef",

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import tvm
 
-from ..targets import get_profile
-from .kernel import KernelDef
+from tvm_mpq.schedules.kernel import KernelDef
+from tvm_mpq.targets import get_profile
 
 
 def resolve_target(target: Any) -> tvm.target.Target:
@@ -34,7 +34,7 @@ def kernel_module(kd: KernelDef, schedule: tvm.IRModule | None = None,
     """The IRModule to compile: a tuned/scheduled module, else our default schedule for
     ``target`` (:func:`default_schedules.default_schedule`), else the plain lowering."""
     if schedule is None:
-        from .default_schedules import default_schedule
+        from tvm_mpq.schedules.default_schedules import default_schedule
 
         schedule = default_schedule(kd, target)
     if schedule is not None:

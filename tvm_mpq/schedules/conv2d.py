@@ -11,9 +11,9 @@ import numpy as np
 import tvm
 from tvm import te
 
-from .kernel import KernelDef
-from .packing import n_words, pack_bitplanes, pack_subbyte, weight_code, word_dtype
-from .workload import Conv2dWorkload
+from tvm_mpq.schedules.kernel import KernelDef
+from tvm_mpq.schedules.packing import n_words, pack_bitplanes, pack_subbyte, weight_code, word_dtype
+from tvm_mpq.schedules.workload import Conv2dWorkload
 
 
 def _pad(data: te.Tensor, wl: Conv2dWorkload, pad_value, name: str = "pad") -> te.Tensor:

@@ -6,8 +6,8 @@ loops are fully unrolled, so every index is constant and LLVM promotes it to reg
 the reduction (channel words, kernel window) runs outside the tile, the plane combine is
 fused right after it, the padding is applied to packed words (see ``conv2d._pad_packed``)
 and the packing reads 2-8 pixels per load and transposes bit slices (``_schedule_packing``).
-Tile sizes come from instruction counts on Spike (see ``_bitserial_config``); which targets
-get the tiles, from :func:`_tile_bitserial`. docs/kernels.md has the design.
+Tile sizes come from instruction counts on Spike (see :func:`bitserial_tile`); which targets
+get the tiles, from :func:`bitserial_is_tiled`. docs/kernels.md has the design.
 
 int8 / unpack / fp32 keep the plain lowering: the same register tiling (``_schedule_direct``)
 was measured slower on rv64gc (LLVM schedules all loads and multiplies of the unrolled
@@ -21,14 +21,14 @@ valid workload still compiles.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import tvm
 from tvm import s_tir
 
-from .kernel import KernelDef
-from .registry import dense_as_conv
-from .workload import Conv2dWorkload, DenseWorkload
+from tvm_mpq.schedules.kernel import KernelDef
+from tvm_mpq.schedules.registry import dense_as_conv
+from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +37,67 @@ def _conv_workload(kd: KernelDef) -> Conv2dWorkload:
     return dense_as_conv(wl) if isinstance(wl, DenseWorkload) else wl
 
 
-def _fit(extent: int, want: int) -> int:
-    """The largest divisor of ``extent`` up to ``want`` (ragged tiles add predicates to the
-    unrolled body)."""
+def fit_tile(extent: int, want: int) -> int:
+    """The tile size used for a loop of ``extent`` when ``want`` is asked: the largest divisor
+    of ``extent`` up to ``want`` (ragged tiles add predicates to the unrolled body)."""
     return max(d for d in range(1, min(want, extent) + 1) if extent % d == 0)
 
 
-def _bitserial_config(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> dict[str, Any]:
-    """Tile parameters measured on rv64gc_zbb (Spike, 1x64x28x28 -> 64, 3x3; rocket-rv64 model).
+class BitserialTile(NamedTuple):
+    """The register tile of the default bitserial schedule (:func:`bitserial_tile`).
 
-    What limits the tile is registers: G accumulators per output (A for bipolar 1-bit
-    weights, W+A-1 with grouped planes, see ``conv2d.grouped_planes``), plus the loaded
-    words. Measured: G = 1 (w1a1) is best with 4 outputs along ow sharing each weight word
-    and k innermost (the window's activation words stay in registers across k); G <= 3
-    (w2a2) with 2 outputs; larger G with one output, k outermost and the whole kernel window
-    unrolled (w4a4: 83.6% of the 64/(3WA) limit vs 68% with a 2x2 tile of serial planes).
+    Attributes:
+        kt, owt: output channels x output columns per tile.
+        k_outer: k tiles outermost (weights reused across the row) instead of innermost.
+        unroll_ry: the kernel rows are unrolled too (the whole window is).
     """
-    from .conv2d import plane_accumulators
+
+    kt: int
+    owt: int
+    k_outer: bool
+    unroll_ry: bool
+
+
+def bitserial_tile(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> BitserialTile:
+    """The register tile the default schedule gives bitserial conv ``wl`` at these bits
+    (the cost model's analytic terms count the schedule's loops with it).
+
+    Measured on rv64gc_zbb (Spike, 1x64x28x28 -> 64, 3x3; rocket-rv64 model). What limits
+    the tile is registers: G accumulators per output (A for bipolar 1-bit weights, W+A-1
+    with grouped planes, see ``conv2d.grouped_planes``), plus the loaded words. Measured:
+    G = 1 (w1a1) is best with 4 outputs along ow sharing each weight word and k innermost
+    (the window's activation words stay in registers across k); G <= 3 (w2a2) with 2
+    outputs; larger G with one output, k outermost and the whole kernel window unrolled
+    (w4a4: 83.6% of the 64/(3WA) limit vs 68% with a 2x2 tile of serial planes). A k tile
+    never straddles two groups (they read different activation words).
+    """
+    from tvm_mpq.schedules.conv2d import plane_accumulators
 
     g = plane_accumulators(w_bits, a_bits)
     if wl.kh * wl.kw == 1:  # pointwise: no window, so more outputs fit the registers
         if g == 1:
-            return {"kt": 1, "owt": _fit(wl.ow, 7)}
-        if g <= 3:  # 4 along ow, else 2 x 2 (k x ow)
-            if _fit(wl.ow, 4) == 4:
-                return {"kt": 1, "owt": 4}
-            return {"kt": _fit(wl.kg, 2), "owt": _fit(wl.ow, 2)}
-        return {"kt": 1, "owt": _fit(wl.ow, 2)}
-    if g == 1:
-        return {"kt": 1, "owt": _fit(wl.ow, 4)}
-    if g <= 3:
-        return {"kt": 1, "owt": _fit(wl.ow, 2)}
-    return {"kt": 1, "owt": 1, "k_outer": True, "unroll_ry": True}
+            tile = BitserialTile(1, fit_tile(wl.ow, 7), False, False)
+        elif g <= 3 and fit_tile(wl.ow, 4) == 4:  # 4 along ow ...
+            tile = BitserialTile(1, 4, False, False)
+        elif g <= 3:  # ... else 2 x 2 (k x ow)
+            tile = BitserialTile(fit_tile(wl.kg, 2), fit_tile(wl.ow, 2), False, False)
+        else:
+            tile = BitserialTile(1, fit_tile(wl.ow, 2), False, False)
+    elif g == 1:
+        tile = BitserialTile(1, fit_tile(wl.ow, 4), False, False)
+    elif g <= 3:
+        tile = BitserialTile(1, fit_tile(wl.ow, 2), False, False)
+    else:
+        tile = BitserialTile(1, 1, True, True)
+    if wl.groups > 1 and tile.kt > 1 and wl.kg % tile.kt:
+        tile = tile._replace(kt=1)
+    return tile
+
+
+def swar_tile(wl: Conv2dWorkload) -> tuple[int, int]:
+    """``(kt, owt)``: the k x ow register tile of 64-bit accumulators the default swar schedule
+    uses for ``wl`` (4 x 4 where the extents allow)."""
+    return fit_tile(wl.kg, 4), fit_tile(wl.ow, 4)
 
 
 def _roles(sch: s_tir.Schedule, block: Any, loops: list) -> dict[str, Any]:
@@ -154,7 +183,7 @@ def _schedule_packing(sch: s_tir.Schedule, padded: bool = True) -> None:
 def _schedule_bitserial(kd: KernelDef, kt: int | None = None, owt: int | None = None,
                         unroll_rx: bool = True, k_outer: bool = False,
                         serial_planes: int = 0, unroll_ry: bool = False) -> tvm.IRModule:
-    """Register-tiled bitserial conv; tile arguments default to :func:`_bitserial_config`.
+    """Register-tiled bitserial conv; tile arguments default to :func:`bitserial_tile`.
 
     Args:
         kt, owt: output channels x output columns per tile.
@@ -165,10 +194,9 @@ def _schedule_bitserial(kd: KernelDef, kt: int | None = None, owt: int | None = 
     """
     wl = _conv_workload(kd)
     if kt is None or owt is None:
-        cfg = _bitserial_config(wl, kd.w_bits, kd.a_bits)
-        kt, owt = cfg["kt"], cfg["owt"]
-        k_outer = cfg.get("k_outer", k_outer)
-        unroll_ry = cfg.get("unroll_ry", unroll_ry)
+        tile = bitserial_tile(wl, kd.w_bits, kd.a_bits)
+        kt, owt = tile.kt, tile.owt
+        k_outer, unroll_ry = k_outer or tile.k_outer, unroll_ry or tile.unroll_ry
     sch = s_tir.Schedule(tvm.IRModule({"main": kd.prim_func("main")}))
     if wl.groups > 1 and kt > 1 and wl.kg % kt:
         kt = 1  # a k tile must not straddle two groups (different activation words)
@@ -263,7 +291,7 @@ def _riscv_mattr(target: Any) -> list[str] | None:
     if target is None or (isinstance(target, str) and target in ("llvm", "host")):
         return None
     if isinstance(target, str):
-        from ..targets import get_profile
+        from tvm_mpq.targets import get_profile
 
         prof = get_profile(target)
         return None if prof.is_host else list(prof.mattr)
@@ -276,12 +304,12 @@ def _riscv_mattr(target: Any) -> list[str] | None:
 def has_hw_popcount(target: Any) -> bool:
     """Whether ``target`` (profile name, JSON dict, Target or None = host) has a popcount
     instruction: x86-64 hosts and RISC-V with Zbb. Without one LLVM expands popcount into
-    ~15 instructions (see :func:`_tile_bitserial` for what that means for the schedule)."""
+    ~15 instructions (see :func:`bitserial_is_tiled` for what that means for the schedule)."""
     mattr = _riscv_mattr(target)
     return mattr is None or "+zbb" in mattr
 
 
-def _tile_bitserial(w_bits: int, a_bits: int, target: Any) -> bool:
+def bitserial_is_tiled(w_bits: int, a_bits: int, target: Any) -> bool:
     """Whether bitserial gets the register-tiled schedule on ``target``.
 
     Measured on Spike (1x64x28x28 -> 64, 3x3): with a popcount instruction always; on scalar
@@ -304,13 +332,13 @@ def default_schedule(kd: KernelDef, target: Any = None) -> tvm.IRModule | None:
         target: the TVM target, profile name or JSON dict (None: the host).
     """
     try:
-        if kd.variant == "bitserial" and _tile_bitserial(kd.w_bits, kd.a_bits, target):
+        if kd.variant == "bitserial" and bitserial_is_tiled(kd.w_bits, kd.a_bits, target):
             return _schedule_bitserial(kd)
         if kd.variant == "swar":
             # 4x4 (k x ow) tile of 64-bit accumulators: measured on rv64gc (Spike) 1.5-1.7x
             # fewer instructions than the plain lowering (conv3x3_64_28 w4a4 46.9M -> 30.3M)
-            wl = _conv_workload(kd)
-            return _schedule_direct(kd, kt=_fit(wl.kg, 4), owt=_fit(wl.ow, 4), block="swar_acc")
+            kt, owt = swar_tile(_conv_workload(kd))
+            return _schedule_direct(kd, kt=kt, owt=owt, block="swar_acc")
     except Exception as e:  # noqa: BLE001 - any primitive failing means: plain lowering
         log.debug("default schedule for %s failed, using the plain lowering: %s",
                   kd.describe(), e)

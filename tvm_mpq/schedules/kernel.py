@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .workload import Workload
+from tvm_mpq.schedules.workload import Workload
 
 
 @dataclass

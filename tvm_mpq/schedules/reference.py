@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .workload import A_BITS, W_BITS, Conv2dWorkload, DenseWorkload
+from tvm_mpq.schedules.workload import A_BITS, W_BITS, Conv2dWorkload, DenseWorkload
 
 
 def weight_range(w_bits: int) -> tuple[int, int]:

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import conv2d
-from .kernel import KernelDef
-from .reference import check_bits
-from .workload import Conv2dWorkload, DenseWorkload, Workload
+from tvm_mpq.schedules import conv2d
+from tvm_mpq.schedules.kernel import KernelDef
+from tvm_mpq.schedules.reference import check_bits
+from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload, Workload
 
 _CONV = {
     "fp32": conv2d.conv2d_fp32,

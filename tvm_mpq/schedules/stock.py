@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 from tvm import te, topi
 
-from .workload import Conv2dWorkload
+from tvm_mpq.schedules.workload import Conv2dWorkload
 
 
 def stock_bitserial_conv2d(wl: Conv2dWorkload, w_bits: int, a_bits: int, word_bits: int = 64):

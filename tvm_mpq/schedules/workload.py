@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 W_BITS = (1, 2, 4, 8)
 A_BITS = (1, 2, 4, 8)
@@ -207,3 +208,22 @@ def workload_from_dict(d: dict) -> Workload:
     if kind == "dense":
         return DenseWorkload(**d)
     raise ValueError(f"unknown workload kind {kind!r}")
+
+
+def workload_from_layer(info: Any) -> Workload:
+    """The kernel workload of one conv2d / linear call site.
+
+    Args:
+        info: a :class:`~tvm_mpq.frontend.layers.LayerInfo` (or anything with its ``kind``,
+            ``input_shape``, ``weight_shape`` and, for ``"conv2d"``, ``stride``, symmetric
+            ``padding`` ``(ph, pw)`` and ``groups``).
+
+    Returns:
+        A :class:`Conv2dWorkload` for ``kind == "conv2d"``, else a :class:`DenseWorkload`:
+        the one workload the compiler, the measurements and the cost model all key a layer by.
+    """
+    if info.kind == "conv2d":
+        ph, pw = info.padding
+        return Conv2dWorkload.make(info.input_shape, info.weight_shape, info.stride,
+                                   (ph, pw, ph, pw), info.groups)
+    return DenseWorkload.make(info.input_shape, info.weight_shape)

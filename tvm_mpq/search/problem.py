@@ -30,18 +30,19 @@ Public API::
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from pymoo.core.problem import Problem
 
-from ..plan import FP32, LayerConfig, QuantPlan
-from .features import QUANT_VARIANTS, CostQuery, layer_workload
-from .sensitivity import SensitivityTable
+from tvm_mpq.costmodel.features import QUANT_VARIANTS
+from tvm_mpq.costmodel.query import CostQuery
+from tvm_mpq.quant.plan import FP32, LayerConfig, QuantPlan, layer_weight_bytes, resolve_variant
+from tvm_mpq.quant.sensitivity import SensitivityTable
+from tvm_mpq.schedules.workload import workload_from_layer
 
-__all__ = ["OBJECTIVES", "CostFn", "MPQProblem"]
+__all__ = ["OBJECTIVES", "CostFn", "MPQProblem", "plan_queries"]
 
 OBJECTIVES = ("latency", "drop", "size")
 CostFn = Callable[[Sequence[CostQuery]], np.ndarray]
@@ -57,8 +58,8 @@ class MPQProblem(Problem):
     """Per-layer bits (and optionally variant) search; see the module docstring.
 
     Args:
-        layer_table: the model's :class:`~tvm_mpq.frontend.LayerTable`.
-        cost: a fitted :class:`~tvm_mpq.search.costmodel.CostModel` or any
+        layer_table: the model's :class:`~tvm_mpq.frontend.layers.LayerTable`.
+        cost: a fitted :class:`~tvm_mpq.costmodel.model.CostModel` or any
             ``queries -> costs`` callable.
         sensitivity: per-layer sensitivity (must cover ``bits`` for every searched layer).
         profile: target profile name the costs are for.
@@ -110,54 +111,15 @@ class MPQProblem(Problem):
         self.constraint_names = tuple(k for k, v in self.budgets.items() if v is not None)
 
         rows = list(layer_table)
-        searched = set(self.layer_names)
         sites: dict[str, list[Any]] = {n: [] for n in self.layer_names}
         for r in rows:
-            if r.name in searched:
+            if r.name in sites:
                 sites[r.name].append(r)
         missing = [n for n in self.layer_names if not sites[n]]
         if missing:
             raise ValueError(f"layers not in the layer table: {missing[:5]}")
-        # one batched prediction: fp32 of every call site + every (bits, variant) of searched ones
-        queries: list[CostQuery] = []
-        for r in rows:
-            queries.append(CostQuery(layer_workload(r), "fp32", 8, 8, profile))
-        qidx: dict[tuple, int] = {}
-        for n in self.layer_names:
-            for r in sites[n]:
-                wl = layer_workload(r)
-                for w, a in qbits:
-                    for v in variants:
-                        qidx[(r.index, w, a, v)] = len(queries)
-                        queries.append(CostQuery(wl, v, w, a, profile))
-        pred = np.asarray(cost(queries), dtype=np.float64)
-        if pred.shape != (len(queries),) or not np.all(np.isfinite(pred)):
-            raise ValueError("cost function must return one finite cost per query")
-        fp32_of_row = {r.index: pred[i] for i, r in enumerate(rows)}
-        self.fixed_latency = float(sum(fp32_of_row[r.index] for r in rows if r.name not in searched))
-        # cost[l][option, variant]; fp32 option has the same cost for every variant column
-        self.cost_table: list[np.ndarray] = []
-        for n in self.layer_names:
-            t = np.zeros((len(self.options), len(variants)))
-            for oi, (w, a) in enumerate(self.options):
-                for vi, v in enumerate(variants):
-                    t[oi, vi] = sum(fp32_of_row[r.index] if w == FP32 else pred[qidx[(r.index, w, a, v)]]
-                                    for r in sites[n])
-            self.cost_table.append(t)
-        self.best_variant = [t.argmin(axis=1) for t in self.cost_table]
-        # size: once per module, as QuantPlan.weight_bytes counts it
-        seen, fixed_size = set(), 0
-        self.size_table: list[np.ndarray] = []
-        for r in rows:
-            if r.name not in searched and r.name not in seen:
-                seen.add(r.name)
-                fixed_size += 4 * r.weight_numel + 4 * r.bias_numel
-        for n in self.layer_names:
-            r = sites[n][0]
-            self.size_table.append(np.asarray(
-                [math.ceil(r.weight_numel * w / 8) + 4 * r.bias_numel for w, _ in self.options],
-                dtype=np.float64))
-        self.fixed_size = float(fixed_size)
+        self._build_cost_tables(rows, sites, qbits, cost)
+        self._build_size_tables(rows, sites)
         self.drop_table = [np.asarray([0.0 if w == FP32 else max(sensitivity.value(n, w, a, self.metric), 0.0)
                                        for w, a in self.options]) for n in self.layer_names]
 
@@ -168,8 +130,55 @@ class MPQProblem(Problem):
                          n_ieq_constr=len(self.constraint_names), xl=np.zeros(n_var),
                          xu=np.asarray(xu, dtype=float), vtype=int)
 
+    def _build_cost_tables(self, rows: list[Any], sites: dict[str, list[Any]],
+                           qbits: list[tuple[int, int]], cost: CostFn) -> None:
+        """``cost_table[l][option, variant]``, ``best_variant``, ``fixed_latency``: one batched
+        prediction of every call site's fp32 cost and every (bits, variant) of searched ones."""
+        profile, variants = self.profile, self.variants
+        queries = [CostQuery(workload_from_layer(r), "fp32", 8, 8, profile) for r in rows]
+        qidx: dict[tuple, int] = {}
+        for n in self.layer_names:
+            for r in sites[n]:
+                wl = workload_from_layer(r)
+                for w, a in qbits:
+                    for v in variants:
+                        qidx[(r.index, w, a, v)] = len(queries)
+                        queries.append(CostQuery(wl, v, w, a, profile))
+        pred = np.asarray(cost(queries), dtype=np.float64)
+        if pred.shape != (len(queries),) or not np.all(np.isfinite(pred)):
+            raise ValueError("cost function must return one finite cost per query")
+        fp32_of_row = {r.index: pred[i] for i, r in enumerate(rows)}
+        self.fixed_latency = float(sum(fp32_of_row[r.index] for r in rows if r.name not in sites))
+        # the fp32 option has the same cost for every variant column
+        self.cost_table: list[np.ndarray] = []
+        for n in self.layer_names:
+            t = np.zeros((len(self.options), len(variants)))
+            for oi, (w, a) in enumerate(self.options):
+                for vi, v in enumerate(variants):
+                    t[oi, vi] = sum(fp32_of_row[r.index] if w == FP32 else pred[qidx[(r.index, w, a, v)]]
+                                    for r in sites[n])
+            self.cost_table.append(t)
+        self.best_variant = [t.argmin(axis=1) for t in self.cost_table]
+
+    def _build_size_tables(self, rows: list[Any], sites: dict[str, list[Any]]) -> None:
+        """``size_table[l][option]`` and ``fixed_size``: once per module, by the one size
+        rule (:func:`~tvm_mpq.quant.plan.layer_weight_bytes`, as :meth:`QuantPlan.weight_bytes`)."""
+        seen: set[str] = set()
+        fixed_size = 0
+        for r in rows:
+            if r.name not in sites and r.name not in seen:
+                seen.add(r.name)
+                fixed_size += layer_weight_bytes(r, FP32)
+        self.size_table: list[np.ndarray] = [
+            np.asarray([layer_weight_bytes(sites[n][0], w) for w, _ in self.options], dtype=np.float64)
+            for n in self.layer_names]
+        self.fixed_size = float(fixed_size)
+
     # ------------------------------------------------------------------ evaluation
-    def _genes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def genes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Option and variant indices ``(B, V)``, each ``(n, layers)``, of genomes ``X``
+        (rounded and clipped to the bounds; without ``search_variant`` the variant is each
+        layer's fastest for its option)."""
         X = np.atleast_2d(np.asarray(X))
         Xi = np.clip(np.rint(X).astype(np.int64), 0, np.asarray(self.xu, dtype=np.int64))
         L = len(self.layer_names)
@@ -182,7 +191,7 @@ class MPQProblem(Problem):
 
     def evaluate_all(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Every objective (even unselected ones) for genomes ``X`` (n, n_var)."""
-        B, V = self._genes(X)
+        B, V = self.genes(X)
         n = len(B)
         lat = np.full(n, self.fixed_latency)
         drop = np.zeros(n)
@@ -200,6 +209,10 @@ class MPQProblem(Problem):
         n = len(next(iter(vals.values())))
         return np.stack(cols, axis=1) if cols else np.zeros((n, 0))
 
+    def total_violation(self, vals: dict[str, np.ndarray]) -> np.ndarray:
+        """Sum of the relative budget overshoots per genome (0: feasible)."""
+        return np.clip(self.violations(vals), 0, None).sum(axis=1)
+
     def _evaluate(self, x: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         vals = self.evaluate_all(x)
         out["F"] = np.stack([vals[k] for k in self.objective_names], axis=1)
@@ -209,7 +222,7 @@ class MPQProblem(Problem):
     # ------------------------------------------------------------------ plans <-> genomes
     def decode(self, x: np.ndarray) -> QuantPlan:
         """The :class:`QuantPlan` of one genome (variants resolved, searched layers only)."""
-        B, V = self._genes(x)
+        B, V = self.genes(x)
         cfgs = []
         for l, n in enumerate(self.layer_names):
             w, a = self.options[B[0, l]]
@@ -257,17 +270,9 @@ class MPQProblem(Problem):
         return np.asarray(rows, dtype=np.int64).reshape(len(rows), self.n_var)
 
     def plan_queries(self, plan: QuantPlan, layer_table: Any) -> list[CostQuery]:
-        """The kernels a plan runs (for :func:`select_for_measurement` priorities)."""
-        resolved = self.decode(self.encode(plan))
-        out = []
-        for r in layer_table:
-            cfg = resolved[r.name] if r.name in resolved else LayerConfig(FP32, FP32)
-            if cfg.is_fp32:
-                out.append(CostQuery(layer_workload(r), "fp32", 8, 8, self.profile))
-            else:
-                out.append(CostQuery(layer_workload(r), cfg.variant, cfg.w_bits, cfg.a_bits,
-                                     self.profile))
-        return out
+        """The kernels a plan runs, its variants resolved as the search resolves them (each
+        layer's fastest for its bits unless the plan names one); see :func:`plan_queries`."""
+        return plan_queries(self.decode(self.encode(plan)), layer_table, self.profile)
 
     @property
     def n_plans(self) -> int:
@@ -283,6 +288,24 @@ class MPQProblem(Problem):
         for t in (*self.cost_table, *self.drop_table, *self.size_table):
             h.update(np.ascontiguousarray(t, dtype=np.float64).tobytes())
         return h.hexdigest()[:16]
+
+
+def plan_queries(plan: QuantPlan, layer_table: Any, profile: str) -> list[CostQuery]:
+    """The kernel each call site of ``layer_table`` runs under ``plan``, in table order.
+
+    A layer missing from the plan, planned fp32 or not quantizable runs the ``fp32`` kernel;
+    a quantized layer without a variant gets :func:`~tvm_mpq.quant.plan.resolve_variant`'s.
+    """
+    out = []
+    for r in layer_table:
+        cfg = plan[r.name] if r.name in plan else LayerConfig(FP32, FP32)
+        if cfg.is_fp32 or not r.quantizable:
+            out.append(CostQuery(workload_from_layer(r), "fp32", 8, 8, profile))
+        else:
+            cg = r.weight_shape[1] if r.kind == "conv2d" else None
+            v = cfg.variant or resolve_variant(cfg.w_bits, cfg.a_bits, profile, cg)
+            out.append(CostQuery(workload_from_layer(r), v, cfg.w_bits, cfg.a_bits, profile))
+    return out
 
 
 def _opt_name(o: tuple[int, int]) -> str:

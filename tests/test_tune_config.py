@@ -1,0 +1,104 @@
+"""tune()'s config, fingerprints, checkpoint files and Pareto filter (no simulator, no TVM)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tvm_mpq.quant.plan import QuantPlan
+from tvm_mpq.search.front import non_dominated
+from tvm_mpq.tuner import PlanPoint, TuneConfig
+from tvm_mpq.tuner.checkpoint import Manifest, data_fingerprint, model_fingerprint, read_json
+from tvm_mpq.tuner.config import resolve_config
+from tvm_mpq.tuner.result import pareto_points
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_compile import SmallNet  # noqa: E402
+
+
+def test_config_keywords_round_trip():
+    cfg = TuneConfig.from_kwargs(bits=[[8, 8], [2, 2]], pop_size=8, qat_beacons=2, backend="qemu",
+                                 latency_budget=1e6)
+    assert cfg.search.bits == ((8, 8), (2, 2)) and cfg.qat.beacons == 2
+    assert cfg.measure.backend == "qemu" and cfg.budgets.latency_budget == 1e6
+    d = cfg.to_dict()
+    assert json.loads(json.dumps(d)) == d  # JSON-able, flat, keyed by tune() keyword
+    assert TuneConfig.from_dict(d) == cfg
+    assert set(d) == set(TuneConfig.keywords())
+    assert TuneConfig().replace(pop_size=8).search.pop_size == 8
+    with pytest.raises(TypeError, match="popsize"):
+        TuneConfig.from_kwargs(popsize=8)
+
+
+def test_config_and_keywords_must_agree():
+    cfg = TuneConfig.from_kwargs(pop_size=8, bits=[(8, 8)])
+    assert resolve_config(cfg, {"pop_size": 8, "bits": [[8, 8]]}) is cfg  # same values: fine
+    assert resolve_config(None, {"pop_size": 8}).search.pop_size == 8
+    with pytest.raises(ValueError, match="generations=3"):
+        resolve_config(cfg, {"generations": 3})
+
+
+def test_fingerprints_see_weights_and_data():
+    m = SmallNet()
+    m2 = copy.deepcopy(m)
+    assert model_fingerprint(m) == model_fingerprint(m2)
+    with torch.no_grad():
+        next(m2.parameters())[0].add_(1e-3)
+    assert model_fingerprint(m) != model_fingerprint(m2)
+    # the import depends on the architecture only
+    assert model_fingerprint(m, weights=False) == model_fingerprint(m2, weights=False)
+    x = torch.randn(8, 3)
+    assert data_fingerprint((x, x.argmax(1))) == data_fingerprint((x.clone(), x.argmax(1)))
+    y = x.clone()
+    y[3, 1] += 1
+    assert data_fingerprint(x) != data_fingerprint(y)
+    assert data_fingerprint(x) != data_fingerprint(x.double())
+    assert data_fingerprint(x.numpy()) == data_fingerprint(x.numpy().copy())
+
+
+def test_corrupt_json_is_set_aside(tmp_path):
+    p = str(tmp_path / "x.json")
+    with open(p, "w") as f:
+        f.write("{oops")
+    assert read_json(p) is None
+    assert not os.path.exists(p) and os.path.exists(p + ".corrupt")
+    man = Manifest(str(tmp_path))
+    man.record("import", "abc")
+    assert Manifest(str(tmp_path)).valid("import", "abc")
+    with open(man.path, "w") as f:
+        f.write("garbage")
+    assert not Manifest(str(tmp_path)).valid("import", "abc")  # set aside: nothing is valid
+
+
+def test_non_dominated_keeps_ties_on_request():
+    F = np.array([[1.0, 2.0], [1.0, 2.0], [2.0, 1.0], [2.0, 2.0], [0.5, 3.0]])
+    assert non_dominated(F).tolist() == [0, 2, 4]
+    assert non_dominated(F, unique=False).tolist() == [0, 1, 2, 4]
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # property: kept rows are exactly those no row dominates
+        G = rng.integers(0, 4, size=(12, 3)).astype(float)
+        keep = set(non_dominated(G, unique=False).tolist())
+        for i in range(len(G)):
+            dominated = any(np.all(G[j] <= G[i]) and np.any(G[j] < G[i]) for j in range(len(G)))
+            assert (i in keep) == (not dominated)
+
+
+def test_pareto_points_filters_plan_points():
+    m = SmallNet()
+    a = QuantPlan.uniform(m, w_bits=8, a_bits=8)
+    b = QuantPlan.uniform(m, w_bits=2, a_bits=2)
+
+    def pt(plan, cost, drop, size, measured=True):
+        return PlanPoint("front", plan, cost, cost if measured else None, drop=drop, size_bytes=size)
+
+    pts = [pt(a, 10, 0.0, 100), pt(b, 5, 0.02, 40), pt(a, 10, 0.0, 100),  # a twice: once
+           pt(b, 12, 0.03, 50), pt(QuantPlan.fp32(m), 5, 0.02, 40)]  # tie with b: both kept
+    out = pareto_points(pts)
+    assert [p.measured_cost for p in out] == [5, 5, 10]  # cheapest first, dominated one gone
+    assert out[0].plan == b and out[1].plan == QuantPlan.fp32(m)

@@ -1,0 +1,113 @@
+"""``tvm-mpq tune``: the end-to-end search on a bundled model and dataset.
+
+    tvm-mpq tune --model mobilenet_v2 --dataset fashion-mnist --target riscv64-zbb \\
+        --backend spike --out runs/mbv2_zbb
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+SUBCOMMAND = "tune"
+DATASETS = ("fashion-mnist",)
+
+
+def _bits_list(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        try:
+            w, a = part.lstrip("w").split("a")
+            pair = (int(w), int(a))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bits must look like w8a8,w4a4,w2a2; got {part!r}") from None
+        if pair[0] not in (1, 2, 4, 8) or pair[1] not in (1, 2, 4, 8):
+            raise argparse.ArgumentTypeError(f"bits {part!r}: each of w, a must be 1, 2, 4 or 8")
+        out.append(pair)
+    return out
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``tune`` subcommand."""
+    p = sub.add_parser("tune", help="search per-layer bit-widths for a RISC-V target",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mobilenet_v2",
+                   help="bundled trained model (tvm_mpq.zoo.models.load_pretrained)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    p.add_argument("--target", default="riscv64-zbb",
+                   help="riscv64-zbb (rv64gc_zbb), riscv64 (rv64gc), riscv64-v, riscv32, host, "
+                        "or a profile name")
+    p.add_argument("--backend", default="spike", choices=("spike", "qemu", "host"))
+    p.add_argument("--out", "--workdir", dest="out", default="runs/tune",
+                   help="work/result directory (re-running resumes)")
+    p.add_argument("--bits", type=_bits_list, default=[(8, 8), (4, 8), (4, 4), (2, 4), (2, 2)],
+                   help="candidate per-layer bits, e.g. w8a8,w4a4,w2a2 (fp32 always allowed)")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, help="in accuracy points")
+    p.add_argument("--latency-budget", type=float, default=None)
+    p.add_argument("--size-budget", type=float, default=None, help="weight bytes")
+    p.add_argument("--calib", type=int, default=256, help="calibration images (train split)")
+    p.add_argument("--eval", type=int, default=1000, help="held-out test images for accuracy")
+    p.add_argument("--sens-samples", type=int, default=512,
+                   help="held-out images for per-layer sensitivity (as tune()'s default)")
+    p.add_argument("--pop-size", type=int, default=32)
+    p.add_argument("--generations", type=int, default=30)
+    p.add_argument("--active-rounds", type=int, default=1)
+    p.add_argument("--qat-beacons", type=int, default=0,
+                   help="MOHAQ beacons: front plans fine-tuned with QAT (CPU-heavy; 0 = PTQ only)")
+    p.add_argument("--qat-steps", type=int, default=300)
+    p.add_argument("--prior-workloads", type=int, default=0,
+                   help="also measure this many generic layer shapes for the cost model")
+    p.add_argument("--repair-plans", type=int, default=8,
+                   help="near-miss front plans whose bits are raised into the accuracy budget (0: off)")
+    p.add_argument("--train", type=int, default=10000,
+                   help="training images for QAT (train split; only with --qat-beacons)")
+    p.add_argument("--no-final", action="store_true",
+                   help="skip the end-to-end standalone measurement and compiled-model accuracy")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~tvm_mpq.tuner.config.TuneConfig` of the command's options."""
+    from tvm_mpq.tuner.config import TuneConfig
+
+    return TuneConfig.from_kwargs(
+        max_accuracy_drop=args.max_accuracy_drop, latency_budget=args.latency_budget,
+        size_budget=args.size_budget, backend=args.backend, bits=args.bits,
+        pop_size=args.pop_size, generations=args.generations, active_rounds=args.active_rounds,
+        sensitivity_samples=args.sens_samples, final_measure=not args.no_final,
+        qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, repair_plans=args.repair_plans,
+        prior_workloads=args.prior_workloads, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import tvm_mpq
+    from tvm_mpq.zoo.fashion_mnist import calib_subset, load_fashion_mnist
+    from tvm_mpq.zoo.models import load_pretrained
+
+    torch.manual_seed(args.seed)
+    model, info = load_pretrained(args.model)
+    calib, _ = calib_subset(args.calib, seed=args.seed)
+    x_test, y_test = load_fashion_mnist("test", limit=args.eval)
+    train = calib_subset(args.train, seed=args.seed + 1) if args.qat_beacons else None
+    t0 = time.time()
+    res = tvm_mpq.tune(model, x_test[:1], args.target, calib_data=calib,
+                       eval_data=(x_test, y_test), train_data=train, workdir=args.out,
+                       config=config_from_args(args))
+    print()
+    print(f"model {args.model} (fp32 test accuracy {info.get('test_acc')}, full 10k test set); "
+          f"accuracies below on the first {args.eval} test images")
+    print(f"target {res.profile}, backend {res.backend}, cost in {res.cost_unit}; "
+          f"search wall time {time.time() - t0:.0f} s")
+    print(res.message)
+    print()
+    print(res.table())
+    print()
+    print(f"cost model: {res.costmodel_report.get('summary', res.costmodel_report)}")
+    print(f"result and report: {os.path.join(args.out, 'result')} (summary.md, pareto.png, bits.png)")
+    return 0

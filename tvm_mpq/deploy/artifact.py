@@ -1,0 +1,79 @@
+"""The deploy stage's public result types: a written artifact and one standalone inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tvm_mpq.targets import Profile
+
+
+@dataclass
+class StandaloneArtifact:
+    """A written standalone model (see ``manifest.json`` in ``directory`` for the details).
+
+    Attributes:
+        directory: where everything was written.
+        profile: the RISC-V profile the kernel objects were built for.
+        input_shape, output_shape: float32 shapes of ``mpq_model_run``'s buffers.
+        arena_bytes: size of the static activation arena after the liveness plan.
+        naive_bytes: sum of all intermediate tensors' sizes (what no reuse would need).
+        weight_bytes: size of the constant blob (``weights.bin``).
+        num_ops: packed calls per inference.
+        linux: whether a riscv64 Linux kernel object was built (rv64 profiles only).
+        manifest: the parsed ``manifest.json``.
+    """
+
+    directory: str
+    profile: Profile
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    arena_bytes: int
+    naive_bytes: int
+    weight_bytes: int
+    num_ops: int
+    linux: bool
+    manifest: dict[str, Any] = field(repr=False)
+
+
+@dataclass
+class StandaloneResult:
+    """One standalone inference.
+
+    Attributes:
+        output: the model output (float32, ``output_shape``), or None unless ``status == "ok"``.
+        instructions: retired instructions of ``mpq_model_run`` (bare metal only; None on
+            ``qemu-user`` and on failure).
+        status: ``"ok" | "build_error" | "run_error" | "timeout"``.
+        message: empty when ok, otherwise what went wrong.
+        cycles: mcycle delta (equals ``instructions`` on Spike and QEMU icount).
+        backend: the backend it ran on.
+        wall_s: simulator wall time.
+        op_instructions: with ``profile_ops=True``, the retired instructions of every op in
+            call order, as ``(op index, PrimFunc name, instructions)`` (the names are those
+            of the manifest's ``ops``); their sum is ``instructions`` minus the driver's few
+            counter reads per call. None otherwise.
+    """
+
+    output: np.ndarray | None
+    instructions: int | None
+    status: str
+    message: str
+    cycles: int | None = None
+    backend: str = ""
+    wall_s: float = 0.0
+    op_instructions: list[tuple[int, str, int]] | None = None
+
+    def op_table(self) -> list[tuple[str, int, int]]:
+        """Per-op counts grouped by PrimFunc name: ``(name, calls, instructions)``, dearest
+        first (needs ``profile_ops=True``)."""
+        if self.op_instructions is None:
+            raise ValueError("no per-op counts: run with profile_ops=True on spike or qemu")
+        agg: dict[str, list[int]] = {}
+        for _, name, n in self.op_instructions:
+            a = agg.setdefault(name, [0, 0])
+            a[0] += 1
+            a[1] += n
+        return sorted(((k, c, n) for k, (c, n) in agg.items()), key=lambda r: -r[2])

@@ -1,0 +1,70 @@
+/* Bare-metal driver of a standalone model (tvm_mpq.deploy.standalone): runs mpq_model_run once on the
+ * input linked into the ELF (standalone_input.S) and prints
+ *
+ *   @@R rc=<rc> instret=<n> cycles=<n>     minstret/mcycle deltas around mpq_model_run
+ *   @@P <op index> <instret>                per op, when built with -DMPQ_PROFILE_OPS
+ *   @@O <first index> <hex32> ...           the output floats, bit-exact, 8 per line
+ *   @@DONE
+ *
+ * Links with crt0.S, htif.c and tvm_rt_stubs.c of the measurement harness (not driver.c). */
+#include <stdint.h>
+#include <string.h>
+#include "counters.h"
+#include "harness.h"
+#include "model.h"
+
+extern const uint8_t mpq_input_bin[], mpq_input_end[];
+
+/* the caller's output buffer: aligned like every other tensor the kernels see */
+static float output[MPQ_OUTPUT_SIZE] __attribute__((aligned(64)));
+
+static void put_hex32(uint32_t v) {
+  for (int s = 28; s >= 0; s -= 4) mpq_putc("0123456789abcdef"[(v >> s) & 15]);
+}
+
+int main(void) {
+  mpq_watchdog_arm(mpq_watchdog_ticks);
+  if ((uint64_t)(mpq_input_end - mpq_input_bin) != (uint64_t)MPQ_INPUT_BYTES) {
+    mpq_puts("@@E input is ");
+    mpq_putu((uint64_t)(mpq_input_end - mpq_input_bin));
+    mpq_puts(" bytes, the model expects ");
+    mpq_putu((uint64_t)MPQ_INPUT_BYTES);
+    mpq_putc('\n');
+    mpq_flush();
+    return 2;
+  }
+  mpq_ws_reset();
+  uint64_t c0 = rd_mcycle(), i0 = rd_minstret();
+  int32_t rc = mpq_model_run((const float *)mpq_input_bin, output);
+  uint64_t i1 = rd_minstret(), c1 = rd_mcycle();
+  mpq_puts("@@R rc=");
+  mpq_puti(rc);
+  mpq_puts(" instret=");
+  mpq_putu(i1 - i0);
+  mpq_puts(" cycles=");
+  mpq_putu(c1 - c0);
+  mpq_putc('\n');
+#ifdef MPQ_PROFILE_OPS
+  for (uint32_t i = 0; i < MPQ_NUM_OPS; i++) {
+    mpq_puts("@@P ");
+    mpq_putu(i);
+    mpq_putc(' ');
+    mpq_putu(mpq_op_instret[i]);
+    mpq_putc('\n');
+  }
+#endif
+  for (uint32_t i = 0; i < MPQ_OUTPUT_SIZE; i += 8) {
+    mpq_puts("@@O ");
+    mpq_putu(i);
+    for (uint32_t j = i; j < i + 8 && j < MPQ_OUTPUT_SIZE; j++) {
+      uint32_t bits;
+      memcpy(&bits, &output[j], 4);
+      mpq_putc(' ');
+      put_hex32(bits);
+    }
+    mpq_putc('\n');
+  }
+  mpq_puts("@@DONE\n");
+  mpq_flush();
+  return 0;
+}

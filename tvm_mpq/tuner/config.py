@@ -1,0 +1,190 @@
+"""What :func:`tvm_mpq.tune` is asked to do: :class:`TuneConfig`, made of small frozen
+sections (budgets, search, measurement, QAT).
+
+Every keyword of ``tune()`` other than the model, its data and the workdir is a field of one
+section, under the same name (``qat_beacons`` / ``qat_steps`` are ``QATSettings.beacons`` /
+``.steps``)::
+
+    cfg = TuneConfig.from_kwargs(max_accuracy_drop=0.5, pop_size=32, backend="qemu")
+    cfg.search.pop_size, cfg.budgets.max_accuracy_drop
+    cfg.replace(generations=10).to_dict()   # flat, JSON-able: TuneResult.settings
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
+
+__all__ = ["BASELINES", "DEFAULT_BITS", "DEFAULT_VARIANTS", "Budgets", "MeasureSettings",
+           "QATSettings", "SearchSettings", "TuneConfig", "resolve_config"]
+
+DEFAULT_BITS: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4), (2, 4), (2, 2))
+DEFAULT_VARIANTS: tuple[str, ...] = ("int8", "bitserial", "unpack", "swar")
+#: Uniform baselines: (w_bits, a_bits, variant); variant None = each layer's fastest measured
+#: kernel for those bits. "int8" runs the int8 kernel everywhere (the issue's baseline);
+#: "w8a8" is every layer at 8 bits with the faster of the int8 and swar kernels, the
+#: strongest 8-bit baseline we can build (on cores without vectors swar w8a8 is 2-4x cheaper).
+BASELINES: dict[str, tuple[int, int, str | None] | None] = {
+    "fp32": None, "int8": (8, 8, "int8"), "w8a8": (8, 8, None), "w4a4": (4, 4, None)}
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Constraints on the chosen plan.
+
+    Attributes:
+        max_accuracy_drop: accuracy POINTS (1.0 = one percentage point) below fp32.
+        latency_budget: cost budget (the runner's unit: instructions or seconds).
+        size_budget: weight bytes.
+    """
+
+    max_accuracy_drop: float = 1.0
+    latency_budget: float | None = None
+    size_budget: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search space and the search.
+
+    Attributes:
+        bits: candidate ``(w_bits, a_bits)`` per layer (fp32 is always allowed).
+        variants: candidate kernel variants.
+        pop_size, generations: NSGA-II settings.
+        active_rounds: measure the front's unmeasured kernels, refit, re-search; this often.
+        repair_plans: near-miss front plans raised into the accuracy budget (0: off).
+        seed: random seed (design, cost model, search).
+        sensitivity_samples: held-out images (the first ones) for per-layer sensitivity.
+    """
+
+    bits: tuple[tuple[int, int], ...] = DEFAULT_BITS
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    pop_size: int = 40
+    generations: int = 40
+    active_rounds: int = 1
+    repair_plans: int = 8
+    seed: int = 0
+    sensitivity_samples: int = 512
+
+    def __post_init__(self) -> None:  # lists from callers and JSON become tuples
+        object.__setattr__(self, "bits", tuple((int(w), int(a)) for w, a in self.bits))
+        object.__setattr__(self, "variants", tuple(self.variants))
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """Where and how much to measure.
+
+    Attributes:
+        backend: a backend name (``"spike"``, ``"qemu"``, ``"host"``) or a
+            :class:`~tvm_mpq.measure.runner.Runner`.
+        measure_budget: kernels in the initial design (default: every distinct workload at
+            every variant and bits).
+        prior_workloads: model-independent layer shapes also measured for the cost model.
+        final_measure: run the chosen plan and the baselines end to end (standalone artifact)
+            and through the compiled model.
+        compiled_eval: with ``final_measure``, evaluate accuracy through the compiled model.
+        final_eval_samples: held-out images for the real accuracy (default: all).
+    """
+
+    backend: Any = "spike"
+    measure_budget: int | None = None
+    prior_workloads: int = 0
+    final_measure: bool = True
+    compiled_eval: bool = True
+    final_eval_samples: int | None = None
+
+
+@dataclass(frozen=True)
+class QATSettings:
+    """MOHAQ beacons: ``beacons`` front plans fine-tuned for ``steps`` QAT steps (0: PTQ only)."""
+
+    beacons: int = 0
+    steps: int = 300
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Everything :func:`tvm_mpq.tune` is asked to do, in four sections."""
+
+    budgets: Budgets = field(default_factory=Budgets)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+    qat: QATSettings = field(default_factory=QATSettings)
+
+    #: ``tune()`` keyword -> (section, field), for the keywords whose field name differs
+    RENAMED: ClassVar[dict[str, tuple[str, str]]] = {
+        "qat_beacons": ("qat", "beacons"), "qat_steps": ("qat", "steps")}
+
+    @classmethod
+    def keywords(cls) -> dict[str, tuple[str, str]]:
+        """Every ``tune()`` keyword of the config -> (section, field)."""
+        out: dict[str, tuple[str, str]] = {}
+        for sec in fields(cls):
+            for f in fields(sec.default_factory):  # type: ignore[arg-type]
+                out[f.name] = (sec.name, f.name)
+        for kw, where in cls.RENAMED.items():
+            del out[where[1]]
+            out[kw] = where
+        return out
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> TuneConfig:
+        """The default config with ``tune()`` keywords applied (TypeError on an unknown one)."""
+        return cls().replace(**kwargs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TuneConfig:
+        """Inverse of :meth:`to_dict` (a ``TuneResult.settings`` dict; other keys, such as
+        ``measured_kernels``, are ignored)."""
+        kw = cls.keywords()
+        return cls.from_kwargs(**{k: v for k, v in d.items() if k in kw})
+
+    def replace(self, **kwargs: Any) -> TuneConfig:
+        """A copy with ``tune()`` keywords changed."""
+        kw = self.keywords()
+        bad = sorted(set(kwargs) - set(kw))
+        if bad:
+            raise TypeError(f"tune() got unexpected keyword argument(s) {bad}; settings are "
+                            f"{sorted(kw)}")
+        by_section: dict[str, dict[str, Any]] = {}
+        for k, v in kwargs.items():
+            sec, name = kw[k]
+            by_section.setdefault(sec, {})[name] = v
+        return replace(self, **{sec: replace(getattr(self, sec), **ch)
+                                for sec, ch in by_section.items()})
+
+    def get(self, keyword: str) -> Any:
+        """The value of one ``tune()`` keyword."""
+        sec, name = self.keywords()[keyword]
+        return getattr(getattr(self, sec), name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat and JSON-able, keyed by ``tune()`` keyword (a runner is recorded by its
+        backend name)."""
+        out: dict[str, Any] = {}
+        for k in self.keywords():
+            v = self.get(k)
+            if k == "bits":
+                v = [list(b) for b in v]
+            elif k == "variants":
+                v = list(v)
+            elif k == "backend" and not isinstance(v, str):
+                v = v.backend
+            out[k] = v
+        return out
+
+
+def resolve_config(config: TuneConfig | None, kwargs: dict[str, Any]) -> TuneConfig:
+    """The config of a ``tune()`` call: ``config`` (default: the defaults) with the keywords
+    given. With both, a keyword must agree with the config (ValueError otherwise): nothing is
+    overridden silently."""
+    if config is None:
+        return TuneConfig.from_kwargs(**kwargs)
+    given = TuneConfig().replace(**kwargs)  # validates names, normalises bits and variants
+    clash = [f"{k}={given.get(k)!r} (config: {config.get(k)!r})" for k in kwargs
+             if given.get(k) != config.get(k)]
+    if clash:
+        raise ValueError("tune() got both config= and conflicting keywords: " + ", ".join(clash)
+                         + "; pass each setting once (e.g. config.replace(...))")
+    return config

@@ -1,0 +1,75 @@
+"""Reports of a tune() result: Markdown summary, Pareto plot, per-layer bit chart (the plots:
+:mod:`tvm_mpq.plots`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_COLS = ("plan", "bits", "measured cost", "vs int8", "whole model", "accuracy", "compiled acc.",
+         "drop (pt)", "size (KiB)")
+
+
+def _bits_summary(plan: Any) -> str:
+    counts: dict[str, int] = {}
+    for name in plan.layers():
+        c = plan[name]
+        k = "fp32" if c.is_fp32 else f"w{c.w_bits}a{c.a_bits}"
+        counts[k] = counts.get(k, 0) + 1
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _fmt(v: Any, pct: bool = False, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if pct:
+        return f"{100 * v:.2f}%"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}g}"
+
+
+def summary_table(res: Any) -> str:
+    """Markdown table: baselines, the chosen plan, and the front."""
+    int8 = res.baselines.get("int8")
+    ref = int8.measured_cost if int8 is not None else None
+    rows = list(res.baselines.values()) + ([res.best] if res.best else [])
+    rows += [p for p in res.pareto if p is not res.best]
+    lines = ["| " + " | ".join(_COLS) + " |", "|" + "---|" * len(_COLS)]
+    for p in rows:
+        ratio = f"{p.measured_cost / ref:.3f}" if p.measured_cost and ref else "-"
+        drop = f"{100 * p.drop:.2f}" if p.drop is not None else "-"
+        lines.append("| " + " | ".join([
+            p.label, _bits_summary(p.plan), _fmt(p.measured_cost), ratio, _fmt(p.model_cost),
+            _fmt(p.accuracy, pct=True), _fmt(p.compiled_accuracy, pct=True), drop,
+            f"{p.size_bytes / 1024:.1f}"]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(res: Any, directory: str) -> str:
+    """Write ``pareto.png``, ``bits.png`` and ``summary.md`` into ``directory``."""
+    from tvm_mpq.plots import plot_bits, plot_pareto
+
+    os.makedirs(directory, exist_ok=True)
+    plot_pareto(res, os.path.join(directory, "pareto.png"), title="Mixed-precision Pareto front")
+    if res.best is not None:
+        plot_bits(res.best.plan, os.path.join(directory, "bits.png"),
+                  title="best plan: bits per layer")
+    lines = [
+        "# tvm-mpq tuning result", "",
+        f"Target profile **{res.profile}**, backend **{res.backend}** "
+        f"(cost = {res.cost_unit} of one inference).", "",
+        f"{res.message}", "",
+        f"fp32 accuracy: {_fmt(res.fp32_accuracy, pct=True)}", "",
+        summary_table(res), "",
+        "measured cost = sum of measured per-layer kernel costs (+ quantize/dequantize passes "
+        "of quantized layers); whole model = the standalone "
+        "artifact's retired instructions (quantize/requantize and float ops included).", "",
+        f"Cost model: {res.costmodel_report.get('summary', res.costmodel_report)}", "",
+        "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()), "",
+        "![Pareto front](pareto.png)", "",
+    ]
+    if res.best is not None:
+        lines += ["![bits per layer](bits.png)", ""]
+    path = os.path.join(directory, "summary.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path

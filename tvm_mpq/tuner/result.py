@@ -1,0 +1,203 @@
+"""What :func:`tvm_mpq.tune` returns: a :class:`TuneResult` of :class:`PlanPoint` objects, saved to
+``workdir/result`` and reloaded with :func:`load_result`."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from tvm_mpq.quant.plan import QuantPlan
+from tvm_mpq.targets import Profile
+
+__all__ = ["PlanPoint", "TuneResult", "load_result", "pareto_points"]
+
+
+@dataclass
+class PlanPoint:
+    """One evaluated plan.
+
+    Attributes:
+        label: "front", "best", or a baseline name ("fp32", "int8", "w8a8", "w4a4").
+        predicted_cost: sum of the cost model's per-kernel predictions (measured kernels
+            enter with their measured cost).
+        measured_cost: sum of measured per-kernel costs plus, for quantized layers, their
+            measured quantize/dequantize passes (None if a kernel failed or was not
+            measured); instructions on simulators, seconds on wall-clock backends.
+        model_cost: whole-model cost of the standalone artifact (instructions), if run.
+        accuracy: accuracy on the held-out evaluation data (fake-quant reference in torch).
+        compiled_accuracy: accuracy through the TVM-compiled model, if evaluated.
+        drop: fp32 accuracy minus ``accuracy`` (fraction).
+        proxy_drop: sensitivity proxy of the drop.
+        size_bytes: weight bytes.
+    """
+
+    label: str
+    plan: QuantPlan
+    predicted_cost: float
+    measured_cost: float | None = None
+    model_cost: float | None = None
+    accuracy: float | None = None
+    compiled_accuracy: float | None = None
+    drop: float | None = None
+    proxy_drop: float | None = None
+    size_bytes: float = 0.0
+    meets_constraints: bool = False
+    notes: str = ""
+    qat_dir: str | None = None  # QAT-fine-tuned weights + qparams of this plan (beacons)
+    estimated_accuracy: float | None = None  # PTQ accuracy corrected by the nearest beacon
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["plan"] = self.plan.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlanPoint:
+        d = dict(d)
+        d["plan"] = QuantPlan.from_dict(d["plan"])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` found.
+
+    Attributes:
+        pareto: the Pareto front (latency, accuracy drop, size), fastest first.
+        best: the fastest front plan meeting the budgets (None if none does).
+        baselines: fp32, uniform int8 (int8 kernels), uniform w8a8 (fastest 8-bit kernel per
+            layer) and uniform w4a4 plans, measured the same way.
+        message: outcome in words (e.g. why no plan meets the constraints).
+        profile, backend, cost_unit: where and how costs were measured.
+        costmodel_report: held-out accuracy of the cost model.
+        timings: wall seconds per stage.
+    """
+
+    pareto: list[PlanPoint]
+    best: PlanPoint | None
+    baselines: dict[str, PlanPoint]
+    message: str
+    profile: str
+    backend: str
+    cost_unit: str
+    fp32_accuracy: float | None = None
+    costmodel_report: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    workdir: str | None = None
+    _model: torch.nn.Module | None = field(default=None, repr=False)
+    _example_inputs: Any = field(default=None, repr=False)
+    _calib: Any = field(default=None, repr=False)
+
+    def compile(self, plan: QuantPlan | None = None, target: str | Profile | None = None):
+        """Compile ``plan`` (default: :attr:`best`) for the tuned target (see
+        :func:`tvm_mpq.compile`)."""
+        from tvm_mpq.compiler.compiled import compile as mpq_compile
+
+        if plan is None:
+            if self.best is None:
+                raise ValueError(f"no plan met the constraints ({self.message}); pass one of "
+                                 "result.pareto[i].plan explicitly")
+            plan = self.best.plan
+        for p in [*self.pareto, *([self.best] if self.best else [])]:
+            if p.plan == plan and p.qat_dir:  # fine-tuned weights and their quantization
+                from tvm_mpq.tuner.stages.beacons import load_qat
+
+                ft, qp = load_qat(p.qat_dir)
+                return mpq_compile(ft, self._example_inputs, plan, target or self.profile,
+                                   qparams=qp)
+        if self._model is None or self._calib is None:
+            raise ValueError("this result has no model/calibration data attached; "
+                             "load it with load_result(dir) from a saved tune() run")
+        return mpq_compile(self._model, self._example_inputs, plan, target or self.profile,
+                           calib_data=self._calib)
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1, "message": self.message, "profile": self.profile,
+            "backend": self.backend, "cost_unit": self.cost_unit,
+            "fp32_accuracy": self.fp32_accuracy,
+            "pareto": [p.to_dict() for p in self.pareto],
+            "best": self.best.to_dict() if self.best else None,
+            "baselines": {k: v.to_dict() for k, v in self.baselines.items()},
+            "costmodel_report": self.costmodel_report, "timings": self.timings,
+            "settings": self.settings,
+        }
+
+    def save(self, directory: str) -> str:
+        """Write ``result.json`` (+ the model and calibration inputs, so :func:`load_result`
+        gives a result that can still :meth:`compile`)."""
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "result.json"), "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        if self._model is not None:
+            torch.save({"model": self._model, "example_inputs": self._example_inputs,
+                        "calib": self._calib}, os.path.join(directory, "model.pt"))
+        return directory
+
+    def report(self, directory: str | None = None) -> str:
+        """Write plots (Pareto front, per-layer bits of the best plan) and ``summary.md``;
+        returns the summary's path."""
+        from tvm_mpq.tuner.report import write_report
+
+        directory = directory or os.path.join(self.workdir or ".", "result")
+        return write_report(self, directory)
+
+    def table(self) -> str:
+        """The Markdown table of baselines and chosen plans."""
+        from tvm_mpq.tuner.report import summary_table
+
+        return summary_table(self)
+
+
+def load_result(directory: str) -> TuneResult:
+    """Load a result saved by :meth:`TuneResult.save` (or ``tune(..., workdir=...)``).
+
+    Raises:
+        FileNotFoundError: no ``result.json`` in ``directory`` or ``directory/result``.
+        ValueError: ``result.json`` is not a readable result (the message names the file).
+    """
+    path = os.path.join(directory, "result.json")
+    if not os.path.exists(path) and os.path.exists(os.path.join(directory, "result", "result.json")):
+        directory = os.path.join(directory, "result")
+        path = os.path.join(directory, "result.json")
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        res = TuneResult(
+            [PlanPoint.from_dict(p) for p in d["pareto"]],
+            PlanPoint.from_dict(d["best"]) if d.get("best") else None,
+            {k: PlanPoint.from_dict(v) for k, v in d.get("baselines", {}).items()},
+            d["message"], d["profile"], d["backend"], d["cost_unit"], d.get("fp32_accuracy"),
+            d.get("costmodel_report", {}), d.get("timings", {}), d.get("settings", {}), directory)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a readable tune() result ({type(e).__name__}: {e}); "
+                         "delete it (re-running tune() in its workdir rebuilds it)") from e
+    mp = os.path.join(directory, "model.pt")
+    if os.path.exists(mp):
+        blob = torch.load(mp, weights_only=False)
+        res._model, res._example_inputs, res._calib = blob["model"], blob["example_inputs"], blob["calib"]
+    return res
+
+
+def pareto_points(points: list[PlanPoint]) -> list[PlanPoint]:
+    """The non-dominated points under (cost, accuracy drop, weight bytes), each plan once,
+    cheapest first; cost is the measured one where there is one, else the predicted one."""
+    from tvm_mpq.search.front import non_dominated
+
+    def cost(p: PlanPoint) -> float:
+        return p.measured_cost if p.measured_cost is not None else p.predicted_cost
+
+    F = np.asarray([[cost(p), p.drop or 0.0, p.size_bytes] for p in points], dtype=np.float64)
+    keep = [points[i] for i in non_dominated(F.reshape(len(points), 3), unique=False)]
+    uniq: dict[str, PlanPoint] = {}
+    for p in keep:
+        uniq.setdefault(json.dumps(p.plan.to_dict(), sort_keys=True), p)
+    return sorted(uniq.values(), key=cost)

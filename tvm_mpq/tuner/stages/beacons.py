@@ -1,0 +1,129 @@
+"""Stage ``beacons``: choose the best plan.
+
+With ``qat_beacons=k > 0`` (MOHAQ beacons): fine-tune ``k`` front plans spread over the
+cost axis with quantization-aware training (``qat/<key>_s<steps>/``, keyed on the plan,
+the weights, the calibration and training data and the seed), correct the others' accuracy
+by the nearest beacon's gain, then fine-tune and verify candidates (cheapest first) until
+one meets the accuracy budget. Without beacons: the cheapest front plan meeting the budgets.
+Checkpoint: ``stages/beacons.json`` (the front with its QAT results, the best plan's index).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from tvm_mpq.tuner.checkpoint import digest, read_json, write_json
+from tvm_mpq.tuner.result import PlanPoint
+from tvm_mpq.tuner.stages.base import Stage, stage_file
+from tvm_mpq.tuner.state import TuneState
+
+__all__ = ["BeaconsStage", "choose_with_beacons", "load_qat", "qat_point"]
+
+
+def load_qat(directory: str) -> tuple[torch.nn.Module, Any]:
+    """The fine-tuned model and its quantization parameters saved by :func:`qat_point`."""
+    from tvm_mpq.quant.qparams import QuantParams
+
+    model = torch.load(os.path.join(directory, "model.pt"), weights_only=False)
+    return model, QuantParams.load(os.path.join(directory, "qparams"))
+
+
+def qat_point(state: TuneState, point: PlanPoint) -> None:
+    """Fine-tune ``point``'s plan (cached in ``workdir/qat/``) and record its real accuracy
+    on the point."""
+    from tvm_mpq.quant.qat import qat_finetune
+
+    fp, q = state.data_fingerprints, state.config.qat
+    seed = state.config.search.seed
+    key = digest(point.plan.to_dict(), fp["weights"], fp["calib"], fp["train"], seed)
+    d = os.path.join(state.workdir, "qat", f"{key[:12]}_s{q.steps}")
+    if not os.path.exists(os.path.join(d, "done")):
+        ft, qp = qat_finetune(state.model, point.plan, state.calib, state.train_data,
+                              qparams=state.qparams(point.plan), steps=q.steps, seed=seed,
+                              progress=state.progress)
+        os.makedirs(d, exist_ok=True)
+        torch.save(ft, os.path.join(d, "model.pt"))
+        qp.save(os.path.join(d, "qparams"))
+        open(os.path.join(d, "done"), "w").close()
+    ft, qp = load_qat(d)
+    point.qat_dir = d
+    point.accuracy = float(state.accuracy_of(state.forward(point.plan, ft, qp), state.n_eval))
+    point.drop = state.fp32_accuracy - point.accuracy
+    point.notes = (point.notes + " QAT fine-tuned").strip()
+
+
+def choose_with_beacons(state: TuneState) -> PlanPoint | None:
+    """MOHAQ beacons over ``state.pareto`` (see the module docstring); the chosen plan, or
+    None."""
+    from tvm_mpq.quant.qat import beacon_correction
+
+    k, max_drop_pt = state.config.qat.beacons, state.config.budgets.max_accuracy_drop
+    cands = sorted([p for p in state.pareto if p.measured_cost is not None
+                    and p.plan.quantized_layers()], key=lambda p: p.measured_cost)
+    if not cands:
+        return None
+    idx = sorted({int(round(i)) for i in np.linspace(0, len(cands) - 1, min(k, len(cands)))})
+    beacons = []
+    for i in idx:
+        p = cands[i]
+        ptq = p.accuracy
+        qat_point(state, p)
+        beacons.append((p.plan, ptq, p.accuracy))
+    others = [p for p in cands if p.qat_dir is None]
+    for p, est in zip(others, beacon_correction([p.accuracy for p in others],
+                                                [p.plan for p in others], beacons), strict=True):
+        p.estimated_accuracy = est
+
+    def meets(p: PlanPoint) -> bool:  # measured accuracy (PTQ, or QAT for beacons)
+        return p.drop is not None and p.drop * 100 <= max_drop_pt + 1e-9
+
+    budget = k  # verification runs allowed on top of the beacons
+    for p in cands:  # cheapest first
+        if not meets(p) and p.qat_dir is None and budget > 0:
+            est = p.estimated_accuracy
+            if est is not None and (state.fp32_accuracy - est) * 100 <= max_drop_pt + 1e-9:
+                budget -= 1  # the estimate says QAT would make it: fine-tune and verify
+                qat_point(state, p)
+        if meets(p):
+            p.meets_constraints = True
+            return p
+    return None
+
+
+class BeaconsStage(Stage):
+    """``state.best``: labelled "best", one of ``state.pareto`` (or None)."""
+
+    name = "beacons"
+    depends = ("price",)
+
+    def inputs(self, state: TuneState) -> dict[str, Any]:
+        q = state.config.qat
+        return {"beacons": q.beacons, "steps": q.steps, "seed": state.config.search.seed,
+                "train": state.data_fingerprints["train"] if q.beacons > 0 else None}
+
+    def load(self, state: TuneState, workdir: str) -> bool:
+        d = read_json(stage_file(workdir, self.name), "best plan")
+        if not isinstance(d, dict) or "pareto" not in d:
+            return False
+        state.pareto = [PlanPoint.from_dict(p) for p in d["pareto"]]
+        state.best = None if d["best"] is None else state.pareto[int(d["best"])]
+        return True
+
+    def run(self, state: TuneState) -> None:
+        if state.config.qat.beacons > 0:
+            best = choose_with_beacons(state)
+        else:
+            feasible = [p for p in state.pareto if p.meets_constraints and p.measured_cost is not None]
+            best = min(feasible, key=lambda p: p.measured_cost) if feasible else None
+        if best is not None:
+            best.label = "best"
+        state.best = best
+
+    def save(self, state: TuneState, workdir: str) -> None:
+        best = next((i for i, p in enumerate(state.pareto) if p is state.best), None)
+        write_json(stage_file(workdir, self.name),
+                   {"pareto": [p.to_dict() for p in state.pareto], "best": best})

@@ -1,0 +1,130 @@
+"""Stage ``final``: the chosen plan and the baselines measured end to end -- the standalone
+artifact run on a bare-metal runner (whole-model cost) and accuracy through the
+TVM-compiled model -- and the :class:`~tvm_mpq.tuner.result.TuneResult`, saved with its
+report to ``workdir/result``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from tvm_mpq.tuner.result import PlanPoint, TuneResult, load_result
+from tvm_mpq.tuner.stages.base import Stage
+from tvm_mpq.tuner.state import TuneState
+
+__all__ = ["FinalStage", "Padded", "measure_end_to_end", "outcome_message"]
+
+log = logging.getLogger(__name__)
+
+
+class Padded:
+    """Runs a static-batch compiled model on any batch size (pads the last chunk)."""
+
+    def __init__(self, cm: Any):
+        self.cm = cm
+
+    def __call__(self, xb: Any) -> np.ndarray:
+        if isinstance(xb, torch.Tensor):
+            xb = xb.numpy()
+        return self.cm.predict(np.asarray(xb, dtype=np.float32))
+
+
+def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> None:
+    """Whole-model cost of the standalone artifact (bare-metal runners) and accuracy through
+    the compiled model, recorded on ``p`` (a failure is noted on it, not raised)."""
+    from tvm_mpq.compiler.compiled import compile as mpq_compile
+    from tvm_mpq.tuner.stages.beacons import load_qat
+
+    try:
+        x1 = state.example_inputs[0][:1]
+        m_p, qp_p = load_qat(p.qat_dir) if p.qat_dir else (state.model, state.qparams(p.plan))
+        cm1 = mpq_compile(m_p, (x1,), p.plan, state.profile, qparams=qp_p)
+        if state.runner.bare_metal:
+            from tvm_mpq.deploy import export_standalone, run_standalone
+
+            art = export_standalone(cm1, os.path.join(state.workdir, "standalone", p.label))
+            r = run_standalone(art, x1.numpy(), backend=state.runner)
+            if r.status == "ok":
+                p.model_cost = float(r.instructions)
+            else:
+                p.notes += f" standalone run {r.status}: {r.message}"
+        if compiled_eval:
+            cmb = mpq_compile(m_p, (torch.zeros(64, *x1.shape[1:]),), p.plan, "host",
+                              qparams=cm1.qparams)
+            p.compiled_accuracy = state.accuracy_of(Padded(cmb), state.n_eval)
+    except Exception as e:  # record the failure on the point; the others still run
+        log.warning("final measurement of %s failed: %s", p.label, e)
+        p.notes += f" final measurement failed: {type(e).__name__}: {e}"
+    if state.progress:
+        print(f"[tvm-mpq]   {p.label}: whole-model {p.model_cost} instructions, "
+              f"compiled accuracy {p.compiled_accuracy}", flush=True)
+
+
+def outcome_message(state: TuneState) -> str:
+    """The best plan's cost against the uniform baselines, or why no plan meets the budgets."""
+    best, baselines, b = state.best, state.baselines, state.config.budgets
+    if best is not None:
+        ratios = [f"{best.measured_cost / baselines[k].measured_cost:.2f}x uniform {k}"
+                  for k in ("int8", "w8a8") if baselines[k].measured_cost]
+        return (f"best plan: {best.measured_cost:.4g} {state.unit} ({', '.join(ratios)})"
+                if ratios else "best plan found")
+    closest = min(state.pareto, key=lambda p: p.drop if p.drop is not None else math.inf,
+                  default=None)
+    return ("no plan meets the constraints (max accuracy drop "
+            f"{b.max_accuracy_drop} points"
+            + (f", latency <= {b.latency_budget:g}" if b.latency_budget else "")
+            + (f", size <= {b.size_budget:g} B" if b.size_budget else "") + ")"
+            + (f"; the most accurate front plan drops {closest.drop * 100:.2f} points"
+               if closest and closest.drop is not None else "")
+            + "; the front is returned anyway")
+
+
+class FinalStage(Stage):
+    """``state.result``; depends on every setting (the result records them all)."""
+
+    name = "final"
+    depends = ("beacons", "cost model report")
+
+    def inputs(self, state: TuneState) -> dict[str, Any]:
+        return {"config": state.config.to_dict()}
+
+    def load(self, state: TuneState, workdir: str) -> bool:
+        try:
+            state.result = load_result(os.path.join(workdir, "result"))
+        except (OSError, ValueError) as e:
+            log.warning("%s; finishing the run again", e)
+            return False
+        state.result.workdir = workdir
+        return True
+
+    def run(self, state: TuneState) -> None:
+        message = outcome_message(state)
+        best, baselines, m = state.best, state.baselines, state.config.measure
+        if m.final_measure:
+            for p in [best, *baselines.values()]:
+                if p is not None:
+                    measure_end_to_end(state, p, m.compiled_eval)
+            if best is not None and best.model_cost:
+                whole = [f"{best.model_cost / baselines[k].model_cost:.3f}x uniform {k}"
+                         for k in ("int8", "w8a8") if baselines[k].model_cost]
+                if whole:
+                    message += f"; whole model {best.model_cost:.4g} {state.unit} ({', '.join(whole)})"
+        settings = {**state.config.to_dict(),
+                    "measured_kernels": state.db.count(state.profile.name, state.runner.backend)}
+        state.result = TuneResult(state.pareto, best, baselines, message, state.profile.name,
+                                  state.runner.backend, state.unit, state.fp32_accuracy,
+                                  state.costmodel_report, state.timings, settings, state.workdir,
+                                  state.model, state.example_inputs, state.calib)
+
+    def save(self, state: TuneState, workdir: str) -> None:
+        d = os.path.join(workdir, "result")
+        state.result.save(d)
+        try:
+            state.result.report(d)
+        except Exception as e:  # a plotting problem must not lose the result
+            log.warning("report failed: %s", e)

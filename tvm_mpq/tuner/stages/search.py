@@ -1,0 +1,168 @@
+"""Stage ``search``: cost model + NSGA-II, with active learning.
+
+Each round fits the cost model on the measurements (``search/round<r>/costmodel.json``, the
+measured set beside it: ``measured.json``), builds the problem (costs = measured where
+measured, predicted elsewhere, + each layer's passes) and runs NSGA-II
+(``search/round<r>/nsga_state.npz``, every generation); between rounds the kernels the
+front uses are measured. A killed search resumes inside its round. ``search/stage.json``
+stamps the round files with the stage's fingerprint: files of other inputs are set aside
+(``search.stale``). The final front: ``stages/search.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+from tvm_mpq.measure.key import KernelKey
+from tvm_mpq.tuner.checkpoint import read_json, set_aside, write_json
+from tvm_mpq.tuner.stages.base import Stage, stage_file
+from tvm_mpq.tuner.state import TuneState
+
+__all__ = ["SearchStage", "build_problem"]
+
+log = logging.getLogger(__name__)
+
+
+def build_problem(state: TuneState) -> Any:
+    """The search problem of the state's cost model, measured set, sensitivity and budgets."""
+    from tvm_mpq.search.problem import MPQProblem
+    from tvm_mpq.tuner.costs import MeasuredFirst
+
+    s, b = state.config.search, state.config.budgets
+    return MPQProblem(state.table, MeasuredFirst(state.cm, state.measured, state.overhead), state.sens,
+                      state.profile.name, bits=list(s.bits), variants=list(s.variants), metric="loss",
+                      max_latency=b.latency_budget, max_size=b.size_budget,
+                      layers=state.table.quantizable_names())
+
+
+def _load_model(path: str) -> Any:
+    """A round's cost model, or None (another feature schema: refit; unreadable: set aside)."""
+    from tvm_mpq.costmodel.model import CostModel, CostModelMismatchError
+
+    if not os.path.exists(path):
+        return None
+    try:
+        return CostModel.load(path)
+    except CostModelMismatchError as e:  # another feature schema: refit
+        log.warning("%s; refitting the cost model", e)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        log.warning("unreadable cost model %s (%s): kept as %s, refitting", path, e, set_aside(path))
+    return None
+
+
+def _load_measured(path: str) -> dict[KernelKey, float] | None:
+    d = read_json(path, "measured set")
+    try:
+        return None if d is None else {KernelKey(*k): float(v) for k, v in d}
+    except (TypeError, ValueError) as e:
+        log.warning("%s is not a measured set (%s): kept as %s", path, e, set_aside(path))
+        return None
+
+
+class SearchStage(Stage):
+    """Cost model, search and active-learning rounds; times its parts itself ("cost model",
+    "search", "active learning")."""
+
+    name = "search"
+    depends = ("measure", "sensitivity")
+    timed = False
+
+    def inputs(self, state: TuneState) -> dict[str, Any]:
+        s, b = state.config.search, state.config.budgets
+        return {"bits": s.bits, "variants": s.variants, "pop_size": s.pop_size,
+                "generations": s.generations, "active_rounds": s.active_rounds, "seed": s.seed,
+                "latency_budget": b.latency_budget, "size_budget": b.size_budget}
+
+    # ------------------------------------------------------------------ checkpoint
+    def load(self, state: TuneState, workdir: str) -> bool:
+        from tvm_mpq.search.front import SearchResult
+
+        d = read_json(stage_file(workdir, self.name), "search checkpoint")
+        stamp = read_json(os.path.join(workdir, "search", "stage.json"), "search stamp")
+        if not isinstance(d, dict) or stamp != {"fingerprint": state.fingerprints[self.name]}:
+            return False
+        rdirs = [os.path.join(workdir, "search", f"round{r}") for r in range(int(d["round"]) + 1)]
+        models = [_load_model(os.path.join(r, "costmodel.json")) for r in rdirs]
+        measured = _load_measured(os.path.join(rdirs[-1], "measured.json"))
+        if any(m is None for m in models) or measured is None:
+            return False  # e.g. a round's model of another feature schema: search again
+        state.cm, state.measured = models[-1], measured
+        state.problem = build_problem(state)
+        state.front = SearchResult.from_dict(d["front"])
+        return True
+
+    def save(self, state: TuneState, workdir: str) -> None:
+        write_json(stage_file(workdir, self.name), {"round": self.last_round,
+                                                    "front": state.front.to_dict()})
+
+    def _claim(self, state: TuneState) -> str:
+        """The search directory, emptied if its files belong to other inputs."""
+        sdir = os.path.join(state.workdir, "search")
+        stamp_path = os.path.join(sdir, "stage.json")
+        want = {"fingerprint": state.fingerprints[self.name]}
+        stamp = read_json(stamp_path, "search stamp")
+        if stamp is not None and stamp != want:
+            shutil.rmtree(sdir + ".stale", ignore_errors=True)
+            os.replace(sdir, sdir + ".stale")
+            log.warning("%s holds a search of other inputs: kept as %s.stale, searching again",
+                        sdir, sdir)
+        write_json(stamp_path, want)  # (a directory without a stamp: an older workdir, kept)
+        return sdir
+
+    # ------------------------------------------------------------------ rounds
+    def _round_model(self, state: TuneState, rdir: str) -> None:
+        """The round's cost model and measured set: reloaded (so a resumed run rebuilds the
+        identical problem and its NSGA-II checkpoint applies), else fitted and saved."""
+        from tvm_mpq.costmodel.model import CostModel
+
+        cm_path, meas_path = os.path.join(rdir, "costmodel.json"), os.path.join(rdir, "measured.json")
+        cm = _load_model(cm_path) if os.path.exists(meas_path) else None
+        measured = _load_measured(meas_path) if cm is not None else None
+        if cm is None or measured is None:
+            cm = CostModel(seed=state.config.search.seed).fit(
+                state.db.records(state.profile.name, state.runner.backend, status="ok"))
+            measured = state.measured_costs()
+            cm.save(cm_path)
+            write_json(meas_path, [[list(k), v] for k, v in measured.items()], indent=None)
+        state.cm, state.measured = cm, measured
+        cm.save(os.path.join(state.workdir, "costmodel.json"))
+
+    def _unmeasured(self, state: TuneState) -> list[Any]:
+        """Kernels of the front's plans and of the uniform int8 / w4a4 plans not measured yet."""
+        from tvm_mpq.search.problem import plan_queries
+        from tvm_mpq.tuner.plans import uniform_plan
+
+        prob, table = state.problem, state.table
+        todo = [q for m in state.front.members for q in prob.plan_queries(m.plan, table)
+                if q.key() not in state.measured]
+        for base in ((8, 8, "int8"), (4, 4, None)):
+            plan = uniform_plan(state.model, *base, prob)
+            todo += [q for q in plan_queries(plan, table, state.profile.name)
+                     if q.key() not in state.measured]
+        return todo
+
+    def run(self, state: TuneState) -> None:
+        from tvm_mpq.search.nsga import run_nsga
+
+        s = state.config.search
+        sdir = self._claim(state)
+        for rnd in range(s.active_rounds + 1):
+            self.last_round = rnd
+            rdir = os.path.join(sdir, f"round{rnd}")
+            os.makedirs(rdir, exist_ok=True)
+            with state.timer("cost model"):
+                self._round_model(state, rdir)
+            with state.timer("search"):
+                state.problem = build_problem(state)
+                state.front = run_nsga(state.problem, pop_size=s.pop_size, n_gen=s.generations,
+                                       seed=s.seed + rnd, workdir=rdir, progress=state.progress)
+            if rnd == s.active_rounds:
+                break
+            with state.timer("active learning"):
+                todo = self._unmeasured(state)
+                if not todo:
+                    break
+                state.measure(todo)

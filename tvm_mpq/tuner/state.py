@@ -1,0 +1,178 @@
+"""The state :func:`tvm_mpq.tune`'s stages share: the inputs (model, data, config, profile,
+runner, workdir) and what each stage produces (layer table, sensitivity, measurements, cost
+model, problem, fronts, priced plans, result)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tvm_mpq.measure.runner import Runner, create_runner
+from tvm_mpq.quant.plan import QuantPlan
+from tvm_mpq.quant.qparams_cache import QParamsCache
+from tvm_mpq.targets import Profile
+from tvm_mpq.tuner.checkpoint import data_fingerprint, model_fingerprint
+from tvm_mpq.tuner.config import TuneConfig
+from tvm_mpq.tuner.costs import open_db
+
+__all__ = ["TuneState"]
+
+
+@dataclass
+class TuneState:
+    """Inputs of a :func:`tvm_mpq.tune` run and its stages' outputs (None until produced).
+
+    Attributes:
+        eval_x, eval_y: held-out images and labels (None with ``eval_fn`` only).
+        fingerprints: stage name -> fingerprint of this run.
+        loaded, ran: stage names loaded from their checkpoint / computed, in order.
+    """
+
+    model: torch.nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    config: TuneConfig
+    profile: Profile
+    runner: Runner
+    workdir: str
+    calib: Any
+    eval_x: torch.Tensor | None = None
+    eval_y: torch.Tensor | None = None
+    eval_fn: Callable[[Callable[[Any], Any]], float] | None = None
+    train_data: Any = None
+    progress: bool = True
+    # stage outputs
+    table: Any = None
+    sens: Any = None
+    db: Any = None
+    overhead: dict[str, float] = field(default_factory=dict)
+    cm: Any = None
+    measured: dict[Any, float] = field(default_factory=dict)
+    problem: Any = None
+    front: Any = None
+    refined: Any = None
+    fp32_accuracy: float | None = None
+    pareto: list[Any] = field(default_factory=list)
+    baselines: dict[str, Any] = field(default_factory=dict)
+    best: Any = None
+    costmodel_report: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    loaded: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, model: torch.nn.Module, example_inputs: Any, target: Any, config: TuneConfig,
+               *, calib_data: Any, eval_data: Any = None, eval_fn: Any = None,
+               train_data: Any = None, workdir: str = "tvm_mpq_tune",
+               progress: bool = True) -> TuneState:
+        """Check the inputs (ValueError naming what is missing) and open the workdir."""
+        from tvm_mpq.quant.sensitivity import split_eval_data
+
+        runner = create_runner(config.measure.backend)
+        profile = runner.check_profile(target)
+        if eval_data is None and eval_fn is None:
+            raise ValueError("tune needs eval_data=(images, labels) or eval_fn to measure accuracy")
+        if config.qat.beacons > 0 and train_data is None:
+            raise ValueError("qat_beacons needs train_data=(images, labels) (training split)")
+        ex, ey = split_eval_data(eval_data) if eval_data is not None else (None, None)
+        if ex is not None and ey is None:
+            raise ValueError("eval_data must be (images, labels)")
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        os.makedirs(workdir, exist_ok=True)
+        state = cls(model.eval(), tuple(example_inputs), config, profile, runner, workdir,
+                    calib_data, ex, ey, eval_fn, train_data, progress)
+        state.db = open_db(workdir)
+        return state
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def unit(self) -> str:
+        """Unit of every cost: the runner's (``"instructions"`` or ``"seconds"``)."""
+        return self.runner.unit
+
+    @property
+    def n_eval(self) -> int | None:
+        """Held-out images for real accuracy (None: all)."""
+        return self.config.measure.final_eval_samples
+
+    @functools.cached_property
+    def qparams(self) -> QParamsCache:
+        """Quantization parameters of any plan (one calibration per bits pair)."""
+        return QParamsCache(self.model, self.calib)
+
+    @functools.cached_property
+    def data_fingerprints(self) -> dict[str, str]:
+        """Fingerprints of the inputs the stages depend on (computed once per run)."""
+        n_sens = self.config.search.sensitivity_samples
+        n = self.n_eval
+        ex, ey = self.eval_x, self.eval_y
+        return {
+            "architecture": model_fingerprint(self.model, weights=False),
+            "weights": model_fingerprint(self.model),
+            "example": data_fingerprint([(tuple(t.shape), str(t.dtype)) for t in self.example_inputs]),
+            "calib": data_fingerprint(self.calib),
+            "sensitivity_data": data_fingerprint(None if ex is None else (ex[:n_sens], ey[:n_sens])),
+            "eval": data_fingerprint([None if ex is None else (ex[:n], ey[:n]), self.eval_fn]),
+            "train": data_fingerprint(self.train_data),
+        }
+
+    # ------------------------------------------------------------------ helpers of the stages
+    @contextmanager
+    def timer(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to ``timings[name]`` (and say so with ``progress``)."""
+        t0 = time.time()
+        if self.progress:
+            print(f"[tvm-mpq] {name} ...", flush=True)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.time() - t0
+            if self.progress and ok:
+                print(f"[tvm-mpq] {name} done in {self.timings[name]:.1f}s", flush=True)
+
+    def forward(self, plan: QuantPlan, model: torch.nn.Module | None = None,
+                qparams: Any = None) -> torch.nn.Module:
+        """The torch reference of a plan (see :meth:`QParamsCache.forward`)."""
+        return self.qparams.forward(plan, model, qparams)
+
+    def accuracy_of(self, forward: Callable[[Any], Any], n: int | None = None) -> float:
+        """Accuracy of ``forward`` on the held-out data (its first ``n`` images), or
+        ``eval_fn(forward)``."""
+        from tvm_mpq.zoo.fashion_mnist import evaluate
+
+        if self.eval_fn is not None:
+            return float(self.eval_fn(forward))
+        x, y = (self.eval_x, self.eval_y) if n is None else (self.eval_x[:n], self.eval_y[:n])
+        return float(evaluate(forward, x, y, batch_size=256))
+
+    def plan_accuracy(self, plan: QuantPlan) -> float:
+        """Real accuracy of a search plan (the layers it does not cover stay fp32)."""
+        from tvm_mpq.tuner.plans import full_plan
+
+        return self.accuracy_of(self.forward(full_plan(plan, self.model)), self.n_eval)
+
+    def measure(self, queries: Sequence[Any]) -> None:
+        """Measure the kernels of ``queries`` the database does not have yet (through the
+        runner, into the workdir's database)."""
+        from tvm_mpq.measure.campaign import measure_many
+
+        reqs = list({q.key(): q.request() for q in queries}.values())
+        if reqs:
+            measure_many(reqs, self.profile.name, self.runner, db=self.db,
+                         progress=self.progress, work_dir=os.path.join(self.workdir, "kernels"))
+
+    def measured_costs(self) -> dict[Any, float]:
+        """Measured cost per kernel key now in the database (``inf``: failed for good, see
+        :meth:`~tvm_mpq.measure.database.MeasurementDB.kernel_costs`)."""
+        return self.db.kernel_costs(self.profile.name, self.runner.backend, self.unit)
