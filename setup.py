@@ -30,5 +30,5 @@ setup(
         "hypothesis",
     ],
     extras_require={"dev": ["ruff", "pytest-timeout"]},
-    entry_points={"console_scripts": ["tvm-mpq=tvm_mpq.cli.main:main"]},
+    entry_points={"console_scripts": ["tvm-mpq=tvm_mpq.cli:main"]},
 )

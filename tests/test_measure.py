@@ -387,7 +387,7 @@ def test_resume_after_killed_process(tmp_path, monkeypatch):
 
 @needs_tools
 def test_cli_json_output(tmp_path):
-    cmd = [sys.executable, "-m", "tvm_mpq.cli.main", "measure", "conv2d", "--input", "1x8x6x6",
+    cmd = [sys.executable, "-m", "tvm_mpq.cli", "measure", "conv2d", "--input", "1x8x6x6",
            "--out-channels", "8", "--kernel", "3", "--stride", "1", "--padding", "1",
            "--groups", "1", "--w-bits", "2", "--a-bits", "2", "--variant", "bitserial",
            "--profile", "rv64gc_zbb", "--backend", "spike", "--json", "--db",

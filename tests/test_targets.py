@@ -47,3 +47,27 @@ def test_riscv_profiles_use_an_in_order_scheduling_model_without_extra_features(
         d = prof.target_dict("baremetal")
         assert d["mcpu"] == ("rocket-rv64" if prof.xlen == 64 else "rocket-rv32")
         assert d["mattr"] == list(prof.mattr)
+
+
+@pytest.mark.parametrize("alias, name", [("riscv", "rv64gc_zbb"), ("RISCV64-ZBB", "rv64gc_zbb"),
+                                         ("riscv64", "rv64gc"), ("riscv64-v", "rv64gcv"),
+                                         ("riscv32", "rv32imc"), ("llvm", "host")])
+def test_aliases_are_accepted_wherever_a_target_is(alias, name):
+    """One alias table (targets.TARGET_ALIASES): compile(target="riscv") works as tune's does."""
+    assert get_profile(alias) is get_profile(name)
+
+
+def test_unknown_target_names_the_choices():
+    with pytest.raises(ValueError, match="unknown target profile 'riscv128'.*riscv64-zbb.*rv64gc_zbb"):
+        get_profile("riscv128")
+
+
+def test_compile_takes_an_alias():
+    import torch
+
+    import tvm_mpq
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
+    cm = tvm_mpq.compile(m, (torch.randn(1, 1, 6, 6),), tvm_mpq.QuantPlan.fp32(m), target="riscv",
+                         calib_data=torch.randn(4, 1, 6, 6))
+    assert cm.profile.name == "rv64gc_zbb"

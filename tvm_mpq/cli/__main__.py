@@ -2,6 +2,6 @@
 
 import sys
 
-from tvm_mpq.cli.main import main
+from tvm_mpq.cli.app import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """``tvm-mpq rpc ...`` subcommands: tracker, serve, status, build-runtime.
 
-``tvm_mpq.cli.main`` calls :func:`add_rpc_parser` with its subparsers; each subcommand sets
+``tvm_mpq.cli.app`` calls :func:`add_rpc_parser` with its subparsers; each subcommand sets
 ``func`` (``args -> exit code``). Also runnable alone:
 ``python -m tvm_mpq.cli.rpc status``. Every address defaults to loopback.
 """

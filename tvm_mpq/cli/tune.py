@@ -11,6 +11,8 @@ import os
 import time
 from typing import Any
 
+from tvm_mpq.measure.runner import BACKENDS
+
 SUBCOMMAND = "tune"
 DATASETS = ("fashion-mnist",)
 
@@ -40,7 +42,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--target", default="riscv64-zbb",
                    help="riscv64-zbb (rv64gc_zbb), riscv64 (rv64gc), riscv64-v, riscv32, host, "
                         "or a profile name")
-    p.add_argument("--backend", default="spike", choices=("spike", "qemu", "host"))
+    p.add_argument("--backend", default="spike", choices=BACKENDS)
     p.add_argument("--out", "--workdir", dest="out", default="runs/tune",
                    help="work/result directory (re-running resumes)")
     p.add_argument("--bits", type=_bits_list, default=[(8, 8), (4, 8), (4, 4), (2, 4), (2, 2)],

@@ -252,8 +252,9 @@ def compile(  # noqa: A001 - the public name the API promises (tvm_mpq.compile)
         model: float torch model (BN is folded on a copy).
         example_inputs: example input tensor (or tuple) fixing the static shapes.
         plan: per-layer bits and variants.
-        target: a profile name ("host", "rv64gc", "rv64gc_zbb", "rv64gcv", "rv32imc") or
-            "llvm" for the host. Kernels are generated for this profile (word size,
+        target: a profile name ("host", "rv64gc", "rv64gc_zbb", "rv64gcv", "rv32imc"), an
+            alias (``targets.TARGET_ALIASES``: "riscv", "riscv64", "llvm", ...) or a
+            :class:`~tvm_mpq.targets.Profile`. Kernels are generated for this profile (word size,
             default variants); the model is also built for the host to be callable here.
         calib_data: calibration inputs (needed unless ``qparams`` is given).
         qparams: precomputed quantization parameters (shared with :func:`fake_quant`).
@@ -267,7 +268,7 @@ def compile(  # noqa: A001 - the public name the API promises (tvm_mpq.compile)
     """
     if fp32_layers not in ("kernel", "relax"):
         raise ValueError(f"fp32_layers={fp32_layers!r}: expected 'kernel' or 'relax'")
-    profile = get_profile("host" if target == "llvm" else target)
+    profile = get_profile(target)  # profile names and aliases ("riscv", "llvm", ...)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     folded = fold_bn(model).eval()

@@ -17,26 +17,21 @@ from tvm_mpq.deploy.artifact import StandaloneArtifact, StandaloneResult
 from tvm_mpq.deploy.buildrules import BuildError, build_rules, run_rules, tool_vars
 from tvm_mpq.deploy.export import export_standalone, load_standalone
 from tvm_mpq.measure import toolchain
-from tvm_mpq.measure.runner import Runner, create_runner
+from tvm_mpq.measure.runner import ARTIFACT_BACKENDS, Runner, create_runner
 from tvm_mpq.targets import Profile, get_profile
 
 if TYPE_CHECKING:
     from tvm_mpq.compiler.compiled import CompiledModel
 
-#: backends :func:`run_standalone` accepts (or a runner whose ``platform`` is one of
-#: ``"spike"``, ``"virt"``, ``"linux"``)
-BACKENDS = ("spike", "qemu", "qemu-user")
-_PLATFORMS = ("spike", "virt", "linux")
-
-
 def _runner(backend: str | Runner) -> Runner:
+    """The runner of ``backend``: one that runs a built artifact (it has a ``platform``)."""
     try:
         runner = create_runner(backend)
     except ValueError:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}") from None
-    if runner.platform not in _PLATFORMS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {ARTIFACT_BACKENDS}") from None
+    if runner.platform is None:
         raise ValueError(f"backend {runner.backend!r} cannot run a standalone artifact; "
-                         f"expected one of {BACKENDS}")
+                         f"expected one of {ARTIFACT_BACKENDS}")
     return runner
 
 

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 BACKENDS = ("spike", "qemu", "host")
 #: the backends that simulate a RISC-V profile bare metal
 SIM_BACKENDS = ("spike", "qemu")
+#: the backends that run the standalone artifact (``qemu-user``: its static Linux build)
+ARTIFACT_BACKENDS = (*SIM_BACKENDS, "qemu-user")
 #: default-schedule kernels per simulator run of a campaign
 DEFAULT_CHUNK = 8
 
