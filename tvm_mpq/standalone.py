@@ -1,8 +1,10 @@
 """The runtime-free C artifact (public path kept; the code lives in :mod:`tvm_mpq.deploy`)."""
 
 from tvm_mpq.deploy import (
+    DoesNotFitError,
     StandaloneArtifact,
     StandaloneResult,
+    arena_lower_bound,
     export_standalone,
     load_standalone,
     lower_for_standalone,
@@ -11,6 +13,7 @@ from tvm_mpq.deploy import (
 )
 
 __all__ = [
-    "StandaloneArtifact", "StandaloneResult", "export_standalone", "load_standalone",
-    "lower_for_standalone", "plan_memory", "run_standalone",
+    "DoesNotFitError", "StandaloneArtifact", "StandaloneResult", "arena_lower_bound",
+    "export_standalone", "load_standalone", "lower_for_standalone", "plan_memory",
+    "run_standalone",
 ]

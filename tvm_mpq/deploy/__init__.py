@@ -9,11 +9,15 @@ all those PrimFuncs into ONE object per target (bare-metal ``riscv*-unknown-elf`
 
     int mpq_model_run(const float *input, float *output);   /* model.h */
 
-Intermediate tensors live in one static arena whose offsets come from a liveness-based plan
-(:mod:`~tvm_mpq.deploy.graph`; ``R.reshape`` results alias their source: no copy); constants
-(pre-packed weights, scales, biases) are one binary blob linked with ``.incbin``. The kernels
-need only the workspace / error stubs of :mod:`tvm_mpq.measure.harness`; the artifact's
-``Makefile`` and the direct build share their rules (:mod:`~tvm_mpq.deploy.buildrules`).
+Intermediate tensors and the kernels' workspaces (read from the lowered TIR:
+:mod:`~tvm_mpq.deploy.workspace`) live in one static arena whose offsets come from a
+liveness-based plan (:mod:`~tvm_mpq.deploy.graph`; ``R.reshape`` results alias their source:
+no copy); constants (pre-packed weights, scales, biases) are one binary blob linked with
+``.incbin``. The kernels need only the workspace / error stubs of
+:mod:`tvm_mpq.measure.harness`; the artifact's ``Makefile`` and the direct build share their
+rules (:mod:`~tvm_mpq.deploy.buildrules`). :mod:`~tvm_mpq.deploy.memory` gives the RAM and
+flash figures (``StandaloneArtifact.memory``) and checks a board's sizes (``ram_kib``,
+``flash_kib``: :class:`DoesNotFitError`).
 
 :func:`run_standalone` (:mod:`~tvm_mpq.deploy.run`) builds and runs the artifact on Spike or
 QEMU system mode (bare metal: the whole model's retired-instruction count, minstret around
@@ -26,11 +30,13 @@ float differences of the ISA's code generation; integer kernel results are exact
 
 from tvm_mpq.deploy.artifact import StandaloneArtifact, StandaloneResult
 from tvm_mpq.deploy.export import export_standalone, load_standalone
-from tvm_mpq.deploy.graph import plan_memory
+from tvm_mpq.deploy.graph import arena_lower_bound, plan_memory
 from tvm_mpq.deploy.lower import lower_for_standalone
+from tvm_mpq.deploy.memory import DoesNotFitError
 from tvm_mpq.deploy.run import run_standalone
 
 __all__ = [
-    "StandaloneArtifact", "StandaloneResult", "export_standalone", "load_standalone",
-    "lower_for_standalone", "plan_memory", "run_standalone",
+    "DoesNotFitError", "StandaloneArtifact", "StandaloneResult", "arena_lower_bound",
+    "export_standalone", "load_standalone", "lower_for_standalone", "plan_memory",
+    "run_standalone",
 ]

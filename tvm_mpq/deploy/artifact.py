@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from tvm_mpq.measure.toolchain import BoardMemory
 from tvm_mpq.targets import Profile
 
 
@@ -18,8 +19,10 @@ class StandaloneArtifact:
         directory: where everything was written.
         profile: the RISC-V profile the kernel objects were built for.
         input_shape, output_shape: float32 shapes of ``mpq_model_run``'s buffers.
-        arena_bytes: size of the static activation arena after the liveness plan.
-        naive_bytes: sum of all intermediate tensors' sizes (what no reuse would need).
+        arena_bytes: size of the static arena after the liveness plan: the tensors passed
+            between calls and, at its start, the kernels' workspace region.
+        naive_bytes: sum of all intermediate tensors' and workspaces' sizes (what no reuse
+            would need).
         weight_bytes: size of the constant blob (``weights.bin``).
         num_ops: packed calls per inference.
         linux: whether a riscv64 Linux kernel object was built (rv64 profiles only).
@@ -36,6 +39,26 @@ class StandaloneArtifact:
     num_ops: int
     linux: bool
     manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def memory(self) -> dict[str, Any]:
+        """The memory figures in bytes (docs/standalone.md, "Memory figures"): ``arena_bytes``,
+        ``workspace_bytes``, ``arena_lower_bound``, ``stack_bytes`` (None until a run measured
+        it), ``code_bytes``, ``weight_bytes``, ``ram_bytes``, ``flash_bytes``, ... (the ELF
+        figures are None when the export found no bare-metal toolchain)."""
+        return self.manifest.get("memory", {})
+
+    @property
+    def board(self) -> BoardMemory | None:
+        """The board layout it was exported for (``ram_kib``/``flash_kib``), or None."""
+        b = self.manifest.get("board")
+        return BoardMemory(**b) if b else None
+
+    def memory_table(self) -> str:
+        """:attr:`memory` as a text table."""
+        from tvm_mpq.deploy.memory import memory_table
+
+        return memory_table(self.memory)
 
 
 @dataclass
@@ -55,6 +78,10 @@ class StandaloneResult:
             call order, as ``(op index, PrimFunc name, instructions)`` (the names are those
             of the manifest's ``ops``); their sum is ``instructions`` minus the driver's few
             counter reads per call. None otherwise.
+        stack_bytes: the program's stack high-water mark in bytes (bare metal; the run also
+            records it in the artifact's ``memory``). None on ``qemu-user`` and on failure.
+        model_stack_bytes: the part of it below the caller's frame: what ``mpq_model_run``
+            (with its kernels) adds to the stack of whoever calls it.
     """
 
     output: np.ndarray | None
@@ -65,6 +92,8 @@ class StandaloneResult:
     backend: str = ""
     wall_s: float = 0.0
     op_instructions: list[tuple[int, str, int]] | None = None
+    stack_bytes: int | None = None
+    model_stack_bytes: int | None = None
 
     def op_table(self) -> list[tuple[str, int, int]]:
         """Per-op counts grouped by PrimFunc name: ``(name, calls, instructions)``, dearest

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 
 from tvm_mpq.measure import toolchain
-from tvm_mpq.measure.toolchain import ToolchainError
+from tvm_mpq.measure.toolchain import BoardMemory, ToolchainError
 from tvm_mpq.targets import Profile
 
 #: bare-metal build variants: the platform, plus per-op counting (``_ops``)
@@ -32,8 +32,9 @@ class Rule:
     cmd: str
 
 
-def tool_vars(prof: Profile) -> dict[str, str]:
-    """Makefile variables (defaults) and their values for a direct build."""
+def tool_vars(prof: Profile, board: BoardMemory | None = None) -> dict[str, str]:
+    """Makefile variables (defaults) and their values for a direct build; with ``board``, the
+    bare-metal link uses ``harness/link_board.ld`` with the board's sizes."""
     try:
         spike = toolchain.find_spike()
     except ToolchainError:
@@ -47,8 +48,10 @@ def tool_vars(prof: Profile) -> dict[str, str]:
         "INPUT": "input.bin",
         "WATCHDOG_TICKS": "100000000",
         "MAX_INSNS": "11000000000",
-        "BM_CFLAGS": " ".join(toolchain.bare_metal_cflags(prof, ["harness", "include", "."])),
-        "BM_LDFLAGS": " ".join(toolchain.bare_metal_ldflags(prof, "harness/link.ld")),
+        "BM_CFLAGS": " ".join(toolchain.bare_metal_cflags(prof, ["harness", "include", "."],
+                                                          board=board)),
+        "BM_LDFLAGS": " ".join(toolchain.bare_metal_ldflags(
+            prof, "harness/link_board.ld" if board else "harness/link.ld", board=board)),
         "LINUX_CFLAGS": " ".join(toolchain.linux_cflags(prof, ["include", "."])),
     }
 
@@ -97,6 +100,8 @@ _MAKEFILE_HEAD = [
     "#   make run-spike-ops / run-qemu-ops   the same, plus per-op counts (@@P lines)",
     "#   make run-linux INPUT=x.bin   static riscv64 Linux executable under qemu-riscv64",
     "# INPUT: raw little-endian float32; the bare-metal ELF links it in (rebuild per input).",
+    "# BM_LDFLAGS: harness/link.ld (the simulators' layout) or harness/link_board.ld with the",
+    "# board's flash / RAM / stack sizes (export_standalone(..., ram_kib=, flash_kib=)).",
     "",
 ]
 

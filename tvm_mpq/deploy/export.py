@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -13,10 +14,21 @@ import numpy as np
 from tvm_mpq.deploy.artifact import StandaloneArtifact
 from tvm_mpq.deploy.buildrules import makefile, tool_vars
 from tvm_mpq.deploy.codegen import WEIGHTS_S, layout_weights, model_c, model_h
-from tvm_mpq.deploy.graph import ModelGraph, TensorRef, build_graph, plan_memory
+from tvm_mpq.deploy.graph import (
+    ModelGraph,
+    TensorRef,
+    add_workspaces,
+    arena_lower_bound,
+    build_graph,
+    plan_memory,
+    workspace_region,
+)
 from tvm_mpq.deploy.lower import lower_for_standalone
+from tvm_mpq.deploy.memory import DoesNotFitError, board_memory, link_figures, memory_figures
+from tvm_mpq.deploy.workspace import compile_with_workspaces
 from tvm_mpq.measure import toolchain
 from tvm_mpq.measure.baremetal import HARNESS_DIR
+from tvm_mpq.measure.toolchain import BoardMemory
 from tvm_mpq.targets import Profile, get_profile
 
 if TYPE_CHECKING:
@@ -26,7 +38,8 @@ if TYPE_CHECKING:
 
 #: harness files copied into every artifact (so its Makefile builds without this package)
 HARNESS_FILES = ("crt0.S", "htif.c", "tvm_rt_stubs.c", "harness.h", "counters.h", "link.ld",
-                 "standalone_main.c", "standalone_input.S", "standalone_linux.c")
+                 "link_board.ld", "standalone_main.c", "standalone_input.S",
+                 "standalone_linux.c")
 MANIFEST_FORMAT = "tvm_mpq.standalone/1"
 
 
@@ -42,9 +55,10 @@ def _copy_sources(d: Path) -> None:
 
 
 def _build_kernels(lowered: tvm.IRModule, g: ModelGraph, prof: Profile, d: Path,
-                   linux: bool) -> dict[str, str]:
+                   linux: bool) -> tuple[dict[str, str], dict[str, int]]:
     """One object with every called PrimFunc, each under its op's unique symbol, per target
-    (``"baremetal"``, and ``"linux"`` when asked); returns the object file names."""
+    (``"baremetal"``, and ``"linux"`` when asked); returns the object file names and each
+    symbol's workspace bytes (the larger of the targets')."""
     import tvm
 
     gvs = {gv.name_hint: gv for gv in lowered.functions}
@@ -53,9 +67,31 @@ def _build_kernels(lowered: tvm.IRModule, g: ModelGraph, prof: Profile, d: Path,
     objs = {"baremetal": f"kernels_{prof.name}.o"}
     if linux:
         objs["linux"] = f"kernels_{prof.name}_linux.o"
+    ws: dict[str, int] = {}
     for kind, name in objs.items():
-        tvm.compile(kmod, target=prof.target(kind)).mod.write_to_file(str(d / name))
-    return objs
+        built, sizes = compile_with_workspaces(kmod, prof.target(kind))
+        built.mod.write_to_file(str(d / name))
+        for sym, n in sizes.items():
+            ws[sym] = max(ws.get(sym, 0), n)
+    unused = sorted(k for k, n in ws.items() if n and k not in {op.symbol for op in g.ops})
+    if unused:
+        raise NotImplementedError(f"workspace in {unused}, a function no op calls directly: "
+                                  "its memory cannot be planned exactly")
+    return objs, ws
+
+
+def _precheck(board: BoardMemory | None, arena_bytes: int, weight_bytes: int) -> None:
+    """Fail before any build when the arena or the weights alone exceed the board."""
+    if board is None:
+        return
+    for what, need, region, have in (
+            (".mpq_arena + .stack", arena_bytes + board.stack_bytes, "ram", board.ram_bytes),
+            ("mpq_weights (.rodata)", weight_bytes, "flash", board.flash_bytes)):
+        if need > have:
+            raise DoesNotFitError(
+                f"the model does not fit the board: section {what} does not fit in {region} "
+                f"({region}_kib={have / 1024:g}): region {region} overflowed by at least "
+                f"{need - have} bytes")
 
 
 def _tdesc(t: TensorRef) -> dict[str, Any]:
@@ -83,17 +119,20 @@ def _manifest(compiled: CompiledModel, prof: Profile, g: ModelGraph, objs: dict[
                        for s in compiled.fp32_sites],
         "ops": [{"index": i, "func": op.func, "symbol": f"__tvm_ffi_{op.symbol}",
                  "kernel": op.func in kernels, "inputs": [_tdesc(t) for t in op.args[:op.num_inputs]],
-                 "outputs": [_tdesc(t) for t in op.args[op.num_inputs:]]}
+                 "outputs": [_tdesc(t) for t in op.args[op.num_inputs:]],
+                 "workspace": op.workspace}
                 for i, op in enumerate(g.ops)],
         "buffers": [{"id": s.sid, "kind": s.kind, "bytes": s.nbytes,
-                     **({"offset": s.offset} if s.kind in ("arena", "const") else {}),
-                     **({"live": [s.first, s.last]} if s.kind == "arena" else {})}
+                     **({"offset": s.offset} if s.kind in ("arena", "const", "workspace") else {}),
+                     **({"live": [s.first, s.last]} if s.kind in ("arena", "workspace") else {})}
                     for s in g.storages],
     }
 
 
 def export_standalone(compiled: CompiledModel, directory: str, profile: str | Profile | None = None,
-                      *, linux: bool = True, fuse: bool = True) -> StandaloneArtifact:
+                      *, linux: bool = True, fuse: bool = True, ram_kib: float | None = None,
+                      flash_kib: float | None = None, stack_kib: float | None = None
+                      ) -> StandaloneArtifact:
     """Write the TVM-runtime-free deployable form of ``compiled`` to ``directory``.
 
     Writes ``model.c``/``model.h`` (``int mpq_model_run(const float *in, float *out)``),
@@ -101,7 +140,8 @@ def export_standalone(compiled: CompiledModel, directory: str, profile: str | Pr
     (rv64 only), ``weights.bin`` + ``weights.S``, the harness sources it links with
     (``harness/``), the tvm-ffi C headers it includes (``include/``), a ``Makefile``, a zero
     ``input.bin`` and ``manifest.json`` (ops in order, buffers with offsets and live ranges,
-    arena and weight bytes, profile). Needs TVM only (no cross toolchain).
+    the memory figures, profile). Needs TVM; with the bare-metal toolchain present it also
+    links the Spike ELF for the code / flash / RAM figures (:attr:`StandaloneArtifact.memory`).
 
     Args:
         compiled: the compiled model.
@@ -111,51 +151,72 @@ def export_standalone(compiled: CompiledModel, directory: str, profile: str | Pr
             them correctly.
         linux: also build the riscv64 Linux kernel object (ignored for rv32).
         fuse: fuse the float elementwise ops around the kernels (see :func:`lower_for_standalone`).
+        ram_kib, flash_kib: the board's RAM and flash; with either, the bare-metal ELF is
+            linked with ``harness/link_board.ld`` (flash at 0x80000000, RAM after it, both in
+            the simulators' DRAM; an unspecified one is 256 MiB) and must fit. Needs the
+            bare-metal toolchain.
+        stack_kib: the stack the board layout reserves in RAM (default 16 KiB).
 
     Returns:
         The :class:`StandaloneArtifact`.
 
     Raises:
-        ValueError: host profile (no RISC-V target).
+        ValueError: host profile (no RISC-V target); impossible board sizes.
+        DoesNotFitError: (a ``ValueError``) a section does not fit the board's RAM or flash;
+            the message names it and the overflow in bytes.
         NotImplementedError: the lowered model uses something this exporter cannot express
-            (dynamic shapes, several inputs/outputs, an op without TIR legalization).
+            (dynamic shapes, several inputs/outputs, an op without TIR legalization, a kernel
+            workspace whose size is not static).
+        ToolchainError: ``ram_kib``/``flash_kib`` given without the bare-metal toolchain.
     """
     prof = get_profile(profile if profile is not None else compiled.profile)
     if prof.is_host:
         raise ValueError("export_standalone needs a RISC-V profile (e.g. profile='rv64gc'); "
                          "the model was compiled for 'host'")
+    board = board_memory(ram_kib, flash_kib, stack_kib)
     linux = linux and prof.xlen == 64
     t0 = time.monotonic()
     kernels = {s.func_name for s in [*compiled.sites, *compiled.fp32_sites]}
     lowered = lower_for_standalone(compiled.mod, prof.target("baremetal"), kernels, fuse)
     g = build_graph(lowered["main"])
-    arena_bytes = plan_memory(g.storages)
-    blob = layout_weights(g.storages)
-
     d = Path(directory)
     _copy_sources(d)
-    objs = _build_kernels(lowered, g, prof, d, linux)
+    objs, ws = _build_kernels(lowered, g, prof, d, linux)
+    plan = {"workspace_bytes": add_workspaces(g, ws), "arena_bytes": plan_memory(g.storages),
+            "arena_lower_bound": arena_lower_bound(g.storages)}
+    plan["workspace_offset"] = workspace_region(g.storages)[0]
+    blob = layout_weights(g.storages)
+    plan["weight_bytes"] = len(blob)
+    _precheck(board, plan["arena_bytes"], len(blob))
     build_s = time.monotonic() - t0
-    (d / "model.h").write_text(model_h(g, arena_bytes))
-    (d / "model.c").write_text(model_c(g, arena_bytes))
-    (d / "weights.bin").write_bytes(blob)
-    (d / "weights.S").write_text(WEIGHTS_S)
-    (d / "input.bin").write_bytes(np.zeros(g.input.shape, np.float32).tobytes())
-    (d / "Makefile").write_text(makefile(prof, linux, tool_vars(prof)))
+    _write_sources(d, g, prof, linux, board, plan, blob)
 
     manifest = _manifest(compiled, prof, g, objs, kernels, fuse)
-    naive = sum(s.nbytes for s in g.storages if s.kind == "arena")
+    naive = sum(s.nbytes for s in g.storages if s.kind in ("arena", "workspace"))
     manifest.update({
-        "arena_bytes": arena_bytes,
+        "arena_bytes": plan["arena_bytes"],
         "naive_activation_bytes": naive,
         "weight_bytes": len(blob),
         "num_ops": len(g.ops),
         "num_kernel_calls": sum(op.func in kernels for op in g.ops),
         "export_seconds": round(build_s, 2),
+        "board": dataclasses.asdict(board) if board else None,
     })
+    manifest["memory"] = memory_figures(plan, link_figures(d, prof, linux, board), board)
     (d / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return StandaloneArtifact(str(d.resolve()), prof, g.input.shape, g.output.shape, arena_bytes,
-                              naive, len(blob), len(g.ops), linux, manifest)
+    return StandaloneArtifact(str(d.resolve()), prof, g.input.shape, g.output.shape,
+                              plan["arena_bytes"], naive, len(blob), len(g.ops), linux, manifest)
+
+
+def _write_sources(d: Path, g: ModelGraph, prof: Profile, linux: bool,
+                   board: BoardMemory | None, plan: dict[str, int], blob: bytes) -> None:
+    """The generated C, the weight blob, a zero input and the Makefile."""
+    (d / "model.h").write_text(model_h(g, plan["arena_bytes"]))
+    (d / "model.c").write_text(model_c(g, plan["arena_bytes"]))
+    (d / "weights.bin").write_bytes(blob)
+    (d / "weights.S").write_text(WEIGHTS_S)
+    (d / "input.bin").write_bytes(np.zeros(g.input.shape, np.float32).tobytes())
+    (d / "Makefile").write_text(makefile(prof, linux, tool_vars(prof, board)))
 
 
 def load_standalone(directory: str) -> StandaloneArtifact:

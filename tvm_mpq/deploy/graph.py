@@ -23,7 +23,8 @@ class Storage:
 
     Attributes:
         sid: index in :attr:`ModelGraph.storages` (the manifest's buffer id).
-        kind: ``"input" | "output" | "arena" | "const"``.
+        kind: ``"input" | "output" | "arena" | "const" | "workspace"`` (the scratch memory one
+            op's kernel requests through ``TVMBackendAllocWorkspace``: live at that op only).
         nbytes: its size.
         first: index of the op that writes it (arena buffers).
         last: index of the last op that reads it.
@@ -58,12 +59,14 @@ class OpCall:
         symbol: its unique global symbol in the kernel object (set by :func:`build_graph`).
         args: input then output tensors.
         num_inputs: how many of ``args`` are inputs.
+        workspace: bytes of workspace its kernel holds at its peak (:func:`add_workspaces`).
     """
 
     func: str
     symbol: str
     args: list[TensorRef]
     num_inputs: int
+    workspace: int = 0
 
 
 @dataclass
@@ -235,19 +238,51 @@ def align(n: int, a: int = ALIGN) -> int:
     return (n + a - 1) // a * a
 
 
+def add_workspaces(g: ModelGraph, sizes: dict[str, int]) -> int:
+    """Record each op's workspace (``sizes``: bytes per op symbol, from
+    :func:`~tvm_mpq.deploy.workspace.compile_with_workspaces`) as a ``"workspace"`` storage live
+    at that op only. Returns the largest one: the workspace region's size."""
+    for i, op in enumerate(g.ops):
+        op.workspace = int(sizes.get(op.symbol, 0))
+        if op.workspace:
+            g.storages.append(Storage(len(g.storages), "workspace", op.workspace, i, i))
+    return max((op.workspace for op in g.ops), default=0)
+
+
 def plan_memory(storages: list[Storage]) -> int:
     """Assign arena offsets: greedy by size (largest first), lowest offset that does not
     overlap a storage with an intersecting live range ``[first, last]``. Returns arena bytes.
 
     A storage written by op i and read by op i is live at i on both ends, so an op's output
     never shares bytes with its own inputs (kernels are not in-place safe).
+
+    Workspaces (kind ``"workspace"``, live at their op only) all start at one offset, the
+    base of the region ``[__ws_start, __ws_end)`` the harness allocator serves every op's
+    requests from; the tensors live at an op with a workspace are placed around it, the
+    others may reuse its bytes. The base is the candidate (0, a tensor's size, or the end of
+    a tensor placed with base 0) that gives the smallest arena.
     """
     arena = [s for s in storages if s.kind == "arena"]
     for s in arena:
         if s.last < s.first:  # written, never read (dead tuple element): still needs space
             s.last = s.first
-    placed: list[Storage] = []
+    ws = [s for s in storages if s.kind == "workspace"]
+    if not ws:
+        return _place(arena, ws, 0)
+    _place(arena, ws, 0)
+    cands = sorted({0} | {align(s.nbytes) for s in arena}
+                   | {s.offset + align(s.nbytes) for s in arena})
+    best = min(cands, key=lambda base: (_place(arena, ws, base), base))
+    return _place(arena, ws, best)
+
+
+def _place(arena: list[Storage], ws: list[Storage], base: int) -> int:
+    """Workspaces at ``base``, then the tensors greedily; returns the arena's size."""
     top = 0
+    for w in ws:
+        w.offset = base
+        top = max(top, align(base + w.nbytes))
+    placed = list(ws)
     for s in sorted(arena, key=lambda s: (-s.nbytes, s.first, s.sid)):
         busy = sorted((p.offset, p.offset + align(p.nbytes)) for p in placed
                       if p.first <= s.last and s.first <= p.last)
@@ -260,3 +295,19 @@ def plan_memory(storages: list[Storage]) -> int:
         placed.append(s)
         top = max(top, align(off + s.nbytes))
     return top
+
+
+def workspace_region(storages: list[Storage]) -> tuple[int, int]:
+    """``(offset, bytes)`` of the planned workspace region in the arena (``(0, 0)`` without
+    workspaces)."""
+    ws = [s for s in storages if s.kind == "workspace"]
+    return (ws[0].offset, max(s.nbytes for s in ws)) if ws else (0, 0)
+
+
+def arena_lower_bound(storages: list[Storage]) -> int:
+    """The largest set of simultaneously live arena tensors and workspaces, in bytes: no plan
+    of the arena can be smaller (everything live at one op needs its own bytes)."""
+    live = [s for s in storages if s.kind in ("arena", "workspace")]
+    ops = {i for s in live for i in (s.first, max(s.first, s.last))}
+    return max((sum(s.nbytes for s in live if s.first <= i <= max(s.first, s.last))
+                for i in ops), default=0)

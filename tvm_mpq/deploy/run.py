@@ -16,6 +16,7 @@ import numpy as np
 from tvm_mpq.deploy.artifact import StandaloneArtifact, StandaloneResult
 from tvm_mpq.deploy.buildrules import BuildError, build_rules, run_rules, tool_vars
 from tvm_mpq.deploy.export import export_standalone, load_standalone
+from tvm_mpq.deploy.memory import does_not_fit, record_stack
 from tvm_mpq.measure import toolchain
 from tvm_mpq.measure.runner import ARTIFACT_BACKENDS, Runner, create_runner
 from tvm_mpq.targets import Profile, get_profile
@@ -107,7 +108,7 @@ def _build(art: StandaloneArtifact, variant: str, x: np.ndarray, max_instruction
     os.makedirs(run_dir, exist_ok=True)
     inp = os.path.join(run_dir, "input.bin")
     Path(inp).write_bytes(x.tobytes())
-    values = tool_vars(prof)
+    values = tool_vars(prof, art.board)
     if variant != "linux":
         values["CC_BM"] = toolchain.find_gcc()
     values.update(INPUT=inp, WATCHDOG_TICKS=str(max(1, max_instructions // 100)))
@@ -130,7 +131,8 @@ def _run(art: StandaloneArtifact, x: Any, runner: Runner, max_instructions: int,
     try:
         inp = _build(art, variant, x, max_instructions)
     except BuildError as e:
-        return StandaloneResult(None, None, "build_error", str(e), backend=runner.backend)
+        fit = does_not_fit(str(e), art.board)
+        return StandaloneResult(None, None, "build_error", str(fit or e), backend=runner.backend)
     t0 = time.monotonic()
     if linux:
         sim = runner.run_elf(os.path.join(art.directory, "build/linux/model"), art.profile,
@@ -144,9 +146,13 @@ def _run(art: StandaloneArtifact, x: Any, runner: Runner, max_instructions: int,
 
 def _result(art: StandaloneArtifact, sim: toolchain.SimResult, runner: Runner, wall: float,
             profile_ops: bool) -> StandaloneResult:
-    """The :class:`StandaloneResult` of one run's console output."""
-    text, rc = sim.stdout, sim.returncode
-    info, out, msg = _parse_output(text, int(np.prod(art.output_shape)))
+    """The :class:`StandaloneResult` of one run's console output (a measured stack is recorded
+    in the artifact's memory figures)."""
+    info, out, msg = _parse_output(sim.stdout, int(np.prod(art.output_shape)))
+    stack = info.get("stack")
+    if stack is not None and stack[0] >= stack[2]:
+        return StandaloneResult(None, None, "run_error", f"stack overflow: the program used the "
+                                f"whole {stack[2]}-byte stack", backend=runner.backend, wall_s=wall)
     if info.get("done") and info.get("rc") == 0 and out is not None:
         ops = None
         if profile_ops:
@@ -157,8 +163,18 @@ def _result(art: StandaloneArtifact, sim: toolchain.SimResult, runner: Runner, w
                                         f"per-op counts for {len(counts)} of {len(names)} ops",
                                         backend=runner.backend, wall_s=wall)
             ops = [(i, names[i], counts[i]) for i in range(len(names))]
+        if stack is not None:
+            record_stack(art.directory, art.manifest, stack[0], stack[1])
         return StandaloneResult(out.reshape(art.output_shape), info.get("instructions"), "ok", "",
-                                info.get("cycles"), runner.backend, wall, ops)
+                                info.get("cycles"), runner.backend, wall, ops,
+                                *(stack[:2] if stack else (None, None)))
+    return _failure(info, msg, sim, runner, wall)
+
+
+def _failure(info: dict[str, Any], msg: str, sim: toolchain.SimResult, runner: Runner,
+             wall: float) -> StandaloneResult:
+    """A run that did not finish with an output: timeout or run error."""
+    text, rc = sim.stdout, sim.returncode
     # Spike stopped by its --instructions backstop exits 0 without @@DONE
     if sim.timed_out or info.get("watchdog") or (runner.platform == "spike" and rc == 0
                                                  and "done" not in info):
@@ -174,6 +190,7 @@ def _result(art: StandaloneArtifact, sim: toolchain.SimResult, runner: Runner, w
 
 
 _R_LINE = re.compile(r"^@@R rc=(-?\d+)(?: instret=(\d+) cycles=(\d+))?\s*$")
+_M_LINE = re.compile(r"^@@M stack=(\d+) model_stack=(\d+) stack_size=(\d+)\s*$")
 
 
 def _parse_output(text: str, n: int) -> tuple[dict[str, Any], np.ndarray | None, str]:
@@ -188,6 +205,8 @@ def _parse_output(text: str, n: int) -> tuple[dict[str, Any], np.ndarray | None,
             info["rc"] = int(m.group(1))
             if m.group(2) is not None:
                 info["instructions"], info["cycles"] = int(m.group(2)), int(m.group(3))
+        elif _M_LINE.match(line):
+            info["stack"] = tuple(int(v) for v in _M_LINE.match(line).groups())
         elif line.startswith("@@O "):
             parts = line.split()
             i0 = int(parts[1])

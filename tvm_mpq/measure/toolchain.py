@@ -244,8 +244,50 @@ def platform_defines(platform: str) -> list[str]:
     return ["-DPLATFORM_VIRT"] if platform == "virt" else []
 
 
+#: stack of the simulators' default layout (``STACK_SIZE`` in ``harness/link.ld``)
+SIM_STACK_BYTES = 8 << 20
+
+#: base address of the simulators' DRAM (Spike and QEMU ``-M virt``): where both link scripts
+#: start (``_start`` there: QEMU ``-bios none`` jumps to it)
+DRAM_BASE = 0x80000000
+
+
+@dataclass(frozen=True)
+class BoardMemory:
+    """A board's memory for the bare-metal link (``harness/link_board.ld``): ``flash_bytes`` of
+    flash at :data:`DRAM_BASE` (code, read-only data, the ``.data`` load image), then
+    ``ram_bytes`` of RAM (arena, ``.data``/``.bss``, then a ``stack_bytes`` stack).
+
+    On Spike / QEMU both regions lie in the simulators' DRAM: the sizes are emulated (a
+    section that does not fit fails the link with ``region `ram' overflowed by N bytes``), not
+    the timing of XIP flash. ``crt0.S`` copies ``.data`` from flash to RAM
+    (``-DMPQ_COPY_DATA``: :func:`bare_metal_cflags`).
+    """
+
+    flash_bytes: int
+    ram_bytes: int
+    stack_bytes: int
+
+    def __post_init__(self) -> None:
+        for name in ("flash_bytes", "ram_bytes", "stack_bytes"):
+            v = getattr(self, name)
+            if v <= 0 or v % 16:
+                raise ValueError(f"{name} must be a positive multiple of 16, got {v}")
+        if self.stack_bytes > self.ram_bytes:
+            raise ValueError(f"the stack ({self.stack_bytes} bytes) is larger than the RAM "
+                             f"({self.ram_bytes} bytes)")
+        if self.flash_bytes + self.ram_bytes > GUEST_RAM_MIB << 20:
+            raise ValueError(f"flash + RAM ({self.flash_bytes + self.ram_bytes} bytes) exceed "
+                             f"the simulators' {GUEST_RAM_MIB} MiB of DRAM")
+
+    @property
+    def ram_origin(self) -> int:
+        """Address of the RAM region (right after flash)."""
+        return DRAM_BASE + self.flash_bytes
+
+
 def bare_metal_cflags(profile: Profile, include_dirs: Sequence[str | Path] = (),
-                      platform: str | None = None) -> list[str]:
+                      platform: str | None = None, board: BoardMemory | None = None) -> list[str]:
     """gcc flags compiling bare-metal C and assembly for ``profile`` against picolibc.
 
     Args:
@@ -253,25 +295,36 @@ def bare_metal_cflags(profile: Profile, include_dirs: Sequence[str | Path] = (),
         include_dirs: ``-I`` directories, in order (absolute, or relative to the build dir).
         platform: adds :func:`platform_defines`; None leaves them out, for a build that adds
             them only to the files that differ per platform (the standalone Makefile).
+        board: a board layout (``link_board.ld``): ``crt0.S`` then copies ``.data`` from its
+            load address in flash (``-DMPQ_COPY_DATA``).
     """
     flags = [f"-march={profile.march}", f"-mabi={profile.mabi}", "-mcmodel=medany", "-O2",
              "-ffunction-sections", "-fdata-sections", "-fno-builtin-printf",
              "--specs=picolibc.specs", *(f"-I{d}" for d in include_dirs)]
+    flags += ["-DMPQ_COPY_DATA"] if board is not None else []
     return flags + (platform_defines(platform) if platform is not None else [])
 
 
-def bare_metal_ldflags(profile: Profile, link_script: str | Path, gcc: str | None = None) -> list[str]:
+def bare_metal_ldflags(profile: Profile, link_script: str | Path, gcc: str | None = None,
+                       board: BoardMemory | None = None) -> list[str]:
     """gcc flags linking a bare-metal ELF for ``profile`` (harness ``link.ld``, no crt files).
 
     The link ``-march`` is the ISA-2.2 base name that selects picolibc's multilib (see
     :func:`multilib_march`). With ``gcc`` given, that multilib is checked to exist
     (:class:`ToolchainError` otherwise); without, the flags are computed only (a Makefile).
+    With ``board`` (and ``link_script`` = ``harness/link_board.ld``), the region sizes are
+    passed as ``--defsym`` symbols ``MPQ_FLASH_BYTES``, ``MPQ_RAM_BYTES``, ``MPQ_STACK_BYTES``.
     """
     lmarch = (multilib_march(gcc, profile.march, profile.mabi) if gcc is not None
               else profile.march.split("_")[0])
-    return [f"-march={lmarch}", "-misa-spec=2.2", f"-mabi={profile.mabi}", "-mcmodel=medany",
-            "--specs=picolibc.specs", "-nostartfiles", "-T", str(link_script),
-            "-Wl,--gc-sections", "-Wl,--no-warn-rwx-segments"]
+    flags = [f"-march={lmarch}", "-misa-spec=2.2", f"-mabi={profile.mabi}", "-mcmodel=medany",
+             "--specs=picolibc.specs", "-nostartfiles", "-T", str(link_script),
+             "-Wl,--gc-sections", "-Wl,--no-warn-rwx-segments"]
+    if board is not None:
+        flags += [f"-Wl,--defsym=MPQ_FLASH_BYTES={board.flash_bytes}",
+                  f"-Wl,--defsym=MPQ_RAM_BYTES={board.ram_bytes}",
+                  f"-Wl,--defsym=MPQ_STACK_BYTES={board.stack_bytes}"]
+    return flags
 
 
 def linux_cflags(profile: Profile, include_dirs: Sequence[str | Path] = ()) -> list[str]:

@@ -2,9 +2,11 @@
    Hart 0 runs; any other hart parks. Works for rv32 and rv64. */
 #if __riscv_xlen == 64
 #define STORE sd
+#define LOAD ld
 #define WORD 8
 #else
 #define STORE sw
+#define LOAD lw
 #define WORD 4
 #endif
 
@@ -26,6 +28,20 @@ _start:
   csrs  mstatus, t0
 #ifdef __riscv_flen
   csrwi fcsr, 0
+#endif
+#ifdef MPQ_COPY_DATA
+  /* board layout (link_board.ld): copy .data and .tdata from their load image in flash */
+  la    t0, __data_lma
+  la    t1, __data_start
+  la    t2, __data_end
+3:
+  bgeu  t1, t2, 4f
+  LOAD  t3, 0(t0)
+  STORE t3, 0(t1)
+  addi  t0, t0, WORD
+  addi  t1, t1, WORD
+  j     3b
+4:
 #endif
   /* zero .tbss .. .bss (word aligned by the link script) */
   la    t0, __tbss_start

@@ -14,15 +14,27 @@
 #include "model.h"
 
 /* ---- TVM runtime stand-ins ---- */
+/* Workspace: the bare-metal bump allocator (tvm_rt_stubs.c) over the region model.c reserves
+   for the kernels' workspaces at the start of its arena ([__ws_start, __ws_end)). */
+extern uint8_t __ws_start[], __ws_end[];
+static uintptr_t ws_top;
+
 void *TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes,
                                int dtype_code_hint, int dtype_bits_hint) {
   (void)device_type, (void)device_id, (void)dtype_code_hint, (void)dtype_bits_hint;
-  return aligned_alloc(64, (size_t)((nbytes + 63) & ~(uint64_t)63));
+  uintptr_t p = (ws_top + 63) & ~(uintptr_t)63;
+  if (nbytes > (uint64_t)(__ws_end - __ws_start) - p) {
+    fputs("@@E workspace arena exhausted\n", stderr);
+    return NULL;
+  }
+  ws_top = p + (uintptr_t)nbytes;
+  return __ws_start + p;
 }
 
 int TVMBackendFreeWorkspace(int device_type, int device_id, void *ptr) {
   (void)device_type, (void)device_id;
-  free(ptr);
+  uintptr_t off = (uintptr_t)((uint8_t *)ptr - __ws_start);
+  if (off < ws_top) ws_top = off;
   return 0;
 }
 

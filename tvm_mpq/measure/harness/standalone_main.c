@@ -2,6 +2,10 @@
  * input linked into the ELF (standalone_input.S) and prints
  *
  *   @@R rc=<rc> instret=<n> cycles=<n>     minstret/mcycle deltas around mpq_model_run
+ *   @@M stack=<n> model_stack=<n> stack_size=<n>
+ *                                           stack high-water mark in bytes: of the program
+ *                                           (from the stack top) and of mpq_model_run alone
+ *                                           (below main's frame); the stack region's size
  *   @@P <op index> <instret>                per op, when built with -DMPQ_PROFILE_OPS
  *   @@O <first index> <hex32> ...           the output floats, bit-exact, 8 per line
  *   @@DONE
@@ -14,6 +18,27 @@
 #include "model.h"
 
 extern const uint8_t mpq_input_bin[], mpq_input_end[];
+extern uintptr_t __stack_bottom[], _stack_top[]; /* the stack region (link.ld, link_board.ld) */
+
+/* Stack high-water mark: the stack region below the caller's frame is painted with a pattern
+   before mpq_model_run and scanned from the bottom after it; the deepest word written is the
+   mark. (A word written with the pattern itself, or a frame reserved but never written below
+   the deepest write, are not seen.) Both run outside the counted region. */
+#define MPQ_STACK_PAINT ((uintptr_t)0xa5c3a5c3a5c3a5c3ull)
+
+static uintptr_t __attribute__((noinline)) stack_paint(void) {
+  uintptr_t sp;
+  __asm__ volatile("mv %0, sp" : "=r"(sp));
+  volatile uintptr_t *p = (volatile uintptr_t *)__stack_bottom;
+  while ((uintptr_t)p + 64 < sp) *p++ = MPQ_STACK_PAINT; /* 64 bytes below sp stay untouched */
+  return sp;
+}
+
+static uintptr_t __attribute__((noinline)) stack_deepest(void) {
+  const volatile uintptr_t *p = (const volatile uintptr_t *)__stack_bottom;
+  while (p < (const volatile uintptr_t *)_stack_top && *p == MPQ_STACK_PAINT) p++;
+  return (uintptr_t)p;
+}
 
 /* the caller's output buffer: aligned like every other tensor the kernels see */
 static float output[MPQ_OUTPUT_SIZE] __attribute__((aligned(64)));
@@ -34,15 +59,23 @@ int main(void) {
     return 2;
   }
   mpq_ws_reset();
+  uintptr_t sp = stack_paint(); /* main's frame ends at most here */
   uint64_t c0 = rd_mcycle(), i0 = rd_minstret();
   int32_t rc = mpq_model_run((const float *)mpq_input_bin, output);
   uint64_t i1 = rd_minstret(), c1 = rd_mcycle();
+  uintptr_t deepest = stack_deepest();
   mpq_puts("@@R rc=");
   mpq_puti(rc);
   mpq_puts(" instret=");
   mpq_putu(i1 - i0);
   mpq_puts(" cycles=");
   mpq_putu(c1 - c0);
+  mpq_puts("\n@@M stack=");
+  mpq_putu((uint64_t)((uintptr_t)_stack_top - deepest));
+  mpq_puts(" model_stack=");
+  mpq_putu((uint64_t)(deepest < sp ? sp - deepest : 0));
+  mpq_puts(" stack_size=");
+  mpq_putu((uint64_t)((uintptr_t)_stack_top - (uintptr_t)__stack_bottom));
   mpq_putc('\n');
 #ifdef MPQ_PROFILE_OPS
   for (uint32_t i = 0; i < MPQ_NUM_OPS; i++) {
