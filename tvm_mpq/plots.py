@@ -76,16 +76,13 @@ def plot_pareto(front: Any, path: str | os.PathLike[str], *, title: str | None =
 def _points(front: Any) -> dict[str, Any]:
     """What :func:`plot_pareto` draws, from a search front or a ``TuneResult``."""
     if hasattr(front, "baselines"):  # a TuneResult: measured costs, drops in points
-        def cost(p: Any) -> float:
-            return p.measured_cost or p.predicted_cost
-
         pts = [p for p in front.pareto if p.drop is not None]
         best = front.best
-        return {"x": [cost(p) for p in pts], "y": [100 * p.drop for p in pts],
+        return {"x": [p.cost for p in pts], "y": [100 * p.drop for p in pts],
                 "size": [p.size_bytes / 1024 for p in pts], "ok": [True] * len(pts),
-                "baseline": [(n, cost(b), b.drop) for n, b in front.baselines.items()
+                "baseline": [(n, b.cost, b.drop) for n, b in front.baselines.items()
                              if b.drop is not None],
-                "best": (cost(best), 100 * best.drop) if best is not None and best.drop is not None
+                "best": (best.cost, 100 * best.drop) if best is not None and best.drop is not None
                 else None,
                 "xlabel": f"measured cost ({front.cost_unit}, {front.profile} on {front.backend})",
                 "ylabel": "accuracy drop vs fp32 (points)"}

@@ -13,7 +13,6 @@ from typing import Any
 
 from tvm_mpq.measure.runner import BACKENDS
 
-SUBCOMMAND = "tune"
 DATASETS = ("fashion-mnist",)
 
 

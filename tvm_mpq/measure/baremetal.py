@@ -274,18 +274,17 @@ def _le_bytes(a: np.ndarray) -> bytes:
 # ---- harness objects (cached: they depend only on flags and harness sources) ----
 
 
-def _cflags(prof: Profile, backend: str) -> list[str]:
-    platform = "virt" if backend == "qemu" else "spike"
+def _cflags(prof: Profile, platform: str) -> list[str]:
     return toolchain.bare_metal_cflags(prof, [HARNESS_DIR, toolchain.ffi_include_dir()], platform)
 
 
-def _harness_objects(gcc: str, prof: Profile, backend: str, wd: str) -> list[str]:
-    flags = _cflags(prof, backend)
+def _harness_objects(gcc: str, prof: Profile, platform: str, wd: str) -> list[str]:
+    flags = _cflags(prof, platform)
     h = hashlib.sha256(" ".join([gcc, *flags]).encode())
     for f in _HARNESS_SOURCES + _HARNESS_HEADERS:
         h.update((HARNESS_DIR / f).read_bytes())
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    cache = os.path.join(base, "tvm_mpq", "harness", f"{prof.name}-{backend}-{h.hexdigest()[:16]}")
+    cache = os.path.join(base, "tvm_mpq", "harness", f"{prof.name}-{platform}-{h.hexdigest()[:16]}")
     objs = [os.path.join(cache, Path(s).stem + ".o") for s in _HARNESS_SOURCES]
     if all(os.path.isfile(o) for o in objs):
         return objs
@@ -384,12 +383,12 @@ def _incbin(asm: list[str], d: str, sym: str, section: str, data: bytes) -> None
         asm.append("  .byte 0")
 
 
-def _link(entries: list[_Entry], prof: Profile, backend: str, d: str, max_instructions: int,
+def _link(entries: list[_Entry], prof: Profile, platform: str, d: str, max_instructions: int,
           harness: list[str]) -> str:
     gcc = toolchain.find_gcc()
     os.makedirs(d, exist_ok=True)
     s_path, c_path = _write_tables(entries, d, max(1, max_instructions // 100))
-    flags = _cflags(prof, backend)
+    flags = _cflags(prof, platform)
     _cc([gcc, *flags, "-c", s_path, "-o", os.path.join(d, "data.o")], cwd=d)
     _cc([gcc, *flags, "-c", c_path, "-o", os.path.join(d, "cases.o")], cwd=d)
     kobjs = list(dict.fromkeys(e.obj for e in entries))
@@ -407,15 +406,15 @@ def _measure(entries: list[_Entry], prof: Profile, runner: Runner, wd: str, dead
     results: dict[str, KernelRun] = {}
     if not entries:
         return results
-    backend = runner.backend
-    harness = _harness_objects(toolchain.find_gcc(), prof, backend, wd)
+    platform = runner.platform  # "spike" or "virt": the harness build variant
+    harness = _harness_objects(toolchain.find_gcc(), prof, platform, wd)
     todo = list(entries)
     attempt = 0
     while todo:
         d = os.path.join(wd, f"run{attempt}")
         attempt += 1
         try:
-            elf = _link(todo, prof, backend, d, max_instructions, harness)
+            elf = _link(todo, prof, platform, d, max_instructions, harness)
         except _LinkError as e:
             if len(todo) == 1:
                 results[todo[0].name] = failed_run(todo[0].name, "build_error", f"link failed: {e}")
@@ -424,7 +423,7 @@ def _measure(entries: list[_Entry], prof: Profile, runner: Runner, wd: str, dead
             good = []
             for i, en in enumerate(todo):
                 try:
-                    _link([en], prof, backend, os.path.join(d, f"single{i}"),
+                    _link([en], prof, platform, os.path.join(d, f"single{i}"),
                           max_instructions, harness)
                     good.append(en)
                 except _LinkError as e1:

@@ -399,7 +399,7 @@ class MeasurementDB:
             raise ValueError(f"unknown cost unit {unit!r}; expected 'instructions' or 'seconds'")
         out: dict[KernelKey, float] = {}
         for r in self.records(profile, backend, schedule="default"):
-            key = KernelKey(r.workload_key, r.variant, int(r.w_bits), int(r.a_bits), profile)
+            key = r.kernel_key
             v = getattr(r, unit)
             if r.ok and v is not None:
                 out[key] = float(v)

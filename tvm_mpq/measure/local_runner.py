@@ -171,8 +171,8 @@ class LocalRunner(Runner):
             try:
                 p = prepare_kernel(r, profile, settings.seed, started)
             except Exception as e:  # noqa: BLE001 - unsupported shape etc.: this kernel's failure
-                done([failed_record(self._request(r, profile, settings.seed), "build_error",
-                                    f"{type(e).__name__}: {last_line(e)}",
+                done([failed_record(r.to_request(profile.name, self.backend, settings.seed),
+                                    "build_error", f"{type(e).__name__}: {last_line(e)}",
                                     started_at=started, finished_at=utc_now())])
                 continue
             if r.tune_trials > 0:
@@ -224,14 +224,9 @@ class LocalRunner(Runner):
         return [self._record(p, profile, settings.seed, started, res)
                 for p, res in zip(items, results, strict=True)]
 
-    def _request(self, req: MeasureRequest, profile: Profile, seed: int) -> dict[str, Any]:
-        return {"workload": req.workload, "variant": req.variant, "w_bits": req.w_bits,
-                "a_bits": req.a_bits, "tune_trials": req.tune_trials, "profile": profile.name,
-                "backend": self.backend, "seed": seed}
-
     def _record(self, p: PreparedKernel, profile: Profile, seed: int, started: str,
                 res: RunResult) -> MeasureRecord:
         build = record_for if res.status == "ok" else failed_record
-        return build(self._request(p.request, profile, seed), res.status, res.message,
-                     schedule_trace=p.trace, schedule_hash=p.trace_hash, extra=p.extra or {},
+        return build(p.request.to_request(profile.name, self.backend, seed), res.status,
+                     res.message, schedule_trace=p.trace, schedule_hash=p.trace_hash, extra=p.extra or {},
                      started_at=started, finished_at=utc_now(), **res.numbers)

@@ -78,7 +78,7 @@ class SimRunner(LocalRunner):
             else kernel_module(p.kd, None, f"k{i}", profile.name)[f"k{i}"],
             p.args, {len(p.args) - 1: p.expected}) for i, p in enumerate(kernels)]
         try:
-            runs = baremetal.run_kernels(cases, profile, self, timeout_s=timeout_s)
+            runs = self.run_cases(cases, profile, timeout_s)
         except ToolchainError:
             raise
         except Exception as e:  # noqa: BLE001 - the chunk failed as a whole: record, don't abort
@@ -100,7 +100,7 @@ class SimRunner(LocalRunner):
         # rounding, so only the exact integer validation below judges fp32 schedules
         ref = None if variant == "fp32" else reference_from_primfunc(kd.prim_func("main"))
         return TuneHooks(ms_target(profile), bare_metal_builder(),
-                         BareMetalRunner(profile, self.backend, reference=ref),
+                         BareMetalRunner(profile, self, reference=ref),
                          self._validator(profile))
 
     def _validator(self, profile: Profile):
@@ -111,7 +111,7 @@ class SimRunner(LocalRunner):
             func = mod["main"] if "main" in mod else next(iter(mod.functions.values()))
             cases = [baremetal.KernelCase(f"val{i}", func, args, {len(args) - 1: exp})
                      for i, (args, exp) in enumerate(validation_cases(kd))]
-            bad = [f"{r.status}: {r.message}" for r in baremetal.run_kernels(cases, profile, self)
+            bad = [f"{r.status}: {r.message}" for r in self.run_cases(cases, profile)
                    if r.status != "ok"]
             return "; ".join(bad) or None
 

@@ -12,12 +12,11 @@ from tvm_mpq.targets import get_profile
 
 
 def resolve_target(target: Any) -> tvm.target.Target:
-    """A TVM target from "llvm"/"host", a profile name, a JSON dict or a Target."""
+    """A TVM target from a profile name or alias (``"llvm"``/``"host"``: this machine), a JSON
+    dict or a Target."""
     if isinstance(target, tvm.target.Target):
         return target
-    if isinstance(target, str):
-        if target in ("llvm", "host"):
-            return get_profile("host").target()
+    if isinstance(target, str):  # the host profile's target ignores the os
         return get_profile(target).target("linux")
     if isinstance(target, dict):
         return tvm.target.Target(target)

@@ -288,9 +288,9 @@ def _schedule_direct(kd: KernelDef, kt: int = 4, owt: int = 2, unroll_rx: bool =
 def _riscv_mattr(target: Any) -> list[str] | None:
     """The LLVM attributes of a RISC-V ``target`` (profile name, JSON dict or Target); None
     for the host and other architectures."""
-    if target is None or (isinstance(target, str) and target in ("llvm", "host")):
+    if target is None:
         return None
-    if isinstance(target, str):
+    if isinstance(target, str):  # a profile name or alias ("llvm", "host": the host profile)
         from tvm_mpq.targets import get_profile
 
         prof = get_profile(target)

@@ -9,12 +9,13 @@ Stages (each a module with a narrow, documented interface)::
                 records) / predict -> (cost, log_std); save/load (versioned); evaluate_holdout;
                 initial_design; select_for_measurement; layer_workload (= tvm_mpq.schedules.
                 workload.workload_from_layer)
-    sensitivity layer_sensitivity(model, calib, eval) -> SensitivityTable (per layer, per bits)
+    sensitivity (re-exported: tvm_mpq.quant) layer_sensitivity(model, calib, eval) ->
+                SensitivityTable (per layer, per bits)
     problem     MPQProblem(layer_table, cost, sensitivity, profile, bits=..., max_latency=...)
     nsga        run_nsga(problem, workdir=...) -> SearchResult (Pareto front of QuantPlans)
     front       SearchResult, FrontMember; non_dominated / hypervolume / hv_ratio / exhaustive_front
     refine      refine(result, eval_fn) (real accuracy); repair(problem, result, eval_fn, ...)
-    plots       plot_pareto(result, path); plot_bits(plan, path)
+    plots       (re-exported: tvm_mpq.plots) plot_pareto(result, path); plot_bits(plan, path)
 
 Typical flow (what ``tvm_mpq.tune`` composes)::
 

@@ -51,6 +51,11 @@ class PlanPoint:
     qat_dir: str | None = None  # QAT-fine-tuned weights + qparams of this plan (beacons)
     estimated_accuracy: float | None = None  # PTQ accuracy corrected by the nearest beacon
 
+    @property
+    def cost(self) -> float:
+        """The measured cost where there is one, else the predicted one."""
+        return self.measured_cost if self.measured_cost is not None else self.predicted_cost
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["plan"] = self.plan.to_dict()
@@ -192,12 +197,9 @@ def pareto_points(points: list[PlanPoint]) -> list[PlanPoint]:
     cheapest first; cost is the measured one where there is one, else the predicted one."""
     from tvm_mpq.search.front import non_dominated
 
-    def cost(p: PlanPoint) -> float:
-        return p.measured_cost if p.measured_cost is not None else p.predicted_cost
-
-    F = np.asarray([[cost(p), p.drop or 0.0, p.size_bytes] for p in points], dtype=np.float64)
+    F = np.asarray([[p.cost, p.drop or 0.0, p.size_bytes] for p in points], dtype=np.float64)
     keep = [points[i] for i in non_dominated(F.reshape(len(points), 3), unique=False)]
     uniq: dict[str, PlanPoint] = {}
     for p in keep:
         uniq.setdefault(json.dumps(p.plan.to_dict(), sort_keys=True), p)
-    return sorted(uniq.values(), key=cost)
+    return sorted(uniq.values(), key=lambda p: p.cost)

@@ -10,28 +10,15 @@ import math
 import os
 from typing import Any
 
-import numpy as np
 import torch
 
 from tvm_mpq.tuner.result import PlanPoint, TuneResult, load_result
 from tvm_mpq.tuner.stages.base import Stage
 from tvm_mpq.tuner.state import TuneState
 
-__all__ = ["FinalStage", "Padded", "measure_end_to_end", "outcome_message"]
+__all__ = ["FinalStage", "measure_end_to_end", "outcome_message"]
 
 log = logging.getLogger(__name__)
-
-
-class Padded:
-    """Runs a static-batch compiled model on any batch size (pads the last chunk)."""
-
-    def __init__(self, cm: Any):
-        self.cm = cm
-
-    def __call__(self, xb: Any) -> np.ndarray:
-        if isinstance(xb, torch.Tensor):
-            xb = xb.numpy()
-        return self.cm.predict(np.asarray(xb, dtype=np.float32))
 
 
 def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> None:
@@ -56,7 +43,7 @@ def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> N
         if compiled_eval:
             cmb = mpq_compile(m_p, (torch.zeros(64, *x1.shape[1:]),), p.plan, "host",
                               qparams=cm1.qparams)
-            p.compiled_accuracy = state.accuracy_of(Padded(cmb), state.n_eval)
+            p.compiled_accuracy = state.accuracy_of(cmb.predict, state.n_eval)  # pads the last batch
     except Exception as e:  # record the failure on the point; the others still run
         log.warning("final measurement of %s failed: %s", p.label, e)
         p.notes += f" final measurement failed: {type(e).__name__}: {e}"

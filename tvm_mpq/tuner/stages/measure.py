@@ -56,11 +56,9 @@ class MeasureStage(Stage):
             design += initial_design(prior, variants, bits, state.profile.name,
                                      len(prior) * (1 + len(variants) * len(bits)), seed=s.seed)
         state.measure(design)
-        state.overhead = {}
-        if state.runner.bare_metal:  # the passes are measured as bare-metal kernels
-            path = os.path.join(state.workdir, "qdq_overhead.json")
-            read_json(path, "overhead cache")  # an unreadable cache is set aside, re-measured
-            state.overhead = measure_qdq_overhead(table, state.profile, state.runner, path)
+        # bare-metal runners only ({} otherwise); an unreadable cache is measured again
+        state.overhead = measure_qdq_overhead(table, state.profile, state.runner,
+                                              os.path.join(state.workdir, "qdq_overhead.json"))
 
     def save(self, state: TuneState, workdir: str) -> None:
         write_json(stage_file(workdir, self.name),

@@ -22,13 +22,18 @@ __all__ = ["PriceStage", "price"]
 def price(state: TuneState, label: str, plan: QuantPlan, acc: float | None = None,
           proxy: float | None = None) -> PlanPoint:
     """One plan as a :class:`PlanPoint`: cost measured (its unmeasured kernels measured
-    first) and predicted, accuracy (evaluated unless given), drop, size, budgets met."""
+    first) and predicted, accuracy (evaluated unless given), drop, size, budgets met.
+
+    ``state.measured`` must hold the database's costs (:meth:`PriceStage.run` reads them
+    once); it is read again only after this plan's missing kernels were measured."""
     from tvm_mpq.search.problem import plan_queries
     from tvm_mpq.tuner.costs import passes_cost
 
     qs = plan_queries(plan, state.table, state.profile.name)
-    state.measure([q for q in qs if q.key() not in state.measured])
-    state.measured.update(state.measured_costs())
+    todo = [q for q in qs if q.key() not in state.measured]
+    if todo:  # the database only changes when something is measured
+        state.measure(todo)
+        state.measured.update(state.measured_costs())
     extra = sum(passes_cost(q, state.overhead) for q in qs)
     pred = float(np.sum(state.cm(qs))) + extra
     meas = [state.measured.get(q.key()) for q in qs]
@@ -71,6 +76,7 @@ class PriceStage(Stage):
         from tvm_mpq.tuner.result import pareto_points
 
         model = state.model
+        state.measured.update(state.measured_costs())  # kernels measured since the search
         front = [price(state, "front", full_plan(m.plan, model), m.accuracy, m.proxy_drop)
                  for m in state.refined.members]
         # keep the measured non-dominated set (cost measured, drop, size), fastest first
