@@ -86,9 +86,10 @@ def build_rules(prof: Profile, linux: bool) -> dict[str, list[Rule]]:
         kl = f"kernels_{prof.name}_linux.o"
         out["linux"] = [
             Rule("build/linux/model", ["model.c", "model.h", "weights.S", "weights.bin",
-                                       "harness/standalone_linux.c", kl],
+                                       "harness/standalone_linux.c", "harness/tvm_rt_stubs.c",
+                                       "harness/harness.h", kl],
                  "mkdir -p $(@D) && $(CC_LINUX) $(LINUX_CFLAGS) -static -o $@ model.c weights.S "
-                 f"harness/standalone_linux.c {kl} -lm"),
+                 f"harness/standalone_linux.c harness/tvm_rt_stubs.c {kl} -lm"),
         ]
     return out
 

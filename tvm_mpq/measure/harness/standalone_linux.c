@@ -1,5 +1,5 @@
-/* Hosted (Linux, static) driver of a standalone model (tvm_mpq.deploy.standalone), plus the few TVM
- * runtime symbols the kernel object references, implemented on libc.
+/* Hosted (Linux, static) driver of a standalone model (tvm_mpq.deploy). It links with the
+ * bare-metal build's TVM runtime stand-ins (tvm_rt_stubs.c) and gives them a console on stderr.
  *
  *   model_linux INPUT.bin [OUTPUT.bin]
  *
@@ -10,69 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <tvm/ffi/c_api.h>
+#include "harness.h"
 #include "model.h"
 
-/* ---- TVM runtime stand-ins ---- */
-/* Workspace: the bare-metal bump allocator (tvm_rt_stubs.c) over the region model.c reserves
-   for the kernels' workspaces at the start of its arena ([__ws_start, __ws_end)). */
-extern uint8_t __ws_start[], __ws_end[];
-static uintptr_t ws_top;
-
-void *TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes,
-                               int dtype_code_hint, int dtype_bits_hint) {
-  (void)device_type, (void)device_id, (void)dtype_code_hint, (void)dtype_bits_hint;
-  uintptr_t p = (ws_top + 63) & ~(uintptr_t)63;
-  if (nbytes > (uint64_t)(__ws_end - __ws_start) - p) {
-    fputs("@@E workspace arena exhausted\n", stderr);
-    return NULL;
-  }
-  ws_top = p + (uintptr_t)nbytes;
-  return __ws_start + p;
-}
-
-int TVMBackendFreeWorkspace(int device_type, int device_id, void *ptr) {
-  (void)device_type, (void)device_id;
-  uintptr_t off = (uintptr_t)((uint8_t *)ptr - __ws_start);
-  if (off < ws_top) ws_top = off;
-  return 0;
-}
-
-typedef struct {
-  void *sync_handle;
-  int32_t num_task;
-} TVMParallelGroupEnv;
-typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv *penv, void *cdata);
-
-int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task) {
-  (void)num_task;
-  TVMParallelGroupEnv env = {0, 1};
-  return flambda(0, &env, cdata);
-}
-
-int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv *penv) {
-  (void)task_id, (void)penv;
-  return 0;
-}
-
-void *(*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = TVMBackendAllocWorkspace;
-int (*__TVMBackendFreeWorkspace)(int, int, void *) = TVMBackendFreeWorkspace;
-int (*__TVMBackendParallelLaunch)(FTVMParallelLambda, void *, int) = TVMBackendParallelLaunch;
-int (*__TVMBackendParallelBarrier)(int, TVMParallelGroupEnv *) = TVMBackendParallelBarrier;
-
-void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t num_parts) {
-  fprintf(stderr, "@@E %s: ", kind ? kind : "Error");
-  for (int32_t i = 0; i < num_parts; i++)
-    if (parts[i]) fputs(parts[i], stderr);
-  fputc('\n', stderr);
-}
-
-void TVMFFIErrorSetRaisedFromCStr(const char *kind, const char *message) {
-  const char *parts[1] = {message};
-  TVMFFIErrorSetRaisedFromCStrParts(kind, parts, 1);
-}
-
-void TVMAPISetLastError(const char *msg) { TVMFFIErrorSetRaisedFromCStr("Error", msg); }
+/* ---- console of the shared TVM runtime stand-ins (tvm_rt_stubs.c: workspace allocator over
+   the region model.c reserves in its arena, serial parallel loops, "@@E" error lines) ---- */
+void mpq_putc(char c) { fputc(c, stderr); }
+void mpq_puts(const char *s) { fputs(s, stderr); }
 
 /* ---- driver ---- */
 int main(int argc, char **argv) {
