@@ -47,7 +47,7 @@ def _check(net, plan, seed=0):
     x = torch.randn(2, 1, 12, 12, generator=g)
     calib = torch.randn(32, 1, 12, 12, generator=g)
     qp = calibrate(net, plan, calib)
-    cm = tvm_mpq.compile(net, x, plan, "host", qparams=qp)
+    cm = tvm_mpq.compile(net, x, plan, "host", qparams=qp, glue="float")
     y = cm(x)
     exact = tvm_mpq.fake_quant(net, plan, qparams=qp, integer_accumulate=True)(x).detach().numpy()
     fq = tvm_mpq.fake_quant(net, plan, qparams=qp)(x).detach().numpy()

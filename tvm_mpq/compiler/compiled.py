@@ -1,16 +1,19 @@
 """Compile a quantization plan into one mixed-precision TVM model.
 
-Each quantized conv2d / linear call site becomes three steps in the Relax graph:
+Each quantized conv2d / linear call site runs its planned integer kernel (a PrimFunc of
+:mod:`tvm_mpq.schedules`, scheduled or default, called with ``call_tir``; pre-packed
+weights are constants; padding is filled with the input zero point). What runs between the
+kernels is the ``glue`` (:mod:`tvm_mpq.compiler.emit`):
 
-1. quantize (TE, fusable with neighbours):  a_q = clamp(nearbyint(x / s_a) + z, 0, 2^a - 1)
-2. the planned integer kernel (a PrimFunc from :mod:`tvm_mpq.schedules`, scheduled
-   or default, called with ``call_tir``; pre-packed weights are constants; padding
-   is filled with the zero point z)
-3. dequantize (TE): y = float32(acc - z * sum_w[k]) * float32(s_a * s_w[k]) + bias[k]
-
-which is exactly :func:`tvm_mpq.fake_quant` with ``integer_accumulate=True`` (the
-integer sums are exact; the float steps are the same float32 operations), and
-equals the plain fake-quant reference up to float32 summation order.
+* ``"integer"`` (default): integer-only inference. Each kernel's epilogue requantizes its
+  int32 accumulator with fixed-point multipliers straight to the codes the next layer reads;
+  adds, pooling and activations between quantized layers run on codes. Float appears only
+  at the entry (quantize the input), the exit (dequantize the output; none with
+  ``integer_io=True``) and around fp32 layers. Bit-exact with
+  ``fake_quant(..., integer_only=True)``.
+* ``"float"``: quantize -> kernel -> dequantize to float around every layer, float ReLU /
+  add / pooling between them: ``fake_quant(..., integer_accumulate=True)`` exactly. Kept
+  for comparison.
 
 Layers that are fp32 in the plan run the ``fp32`` variant kernel of
 :mod:`tvm_mpq.schedules` (the kernel the cost model measured for them) followed by a
@@ -18,7 +21,7 @@ bias pass, so a plan's measured cost is the cost of what is compiled. (TVM's own
 legalized conv2d, fused with its bias add, measured up to 1.5 instructions more per
 MAC on RISC-V: the fused accumulator lives in an intermediate buffer.)
 ``fp32_layers="relax"`` keeps TVM's default lowering for them instead. Every other
-operator uses TVM's default lowering.
+float operator uses TVM's default lowering.
 """
 
 from __future__ import annotations
@@ -32,29 +35,17 @@ import torch
 import tvm
 from tvm import relax
 
-from tvm_mpq.compiler.ops import bias_te, dequantize_te, quantize_te
-from tvm_mpq.frontend import ImportedModel, LayerInfo, import_model
+from tvm_mpq.compiler.emit import GLUES, Emitter, QuantizedSite, ScheduleProvider
+from tvm_mpq.frontend import ImportedModel, import_model
+from tvm_mpq.quant import integer as I
 from tvm_mpq.quant.calibration import calibrate
+from tvm_mpq.quant.exported import integer_input_model
 from tvm_mpq.quant.folding import fold_bn
-from tvm_mpq.quant.plan import QuantPlan, resolve_variant
+from tvm_mpq.quant.plan import QuantPlan
 from tvm_mpq.quant.qparams import QuantParams
-from tvm_mpq.schedules import DenseWorkload, KernelDef, make_kernel
-from tvm_mpq.schedules.workload import workload_from_layer
 from tvm_mpq.targets import Profile, get_profile
 
-#: schedule_for(kernel) -> scheduled IRModule (e.g. a validated MetaSchedule record) or None
-ScheduleProvider = Callable[[KernelDef], "tvm.IRModule | None"]
-
-
-@dataclass
-class QuantizedSite:
-    """What the compiler emitted for one quantized layer."""
-
-    name: str
-    kernel: KernelDef
-    func_name: str
-    scheduled: bool
-
+__all__ = ["CompiledModel", "QuantizedSite", "ScheduleProvider", "compile"]
 
 @dataclass
 class CompiledModel:
@@ -67,6 +58,9 @@ class CompiledModel:
         layers: the import's layer table.
         sites: the quantized call sites and their kernels, in order.
         fp32_sites: the fp32 call sites compiled with the ``fp32`` variant kernel, in order.
+        glue: ``"integer"`` or ``"float"`` (see the module docstring).
+        program: the integer program (integer glue), else None.
+        integer_io: the model takes input codes and returns output codes.
     """
 
     plan: QuantPlan
@@ -77,6 +71,9 @@ class CompiledModel:
     sites: list[QuantizedSite]
     input_shape: tuple[int, ...]
     fp32_sites: list[QuantizedSite] = field(default_factory=list)
+    glue: str = "integer"
+    program: I.IntegerProgram | None = None
+    integer_io: bool = False
     _host_vm: Any = field(default=None, repr=False)
     _host_builder: Callable[[], Any] | None = field(default=None, repr=False)
 
@@ -87,12 +84,25 @@ class CompiledModel:
             self._host_vm = relax.VirtualMachine(ex, tvm.cpu())
         return self._host_vm
 
+    @property
+    def input_quant(self) -> tuple[float, int] | None:
+        """``(scale, zero_point)`` of the input codes (``integer_io=True``), else None."""
+        s = self.program.input_spec if self.program is not None else None
+        return None if s is None else (s.scale, s.zero_point)
+
+    @property
+    def output_quant(self) -> tuple[float, int] | None:
+        """``(scale, zero_point)`` of the output codes (``integer_io=True``), else None."""
+        s = self.program.output_spec if self.program is not None else None
+        return None if s is None else (s.scale, s.zero_point)
+
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Run on the host; ``x`` of the example input's shape (or any batch if the model
-        was compiled for that batch). Returns the output as numpy float32."""
+        was compiled for that batch). Returns the output as numpy float32 (uint8 codes, and
+        ``x`` taken as uint8 codes, with ``integer_io=True``)."""
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu().numpy()
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=np.uint8 if self.integer_io else np.float32)
         if tuple(x.shape) != tuple(self.input_shape):
             raise ValueError(f"input shape {x.shape} != compiled shape {self.input_shape}")
         out = self._vm()["main"](tvm.runtime.tensor(x))
@@ -137,103 +147,6 @@ class CompiledModel:
         return export_standalone(self, directory, **kwargs)
 
 
-def _input_var(node: Any, info: LayerInfo, importer: Any) -> Any:
-    op = node.target.__name__
-    src = node.args[1] if op == "addmm.default" else node.args[0]
-    return importer.env[src]
-
-
-class _Emitter:
-    """The convert hook: replaces planned call sites with quantized kernels."""
-
-    def __init__(self, plan: QuantPlan, qparams: QuantParams, profile: Profile,
-                 schedule_for: ScheduleProvider | None,
-                 modules: dict[str, torch.nn.Module] | None = None):
-        self.plan, self.qparams, self.profile = plan, qparams, profile
-        self.schedule_for = schedule_for
-        self.modules = modules  # None: fp32 layers keep TVM's default lowering
-        self.sites: list[QuantizedSite] = []
-        self.fp32_sites: list[QuantizedSite] = []
-        self._funcs: dict[str, Any] = {}  # structural key -> GlobalVar (dedup identical kernels)
-
-    def __call__(self, info: LayerInfo, node: Any, importer: Any) -> Any:
-        if not info.quantizable:
-            return None
-        if info.name not in self.plan or self.plan[info.name].is_fp32:
-            return self._fp32(info, node, importer)
-        cfg, qp = self.plan[info.name], self.qparams[info.name]
-        cg = info.weight_shape[1] if info.kind == "conv2d" else None
-        variant = cfg.variant or resolve_variant(cfg.w_bits, cfg.a_bits, self.profile.name, cg)
-        if variant == "fp32":
-            raise ValueError(f"layer {info.name!r}: variant 'fp32' needs fp32 bits in the plan, "
-                             f"got w{cfg.w_bits}a{cfg.a_bits}")
-        bb = importer.block_builder
-        x = _input_var(node, info, importer)
-        kd = make_kernel(workload_from_layer(info), variant, cfg.w_bits, cfg.a_bits,
-                         pad_value=int(qp.a_zero_point), word_bits=self.profile.word_bits)
-        w_q = qp.w_q.astype(np.int64)
-        xq = bb.emit_te(lambda t: quantize_te(t, qp), x, primfunc_name_hint="quantize")
-        acc, site = self._call_kernel(bb, kd, info.name, xq, w_q)
-        # zero-point correction: sum over the window of (a_q - z) * w = acc - z * sum(w)
-        corr = (int(qp.a_zero_point) * w_q.reshape(len(w_q), -1).sum(axis=1)).astype(np.int32)
-        scale = (np.float32(qp.a_scale) * qp.w_scale.astype(np.float32)).astype(np.float32)
-        consts = [relax.const(corr), relax.const(scale)]
-        if qp.bias is not None:
-            consts.append(relax.const(qp.bias.astype(np.float32)))
-        y = bb.emit_te(dequantize_te, acc, *consts, primfunc_name_hint="dequantize")
-        self.sites.append(site)
-        return y
-
-    def _fp32(self, info: LayerInfo, node: Any, importer: Any) -> Any:
-        """An fp32 layer as the ``fp32`` variant kernel + a bias pass (None: TVM's lowering)."""
-        mod = self.modules.get(info.name) if self.modules is not None else None
-        if not isinstance(mod, torch.nn.Conv2d | torch.nn.Linear):
-            return None
-        bb = importer.block_builder
-        kd = make_kernel(workload_from_layer(info), "fp32", 8, 8, word_bits=self.profile.word_bits)
-        w = mod.weight.detach().cpu().numpy().astype(np.float32)
-        y, site = self._call_kernel(bb, kd, info.name, _input_var(node, info, importer), w)
-        if mod.bias is not None:
-            bias = relax.const(mod.bias.detach().cpu().numpy().astype(np.float32))
-            y = bb.emit_te(bias_te, y, bias, primfunc_name_hint="bias_add")
-        self.fp32_sites.append(site)
-        return y
-
-    def _call_kernel(self, bb: Any, kd: KernelDef, name: str, x: Any,
-                     weight: np.ndarray) -> tuple[Any, QuantizedSite]:
-        """``call_tir`` of kernel ``kd`` (scheduled if a schedule is provided) on ``x`` with the
-        pre-packed ``weight`` as a constant; a dense layer runs as its 1x1 conv (reshapes)."""
-        wl = kd.workload
-        scheduled = self.schedule_for(kd) if self.schedule_for else None
-        gv = self._kernel_gv(bb, kd, scheduled, name)
-        if isinstance(wl, DenseWorkload):
-            x = bb.emit(relax.op.reshape(x, (wl.m, wl.d, 1, 1)))
-        w_arg = relax.const(np.ascontiguousarray(kd.prepare_weight(weight)))
-        out_shape = [int(d) for d in kd.output.shape]
-        y = bb.emit(relax.call_tir(gv, [x, w_arg], relax.TensorType(out_shape, kd.out_dtype)))
-        if isinstance(wl, DenseWorkload):
-            y = bb.emit(relax.op.reshape(y, wl.output_shape))
-        return y, QuantizedSite(name, kd, gv.name_hint, scheduled is not None)
-
-    def _kernel_gv(self, bb: Any, kd: KernelDef, scheduled: tvm.IRModule | None, name: str):
-        if scheduled is None:  # our default schedule for the profile, else the plain lowering
-            from tvm_mpq.schedules.default_schedules import default_schedule
-
-            default = default_schedule(kd, self.profile.name)
-            func = default["main"] if default is not None else kd.prim_func("main")
-        else:
-            func = scheduled["main"]
-        key = f"{kd.describe()} pad{kd.pad_value} wb{kd.word_bits} {scheduled is not None}"
-        if key in self._funcs:
-            return self._funcs[key]
-        bits = "" if kd.variant == "fp32" else f"_w{kd.w_bits}a{kd.a_bits}"
-        fname = f"qk_{kd.variant}{bits}_" + name.replace(".", "_")
-        func = func.without_attr("global_symbol") if "global_symbol" in (func.attrs or {}) else func
-        gv = bb.add_func(func, fname)
-        self._funcs[key] = gv
-        return gv
-
-
 def compile(  # noqa: A001 - the public name the API promises (tvm_mpq.compile)
     model: torch.nn.Module,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
@@ -244,6 +157,8 @@ def compile(  # noqa: A001 - the public name the API promises (tvm_mpq.compile)
     qparams: QuantParams | None = None,
     schedule_for: ScheduleProvider | None = None,
     fp32_layers: str = "kernel",
+    glue: str = "integer",
+    integer_io: bool = False,
     **calib_kwargs: Any,
 ) -> CompiledModel:
     """Compile ``model`` under ``plan`` into one mixed-precision TVM model.
@@ -262,12 +177,21 @@ def compile(  # noqa: A001 - the public name the API promises (tvm_mpq.compile)
         fp32_layers: how the plan's fp32 conv2d / linear layers are compiled: ``"kernel"``
             (the ``fp32`` variant kernel the cost model measures, plus a bias pass) or
             ``"relax"`` (TVM's default lowering of conv2d / matmul with the bias fused).
+        glue: ``"integer"`` (integer-only between input and output) or ``"float"`` (the
+            float quantize / dequantize around every layer, for comparison).
+        integer_io: (integer glue) take the already-quantized input and return the integer
+            output codes (uint8); ``input_quant`` / ``output_quant`` give their
+            ``(scale, zero_point)``. Default: float in, float out.
 
     Returns:
         A :class:`CompiledModel`.
     """
     if fp32_layers not in ("kernel", "relax"):
         raise ValueError(f"fp32_layers={fp32_layers!r}: expected 'kernel' or 'relax'")
+    if glue not in GLUES:
+        raise ValueError(f"glue={glue!r}: expected one of {GLUES}")
+    if integer_io and glue != "integer":
+        raise ValueError("integer_io=True needs glue='integer'")
     profile = get_profile(target)  # profile names and aliases ("riscv", "llvm", ...)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -282,8 +206,13 @@ def compile(  # noqa: A001 - the public name the API promises (tvm_mpq.compile)
             raise ValueError(f"qparams has no entry for planned layer {n!r}")
 
     modules = dict(folded.named_modules()) if fp32_layers == "kernel" else None
-    emitter = _Emitter(plan, qparams, profile, schedule_for, modules)
-    imported: ImportedModel = import_model(folded, example_inputs, convert_hook=emitter)
+    emitter = Emitter(plan, qparams, profile, schedule_for, modules, glue, integer_io, folded)
+    if integer_io:  # the graph reads uint8 codes (fx node names unchanged)
+        folded = integer_input_model(folded)
+        example_inputs = (torch.zeros(example_inputs[0].shape, dtype=torch.uint8),
+                          *example_inputs[1:])
+    imported: ImportedModel = import_model(folded, example_inputs, node_hook=emitter.node_hook,
+                                           on_export=emitter.on_export)
     missing = set(plan.quantized_layers()) - {s.name for s in emitter.sites}
     if missing:
         raise ValueError(f"plan layers not found as conv2d/linear call sites: {sorted(missing)}")
@@ -294,10 +223,11 @@ def compile(  # noqa: A001 - the public name the API promises (tvm_mpq.compile)
             return tvm.compile(mod, target=get_profile("host").target())
         # rv32 kernels use 32-bit words: regenerate for the host with the same semantics
         host = compile(model, example_inputs, plan, "host", qparams=qparams,
-                       schedule_for=None, fp32_layers=fp32_layers)
+                       schedule_for=None, fp32_layers=fp32_layers, glue=glue,
+                       integer_io=integer_io)
         return tvm.compile(host.mod, target=get_profile("host").target())
 
     return CompiledModel(plan, qparams, profile, mod, imported.table, emitter.sites,
                          tuple(int(d) for d in example_inputs[0].shape), emitter.fp32_sites,
-                         _host_builder=build_host)
+                         glue, emitter.program, integer_io, _host_builder=build_host)
 

@@ -30,6 +30,7 @@ __all__ = [
     "NonQuantizableLayerWarning",
     "UnsupportedOperatorError",
     "import_model",
+    "layer_call_sites",
     "quantizable_modules",
 ]
 
@@ -172,10 +173,29 @@ def _linear_info(node: Any, index: int, modules: dict[str, nn.Module]) -> LayerI
                      param_bytes=4 * (ws[0] * ws[1] + (ws[0] if has_bias else 0)))
 
 
+def layer_call_sites(ep: Any, model: nn.Module) -> dict[str, str]:
+    """fx node name -> torch module name of every quantizable conv2d / linear call site of a
+    decomposed exported program of ``model`` (the rows :func:`import_model` tables)."""
+    modules = dict(model.named_modules())
+    out = {}
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        op = node.target.__name__
+        info = _conv_info(node, 0, modules) if op in _CONV_OPS else \
+            _linear_info(node, 0, modules) if op in _LINEAR_OPS else None
+        if info is not None and info.quantizable:
+            out[node.name] = info.name
+    return out
+
+
 _CONV_OPS = ("convolution.default", "conv2d.default")
 _LINEAR_OPS = ("addmm.default", "mm.default", "linear.default")
 
 ConvertHook = Callable[[LayerInfo, Any, Any], Any]
+#: ``node_hook(fx_node, importer, layer_info_or_None, default)``: a Relax var, or None for
+#: ``default()`` (the importer's own conversion of the node, which it may also call itself)
+NodeHook = Callable[[Any, Any, "LayerInfo | None", Callable[[], Any]], Any]
 
 
 def import_model(
@@ -184,6 +204,8 @@ def import_model(
     *,
     keep_params_as_input: bool = False,
     convert_hook: ConvertHook | None = None,
+    node_hook: NodeHook | None = None,
+    on_export: Callable[[Any], None] | None = None,
     warn: bool = True,
 ) -> ImportedModel:
     """Export ``model`` with ``torch.export`` and import it into Relax.
@@ -195,6 +217,9 @@ def import_model(
         convert_hook: optional ``hook(layer_info, fx_node, importer)`` called at
             each conv2d / linear call site; return a Relax var to replace the
             default conversion (e.g. a quantized TE kernel), or None to keep it.
+        node_hook: optional hook called at every operator node instead (see
+            :data:`NodeHook`); takes precedence over ``convert_hook``.
+        on_export: called with the decomposed exported program before the conversion.
         warn: emit a :class:`NonQuantizableLayerWarning` per non-quantizable site.
 
     Returns:
@@ -222,6 +247,8 @@ def import_model(
     if missing:
         raise UnsupportedOperatorError(list(dict.fromkeys(missing)))
 
+    if on_export is not None:
+        on_export(ep)
     modules = dict(model.named_modules())
     rows: list[LayerInfo] = []
     out_vars: list[Any] = []
@@ -245,7 +272,9 @@ def import_model(
             elif op in _LINEAR_OPS:
                 info = _linear_info(node, len(rows), modules)
             out = None
-            if info is not None and convert_hook is not None:
+            if node_hook is not None:
+                out = node_hook(node, importer, info, lambda: defaults(importer)[op](node))
+            elif info is not None and convert_hook is not None:
                 out = convert_hook(info, node, importer)
             if out is None:
                 out = defaults(importer)[op](node)

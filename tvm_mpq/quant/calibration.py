@@ -352,6 +352,11 @@ def calibrate(
                            "clip_ratios": list(CLIP_RATIOS)})
     for n in names:
         qp.layers[n] = _layer_qparams(n, plan[n], mods[n], obs[n], folded, x_opt, s)
+    if names:
+        from tvm_mpq.quant.exported import observe_tensor_ranges
+
+        qp.tensors = observe_tensor_ranges(folded, iter_batches(calib_data, batch_size),
+                                           max_batches)
     return qp
 
 

@@ -118,6 +118,8 @@ def fake_quant(
     qparams: QuantParams | None = None,
     *,
     integer_accumulate: bool = False,
+    integer_only: bool = False,
+    integer_io: bool = False,
     **calib_kwargs: Any,
 ) -> nn.Module:
     """Reference model of ``plan``: a BN-folded copy with planned layers fake-quantized.
@@ -130,6 +132,13 @@ def fake_quant(
         qparams: precomputed parameters (e.g. the ones the TVM model uses);
             their bits must match the plan.
         integer_accumulate: exact integer accumulation (see module docstring).
+        integer_only: return the integer-only reference instead
+            (:class:`~tvm_mpq.quant.intref.IntegerReference`): quantized layers requantize
+            to their consumers' codes with fixed-point multipliers, and adds, pooling and
+            activations between them run on integers (:mod:`tvm_mpq.quant.integer`), exactly
+            as :func:`tvm_mpq.compile` with the default integer glue.
+        integer_io: with ``integer_only``: the reference takes input codes and returns output
+            codes (as ``compile(..., integer_io=True)``).
         **calib_kwargs: forwarded to ``calibrate``.
 
     Returns:
@@ -144,15 +153,17 @@ def fake_quant(
                              f"layers ({len(names)} of {len(plan)})")
         qparams = calibrate(folded, plan, calib_data, **calib_kwargs)
     mods = dict(folded.named_modules())
+    if integer_only:
+        from tvm_mpq.quant.intref import IntegerReference
+
+        _check_qparams(names, mods, plan, qparams)
+        return IntegerReference(folded, {n: plan[n] for n in names}, qparams or QuantParams(),
+                                integer_io)
+    if integer_io:
+        raise ValueError("integer_io=True needs integer_only=True")
+    _check_qparams(names, mods, plan, qparams)
     for n in names:
-        if n not in mods:
-            raise ValueError(f"plan layer {n!r} is not a module of the model")
-        if n not in qparams:
-            raise ValueError(f"qparams has no entry for planned layer {n!r}")
-        qp, cfg = qparams[n], plan[n]
-        if (qp.w_bits, qp.a_bits) != (cfg.w_bits, cfg.a_bits):
-            raise ValueError(f"layer {n!r}: qparams are w{qp.w_bits}a{qp.a_bits} but the plan "
-                             f"says w{cfg.w_bits}a{cfg.a_bits}")
+        qp = qparams[n]
         m = mods[n]
         if isinstance(m, nn.Conv2d):
             new: nn.Module = QuantConv2d(m, qp, integer_accumulate)
@@ -162,3 +173,16 @@ def fake_quant(
             raise ValueError(f"plan layer {n!r} is a {type(m).__name__}, not Conv2d / Linear")
         set_submodule(folded, n, new)
     return folded.eval()
+
+
+def _check_qparams(names: list[str], mods: dict[str, nn.Module], plan: QuantPlan,
+                   qparams: QuantParams | None) -> None:
+    for n in names:
+        if n not in mods:
+            raise ValueError(f"plan layer {n!r} is not a module of the model")
+        if qparams is None or n not in qparams:
+            raise ValueError(f"qparams has no entry for planned layer {n!r}")
+        qp, cfg = qparams[n], plan[n]
+        if (qp.w_bits, qp.a_bits) != (cfg.w_bits, cfg.a_bits):
+            raise ValueError(f"layer {n!r}: qparams are w{qp.w_bits}a{qp.a_bits} but the plan "
+                             f"says w{cfg.w_bits}a{cfg.a_bits}")

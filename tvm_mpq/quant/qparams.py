@@ -56,10 +56,17 @@ class LayerQParams:
 
 @dataclass
 class QuantParams:
-    """Per-layer quantization parameters of a plan, keyed by torch module name."""
+    """Per-layer quantization parameters of a plan, keyed by torch module name.
+
+    ``tensors`` holds the float model's observed ``(min, max)`` of every graph value, keyed by
+    fx node name (:func:`tvm_mpq.quant.integer.observe_tensor_ranges`): integer-only inference
+    quantizes the values that no layer reads directly (residual branches, block outputs) with
+    them. Independent of the plan.
+    """
 
     layers: dict[str, LayerQParams] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> LayerQParams:
         return self.layers[name]
@@ -97,7 +104,8 @@ class QuantParams:
                 arrays[f"{i}_bias"] = p.bias
         np.savez(npath, **arrays)
         with open(jpath, "w") as f:
-            json.dump({"version": 1, "meta": self.meta, "layers": entries}, f, indent=1)
+            json.dump({"version": 1, "meta": self.meta, "layers": entries,
+                       "tensors": {k: list(v) for k, v in self.tensors.items()}}, f, indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuantParams:
@@ -105,7 +113,8 @@ class QuantParams:
         jpath, npath = cls._paths(path)
         with open(jpath) as f:
             d = json.load(f)
-        qp = cls(meta=d.get("meta", {}))
+        qp = cls(meta=d.get("meta", {}),
+                 tensors={k: (float(v[0]), float(v[1])) for k, v in d.get("tensors", {}).items()})
         with np.load(npath) as z:
             for i, e in enumerate(d["layers"]):
                 qp.layers[e["name"]] = LayerQParams(
