@@ -169,14 +169,38 @@ def test_integer_io_errors(net, data):
 
 def test_fixed_point_parameters():
     a, b, out = I.QSpec(0.02, 10, 8), I.QSpec(0.05, 3, 8), I.QSpec(0.04, 128, 8)
-    p = I.add_params(a, b, out)
-    # the larger input scale maps to 2^20 / 2, the smaller one proportionally below
-    from tvm_mpq.quant.requant import dyadic_value
-
-    assert dyadic_value(*p["b"]) == pytest.approx(2**19, rel=1e-9)
-    assert dyadic_value(*p["a"]) == pytest.approx(2**19 * 0.4, rel=1e-6)
-    bias, m, s = I.mean_params(a, out, 49)
-    assert bias == -49 * 10
-    assert dyadic_value(m, s) == pytest.approx(0.02 / (49 * 0.04), rel=1e-6)
+    ma, mb, k, t = I.add_params(a, b, out)
+    qa, qb = np.arange(256), np.arange(256)[::-1]
+    got = (qa * ma + qb * mb + k) >> t
+    want = np.floor((qa - 10) * 0.5 + (qb - 3) * 1.25 + 0.5) + 128  # one rounding, half up
+    assert np.abs(got - want).max() <= 1  # float32 scales: the multipliers are not exact
+    assert np.mean(got != want) < 0.02
+    m, k, t = I.mean_params(a, out, 49)
+    q = np.full(49, 200)
+    assert int((q.sum() * m + k) >> t) == int(np.floor((200 - 10) * 0.02 / 0.04 + 0.5)) + 128
     assert I.clamp_codes(out, 0.0, 6.0) == (128, 255)
     assert I.clamp_codes(I.QSpec(0.1, 0, 4), 0.0, 0.6) == (0, 6)
+
+
+def test_dyadic_forms_agree_with_the_definition():
+    import tvm
+    from tvm import te
+
+    from tvm_mpq.compiler.dyadic_ops import dyadic_consts, requantize_dyadic_te
+    from tvm_mpq.quant.dyadic import dyadic_params, requantize_dyadic_ref
+
+    rng = np.random.default_rng(0)
+    real = 10 ** rng.uniform(-9, -0.5, 16)  # tiny multipliers hit the capped shift
+    m, k, t = dyadic_params(real, rng.integers(-5000, 5000, 16), 77)
+    assert t.max() <= 54 and t.min() >= 32
+    x = rng.integers(-(2**31), 2**31 - 1, (2, 16, 5), dtype=np.int64).astype(np.int32)
+    ref = requantize_dyadic_ref(x, m, k, t, 0, 255)
+    for form in ("wide", "hi32"):
+        cs = dyadic_consts(m, k, t, form)
+        xp = te.placeholder(x.shape, "int32", "x")
+        ph = [te.placeholder(c.shape, str(c.dtype), f"c{i}") for i, c in enumerate(cs)]
+        f = tvm.compile(te.create_prim_func(
+            [xp, *ph, requantize_dyadic_te(xp, ph, 0, 255, "uint8", 1, form)]), target="llvm")
+        out = tvm.runtime.tensor(np.zeros(x.shape, np.uint8))
+        f(tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in cs], out)
+        np.testing.assert_array_equal(out.numpy(), ref)

@@ -5,7 +5,7 @@ PrimFunc of :mod:`tvm_mpq.schedules`, pre-packed weights as constants, padding f
 the input zero point). Around it:
 
 * ``glue="integer"`` (default, issue 11): the kernel's int32 accumulator is requantized in
-  the layer's epilogue (:func:`~tvm_mpq.compiler.requant_ops.requantize_te`) straight to the
+  the layer's epilogue (:func:`~tvm_mpq.compiler.dyadic_ops.requantize_dyadic_te`) to the
   codes its consumers read (:class:`~tvm_mpq.quant.integer.IntegerProgram`); residual adds,
   global average pooling and activations between quantized layers run on codes
   (:mod:`tvm_mpq.compiler.int_ops`). A float value is quantized once where it enters integer
@@ -31,6 +31,7 @@ import torch
 import tvm
 from tvm import relax
 
+from tvm_mpq.compiler.dyadic_ops import dyadic_consts, dyadic_form, requantize_dyadic_te
 from tvm_mpq.compiler.int_ops import (
     add_codes_te,
     clamp_codes_te,
@@ -40,7 +41,6 @@ from tvm_mpq.compiler.int_ops import (
     respec_codes_te,
 )
 from tvm_mpq.compiler.ops import bias_te, dequantize_te, quantize_te
-from tvm_mpq.compiler.requant_ops import preferred_form, requantize_te
 from tvm_mpq.frontend import LayerInfo
 from tvm_mpq.quant import integer as I
 from tvm_mpq.quant.plan import QuantPlan, resolve_variant
@@ -84,7 +84,7 @@ class Emitter:
         self.modules = modules  # None: fp32 layers keep TVM's default lowering
         self.model = model  # the BN-folded model (integer glue: finds the call sites)
         self.glue, self.integer_io = glue, integer_io
-        self.form = preferred_form(profile.word_bits)
+        self.xlen = profile.word_bits  # picks the dyadic rescale's code (dyadic_ops)
         self.program: I.IntegerProgram | None = None
         self.sites: list[QuantizedSite] = []
         self.fp32_sites: list[QuantizedSite] = []
@@ -132,11 +132,11 @@ class Emitter:
         assert pn.spec is not None
         if pn.kind == "add":
             return bb.emit_te(lambda a, b: add_codes_te(a, b, specs[0], specs[1], pn.spec,
-                                                        pn.lo, pn.hi, self.form),
+                                                        pn.lo, pn.hi, self.xlen),
                               srcs[0], srcs[1], primfunc_name_hint="add_codes")
         if pn.kind == "mean":
             return bb.emit_te(lambda q: mean_codes_te(q, specs[0], pn.spec, pn.lo, pn.hi,
-                                                      pn.keepdim, self.form),
+                                                      pn.keepdim, self.xlen),
                               srcs[0], primfunc_name_hint="mean_codes")
         raise AssertionError(pn.kind)
 
@@ -180,7 +180,7 @@ class Emitter:
         if self.program.is_int(src.name):
             s = self.program.spec(src.name)
             xq = x if s == spec_in else bb.emit_te(
-                lambda q: respec_codes_te(q, s, spec_in, self.form), x, primfunc_name_hint="respec")
+                lambda q: respec_codes_te(q, s, spec_in, self.xlen), x, primfunc_name_hint="respec")
         else:
             xq = bb.emit_te(lambda t: quantize_codes_te(t, spec_in), x,
                             primfunc_name_hint="quantize")
@@ -189,14 +189,11 @@ class Emitter:
         if pn.spec is None:  # the output is read as float: dequantize in the epilogue
             return self._dequantize(bb, acc, qp)
         p = I.layer_params(qp, pn.spec)
-        bias = p["bias"].astype(np.int64) - p["corr"].astype(np.int64)
-        if bias.size and (bias.min() < -(2**31) or bias.max() >= 2**31):
-            raise ValueError(f"layer {info.name!r}: bias - zero-point term outside int32")
-        consts = [relax.const(bias.astype(np.int32)), relax.const(p["multiplier"]),
-                  relax.const(p["shift"])]
-        zp, lo, hi, form = pn.spec.zero_point, pn.lo, pn.hi, self.form
-        return bb.emit_te(lambda a, b, m, sh: requantize_te(a, b, m, sh, zp, lo, hi, "uint8", 1,
-                                                            form),
+        form = dyadic_form(p["t"], self.xlen)
+        consts = [relax.const(c, str(c.dtype))  # int64 K: relax.const would narrow it
+                  for c in dyadic_consts(p["m"], p["k"], p["t"], form)]
+        lo, hi = pn.lo, pn.hi
+        return bb.emit_te(lambda a, *c: requantize_dyadic_te(a, list(c), lo, hi, "uint8", 1, form),
                           acc, *consts, primfunc_name_hint="requantize")
 
     def float_glue_layer(self, info: LayerInfo, node: Any, importer: Any) -> Any:

@@ -3,9 +3,10 @@ dequantize, spec change, ReLU clamp, residual add and global average pooling on 
 
 Each computes exactly what :mod:`tvm_mpq.quant.intref` computes in torch (the arithmetic
 is defined in :mod:`tvm_mpq.quant.integer`); between input and output only integer
-operations are used. Codes are uint8; ``form`` picks the rounding code for the register
-width (:func:`~tvm_mpq.compiler.requant_ops.preferred_form`). They are public because the
-measurement of the glue (:mod:`tvm_mpq.measure.overhead`) must time what the compiler emits.
+operations are used. Codes are uint8; ``xlen`` (32 / 64) picks the code of the dyadic
+rescale for the register width (:func:`~tvm_mpq.compiler.dyadic_ops.dyadic_form`). They are
+public because the measurement of the glue (:mod:`tvm_mpq.measure.overhead`) must time what
+the compiler emits.
 """
 
 from __future__ import annotations
@@ -13,21 +14,20 @@ from __future__ import annotations
 import tvm
 from tvm import te
 
-from tvm_mpq.compiler.requant_ops import dyadic_round
+from tvm_mpq.compiler.dyadic_ops import dyadic_consts, dyadic_form, requantize_dyadic_te
 from tvm_mpq.quant import integer as I
 
 __all__ = ["add_codes_te", "clamp_codes_te", "dequantize_codes_te", "mean_codes_te",
            "quantize_codes_te", "respec_codes_te"]
 
 
-def _i64(v: int):
-    return tvm.tirx.const(int(v), "int64")
-
-
-def _store(y, zp: int, lo: int, hi: int):
-    """``clamp(y + zp, lo, hi)`` as uint8 (``y`` int64; the clamp before the add, as
-    :func:`~tvm_mpq.compiler.requant_ops.requantize_te`)."""
-    return (tvm.tirx.max(tvm.tirx.min(y, _i64(hi - zp)), _i64(lo - zp)) + _i64(zp)).astype("uint8")
+def _scalar_requant(x: te.Tensor, mkt: tuple[int, int, int], lo: int, hi: int, xlen: int,
+                    name: str) -> te.Tensor:
+    """``clamp((x * m + k) >> t, lo, hi)`` with scalar constants."""
+    m, k, t = mkt
+    form = dyadic_form(t, xlen)
+    consts = [int(c) for c in dyadic_consts(m, k, t, form)]
+    return requantize_dyadic_te(x, consts, lo, hi, "uint8", 1, form, name=name)
 
 
 def quantize_codes_te(x: te.Tensor, spec: I.QSpec) -> te.Tensor:
@@ -52,15 +52,9 @@ def dequantize_codes_te(q: te.Tensor, spec: I.QSpec) -> te.Tensor:
                       .astype("float32") * s, name="dequantize")
 
 
-def respec_codes_te(q: te.Tensor, src: I.QSpec, dst: I.QSpec, form: str = "wide") -> te.Tensor:
-    """Integer spec change: ``requant(q - z_src, s_src / s_dst)`` into ``[0, qmax_dst]``."""
-    m, s = I.requant_params(src, dst)
-
-    def f(*i):
-        return _store(dyadic_round(q(*i).astype("int32") - src.zero_point, m, s, form),
-                      dst.zero_point, 0, dst.qmax)
-
-    return te.compute(q.shape, f, name="respec")
+def respec_codes_te(q: te.Tensor, src: I.QSpec, dst: I.QSpec, xlen: int = 64) -> te.Tensor:
+    """Integer spec change: ``requant(q - z_src, s_src / s_dst) + z_dst`` into ``[0, qmax]``."""
+    return _scalar_requant(q, I.requant_params(src, dst), 0, dst.qmax, xlen, "respec")
 
 
 def clamp_codes_te(q: te.Tensor, lo: int, hi: int) -> te.Tensor:
@@ -70,32 +64,27 @@ def clamp_codes_te(q: te.Tensor, lo: int, hi: int) -> te.Tensor:
 
 
 def add_codes_te(a: te.Tensor, b: te.Tensor, sa: I.QSpec, sb: I.QSpec, out: I.QSpec,
-                 lo: int, hi: int, form: str = "wide") -> te.Tensor:
-    """Residual add on codes: both inputs to a common scale, summed, requantized to ``out``
-    (:func:`~tvm_mpq.quant.integer.add_params`); ``[lo, hi]`` holds a folded activation."""
-    p = I.add_params(sa, sb, out)
+                 lo: int, hi: int, xlen: int = 64) -> te.Tensor:
+    """Residual add on codes: ``clamp((qa * ma + qb * mb + k) >> t, lo, hi)``
+    (:func:`~tvm_mpq.quant.integer.add_params`; ``[lo, hi]`` holds a folded activation).
+    int64 arithmetic: the shift is a constant, so RV32 needs a few instructions more."""
+    ma, mb, k, t = I.add_params(sa, sb, out)
+    c64 = [tvm.tirx.const(v, "int64") for v in (ma, mb, k, t, lo, hi)]
 
     def f(*i):
-        xa = dyadic_round(a(*i).astype("int32") - sa.zero_point, *p["a"], form)
-        xb = dyadic_round(b(*i).astype("int32") - sb.zero_point, *p["b"], form)
-        y = dyadic_round((xa + xb).astype("int32"), *p["out"], form)
-        return _store(y, out.zero_point, lo, hi)
+        y = (a(*i).astype("int64") * c64[0] + b(*i).astype("int64") * c64[1] + c64[2]) >> c64[3]
+        return tvm.tirx.max(tvm.tirx.min(y, c64[5]), c64[4]).astype("uint8")
 
     return te.compute(a.shape, f, name="add")
 
 
 def mean_codes_te(q: te.Tensor, src: I.QSpec, out: I.QSpec, lo: int, hi: int,
-                  keepdim: bool = True, form: str = "wide") -> te.Tensor:
+                  keepdim: bool = True, xlen: int = 64) -> te.Tensor:
     """Global average pooling of NCHW codes: ``requant(sum(q) - N z_src, s_src / (N s_out))``."""
     n, c, h, w = (int(d) for d in q.shape)
-    bias, m, s = I.mean_params(src, out, h * w)
     rh = te.reduce_axis((0, h), "rh")
     rw = te.reduce_axis((0, w), "rw")
-    acc = te.compute((n, c), lambda b, k: te.sum(q[b, k, rh, rw].astype("int32"), axis=[rh, rw]),
-                     name="pool_sum")
-
-    def f(b, k, *_):
-        return _store(dyadic_round(acc[b, k] + bias, m, s, form), out.zero_point, lo, hi)
-
     shape = (n, c, 1, 1) if keepdim else (n, c)
-    return te.compute(shape, f, name="mean")
+    acc = te.compute(shape, lambda b, k, *_: te.sum(q[b, k, rh, rw].astype("int32"),
+                                                    axis=[rh, rw]), name="pool_sum")
+    return _scalar_requant(acc, I.mean_params(src, out, h * w), lo, hi, xlen, "mean")

@@ -28,7 +28,7 @@ from numbers import Integral
 import tvm
 from tvm import te
 
-__all__ = ["FORMS", "dyadic_round", "preferred_form", "requantize_te", "schedule_requantize"]
+__all__ = ["FORMS", "preferred_form", "requantize_te", "schedule_requantize"]
 
 #: ``"wide"``: int64 product with the left shift folded into a 64-bit multiplier (one ``mul``
 #: on RV64); ``"hi32"``: int32 ``x'`` times an unsigned 32-bit multiplier, result taken from
@@ -89,19 +89,6 @@ def requantize_te(acc: te.Tensor, bias: te.Tensor | None, multiplier: te.Tensor,
         return y.astype(out_dtype)
 
     return te.compute(acc.shape, f, name="requantize")
-
-
-def dyadic_round(x, multiplier, shift, form: str = "wide"):
-    """``RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x * 2^left, multiplier), right)``
-    of an int32 expression ``x`` as an int64 expression (the core of :func:`requantize_te`,
-    without zero point and clamp); ``multiplier`` / ``shift``: int32 expressions or ints."""
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, not {form!r}")
-    m = _i32(int(multiplier)) if isinstance(multiplier, Integral) else multiplier
-    s = _i32(int(shift)) if isinstance(shift, Integral) else shift
-    if form == "wide":
-        return _rounding_wide(x, m, s)
-    return _rounding_hi32(x, m, s).astype("int64")
 
 
 def _offset(bound, zp, dtype: str):

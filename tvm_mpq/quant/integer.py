@@ -22,13 +22,14 @@ parameters from the float model's observed range
 ``QuantParams.tensors``). A layer whose input codes have other parameters requantizes them
 first (integer to integer).
 
-Arithmetic (all with :func:`~tvm_mpq.quant.requant.requantize_ref`'s dyadic rounding):
+Arithmetic: every rescale is one single-rounding dyadic multiply (:mod:`tvm_mpq.quant.dyadic`:
+``(x * M + K) >> T``, bias and zero point folded into ``K``):
 
 * layer: ``requant(acc + bias_q[k], s_a * s_w[k] / s_out)``, ``bias_q = round(bias /
   (s_a s_w[k]))``, ``acc`` the exact sum of ``(a_q - z_a) * w_q``; a folded ReLU / ReLU6
   becomes the clamp bounds;
-* add: each input ``requant(q_i - z_i, 2^20 s_i / (2 max(s_1, s_2)))`` (TFLite's scheme),
-  the sum ``requant(sum, 2 max(s_1, s_2) / (2^20 s_out))``;
+* add: ``(q_1 - z_1) s_1 / s_out + (q_2 - z_2) s_2 / s_out`` with both multipliers on one
+  shift, rounded once;
 * mean over ``N`` pixels: ``requant(sum(q) - N z_in, s_in / (N s_out))``;
 * spec change: ``requant(q - z_in, s_in / s_out)``; clamp: on the codes.
 """
@@ -41,16 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq.quant.requant import INT32_MAX, INT32_MIN, quantize_multiplier
+from tvm_mpq.quant.dyadic import dyadic_params
 
 __all__ = [
-    "ADD_LEFT_SHIFT", "IntNode", "IntegerProgram", "QSpec", "add_params", "build_program",
+    "IntNode", "IntegerProgram", "QSpec", "add_params", "build_program",
     "clamp_codes", "is_activation", "is_cast", "layer_input", "layer_params", "mean_params",
     "requant_params",
 ]
 
-#: the left shift of the add's input rescaling (TFLite uses 20 for 8-bit inputs)
-ADD_LEFT_SHIFT = 20
 _PASS_OPS = {"view.default", "_unsafe_view.default", "clone.default", "reshape.default",
              "flatten.using_ints", "squeeze.dim", "squeeze.dims", "unsqueeze.default",
              "alias.default", "detach.default", "permute.default", "contiguous.default",
@@ -401,58 +400,54 @@ def _layer_spec(lq: Any) -> QSpec:
     return QSpec(float(np.float32(lq.a_scale)), int(lq.a_zero_point), int(lq.a_bits))
 
 
-# ---- the fixed-point parameters ------------------------------------------------------------
+# ---- the fixed-point parameters (single-rounding dyadic, tvm_mpq.quant.dyadic) ----------
 
 
-def _int32(a: np.ndarray, what: str) -> np.ndarray:
-    a = np.asarray(a, dtype=np.int64)
-    if a.size and (a.min() < INT32_MIN or a.max() > INT32_MAX):
-        raise ValueError(f"{what} outside the int32 range")
-    return a.astype(np.int32)
+def _f64(v: float) -> np.float64:
+    return np.float64(np.float32(v))
 
 
 def layer_params(lq: Any, out: QSpec) -> dict[str, np.ndarray]:
-    """A quantized layer's epilogue: ``bias`` (int32 ``round(bias / (s_a s_w[k]))``, zero
-    without a bias), ``corr`` (int32 ``z_a * sum(w_q[k])``: the kernel's raw accumulator minus
-    ``corr`` is the centred sum), ``multiplier`` and ``shift`` (of ``s_a s_w[k] / s_out``)."""
-    s_in = np.float64(np.float32(lq.a_scale)) * lq.w_scale.astype(np.float64)
-    real = s_in / np.float64(np.float32(out.scale))
-    mult, shift = quantize_multiplier(real)
-    bias = np.zeros(len(real), np.int64)
+    """A quantized layer's epilogue on the kernel's raw accumulator ``acc`` (the sum of
+    ``a_q * w_q`` with padding ``z_a``): ``requant(acc - corr[k] + bias_q[k], s_a s_w[k] /
+    s_out)`` as dyadic ``m``, ``k``, ``t`` (:func:`~tvm_mpq.quant.dyadic.dyadic_params`), with
+    ``bias_q = round(bias / (s_a s_w[k]))`` and ``corr = z_a * sum(w_q[k])`` (also returned:
+    ``acc - corr`` is the centred sum)."""
+    s_in = _f64(lq.a_scale) * lq.w_scale.astype(np.float64)
+    bias = np.zeros(len(s_in), np.int64)
     if lq.bias is not None:
         ok = s_in > 0
         bias[ok] = np.rint(lq.bias.astype(np.float64)[ok] / s_in[ok]).astype(np.int64)
-    w = lq.w_q.astype(np.int64).reshape(len(real), -1)
+    w = lq.w_q.astype(np.int64).reshape(len(s_in), -1)
     corr = int(lq.a_zero_point) * w.sum(axis=1)
-    return {"bias": _int32(bias, "quantized bias"), "corr": _int32(corr, "zero-point term"),
-            "multiplier": mult, "shift": shift}
+    total = bias - corr
+    if np.any(np.abs(total) >= 2**31):
+        raise ValueError(f"layer {lq.name!r}: quantized bias outside the int32 range")
+    m, k, t = dyadic_params(s_in / _f64(out.scale), total, out.zero_point)
+    return {"m": m, "k": k, "t": t, "corr": corr}
 
 
-def requant_params(src: QSpec, dst: QSpec) -> tuple[int, int]:
-    """``(multiplier, shift)`` of a spec change ``s_src / s_dst``."""
-    m, s = quantize_multiplier(np.float64(np.float32(src.scale)) /
-                               np.float64(np.float32(dst.scale)))
-    return int(m), int(s)
+def requant_params(src: QSpec, dst: QSpec) -> tuple[int, int, int]:
+    """``(m, k, t)`` of a spec change of codes: ``requant(q - z_src, s_src / s_dst) + z_dst``."""
+    m, k, t = dyadic_params(_f64(src.scale) / _f64(dst.scale), -src.zero_point, dst.zero_point)
+    return int(m), int(k), int(t)
 
 
-def add_params(a: QSpec, b: QSpec, out: QSpec) -> dict[str, tuple[int, int]]:
-    """The three dyadic multipliers of an integer add: ``"a"``, ``"b"`` (inputs to the common
-    scale ``2 max(s_a, s_b) / 2^20``) and ``"out"``."""
-    sa, sb = np.float64(np.float32(a.scale)), np.float64(np.float32(b.scale))
-    twice = 2 * max(sa, sb)
-    left = float(2**ADD_LEFT_SHIFT)
-    res = {}
-    for key, real in (("a", sa / twice * left), ("b", sb / twice * left),
-                      ("out", twice / (left * np.float64(np.float32(out.scale))))):
-        m, s = quantize_multiplier(real)
-        res[key] = (int(m), int(s))
-    return res
+def add_params(a: QSpec, b: QSpec, out: QSpec) -> tuple[int, int, int, int]:
+    """``(ma, mb, k, t)`` of an integer add of codes: ``(qa * ma + qb * mb + k) >> t`` is
+    ``round_half_up((qa - za) s_a / s_out + (qb - zb) s_b / s_out) + z_out``: one rounding,
+    both multipliers on the larger one's shift."""
+    ra, rb = _f64(a.scale) / _f64(out.scale), _f64(b.scale) / _f64(out.scale)
+    _, _, t = dyadic_params(max(ra, rb))
+    t = int(t)
+    ma, mb = int(np.rint(ra * 2.0**t)), int(np.rint(rb * 2.0**t))
+    k = -(a.zero_point * ma + b.zero_point * mb) + (1 << (t - 1)) + (out.zero_point << t)
+    return ma, mb, k, t
 
 
 def mean_params(src: QSpec, out: QSpec, count: int) -> tuple[int, int, int]:
-    """``(bias, multiplier, shift)`` of an integer mean over ``count`` values:
-    ``requant(sum(q) - count * z_src, s_src / (count s_out))``."""
-    m, s = quantize_multiplier(np.float64(np.float32(src.scale)) /
-                               (count * np.float64(np.float32(out.scale))))
-    return -count * src.zero_point, int(m), int(s)
-
+    """``(m, k, t)`` of an integer mean over ``count`` codes:
+    ``requant(sum(q) - count * z_src, s_src / (count s_out)) + z_out``."""
+    m, k, t = dyadic_params(_f64(src.scale) / (count * _f64(out.scale)),
+                            -count * src.zero_point, out.zero_point)
+    return int(m), int(k), int(t)

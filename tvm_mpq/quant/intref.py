@@ -3,7 +3,7 @@
 :class:`IntegerReference` runs the decomposed ``torch.export`` graph of the BN-folded model
 node by node and executes every node of the :class:`~tvm_mpq.quant.integer.IntegerProgram`
 with exact integer arithmetic (int64 tensors, float64 convolutions of integers below 2^53,
-:func:`~tvm_mpq.quant.requant.requantize_torch`), the other nodes in float32 as torch does.
+:func:`~tvm_mpq.quant.dyadic.requantize_dyadic_torch`), the other nodes in float32 as torch does.
 The compiled model (:func:`tvm_mpq.compile`, integer glue) computes the same integers.
 """
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from tvm_mpq.quant import exported as E
 from tvm_mpq.quant import integer as I
-from tvm_mpq.quant.requant import INT32_MAX, INT32_MIN, requantize_torch
+from tvm_mpq.quant.dyadic import requantize_dyadic_torch
 
 __all__ = ["Codes", "IntegerReference"]
 
@@ -45,9 +45,7 @@ def respec(c: Codes, dst: I.QSpec) -> Codes:
     """Integer spec change (identity when the specs are equal)."""
     if c.spec == dst:
         return c
-    m, s = I.requant_params(c.spec, dst)
-    q = requantize_torch(c.q, -c.spec.zero_point, m, s, dst.zero_point, 0, dst.qmax)
-    return Codes(q.to(torch.int64), dst)
+    return Codes(requantize_dyadic_torch(c.q, *I.requant_params(c.spec, dst), 0, dst.qmax), dst)
 
 
 class _Interp(torch.fx.Interpreter):
@@ -115,26 +113,23 @@ class _Interp(torch.fx.Interpreter):
             y = acc.float() * scale.view(shape)
             return y if lq.bias is None else y + torch.from_numpy(lq.bias).view(shape)
         p = I.layer_params(lq, node.spec)
-        q = requantize_torch(acc, p["bias"], p["multiplier"], p["shift"], node.spec.zero_point,
-                             node.lo, node.hi, ch_axis=1)
-        return Codes(q.to(torch.int64), node.spec)
+        raw = acc + torch.from_numpy(p["corr"]).view(1, -1, *[1] * (acc.dim() - 2))
+        q = requantize_dyadic_torch(raw, p["m"], p["k"], p["t"], node.lo, node.hi, ch_axis=1)
+        return Codes(q, node.spec)
 
     def _add(self, a: Codes, b: Codes, node: I.IntNode) -> Codes:
         assert node.spec is not None
-        p = I.add_params(a.spec, b.spec, node.spec)
-        wide = (INT32_MIN, INT32_MAX)
-        sa = requantize_torch(a.q, -a.spec.zero_point, *p["a"], 0, *wide).to(torch.int64)
-        sb = requantize_torch(b.q, -b.spec.zero_point, *p["b"], 0, *wide).to(torch.int64)
-        q = requantize_torch(sa + sb, None, *p["out"], node.spec.zero_point, node.lo, node.hi)
-        return Codes(q.to(torch.int64), node.spec)
+        ma, mb, k, t = I.add_params(a.spec, b.spec, node.spec)
+        q = torch.clamp((a.q * ma + b.q * mb + k) >> t, node.lo, node.hi)
+        return Codes(q, node.spec)
 
     def _mean(self, a: Codes, node: I.IntNode) -> Codes:
         assert node.spec is not None
         count = int(a.q.shape[2] * a.q.shape[3])
-        bias, m, s = I.mean_params(a.spec, node.spec, count)
         acc = a.q.sum(dim=(2, 3), keepdim=node.keepdim)
-        q = requantize_torch(acc, bias, m, s, node.spec.zero_point, node.lo, node.hi)
-        return Codes(q.to(torch.int64), node.spec)
+        q = requantize_dyadic_torch(acc, *I.mean_params(a.spec, node.spec, count), node.lo,
+                                    node.hi)
+        return Codes(q, node.spec)
 
 
 class IntegerReference(nn.Module):
