@@ -7,7 +7,8 @@ all those PrimFuncs into ONE object per target (bare-metal ``riscv*-unknown-elf`
 ``riscv64-unknown-linux-gnu``), and writes C that calls them in order
 (:mod:`~tvm_mpq.deploy.codegen`)::
 
-    int mpq_model_run(const float *input, float *output);   /* model.h */
+    int mpq_model_run(const float *input, float *output);       /* model.h */
+    int mpq_model_run(const uint8_t *input, uint8_t *output);   /* integer_io=True: codes */
 
 Intermediate tensors and the kernels' workspaces (read from the lowered TIR:
 :mod:`~tvm_mpq.deploy.workspace`) live in one static arena whose offsets come from a
@@ -25,7 +26,9 @@ QEMU system mode (bare metal: the whole model's retired-instruction count, minst
 
 The float32 parts (quantize, dequantize, relu, add, mean, fp32 layers) are TVM's default
 lowering compiled for RISC-V, so outputs equal the host :class:`CompiledModel` call up to
-float differences of the ISA's code generation; integer kernel results are exact.
+float differences of the ISA's code generation; integer results are exact. An
+``integer_io`` model without fp32 layers has no float part: its output codes equal the
+integer reference bit for bit, and on rv32imc it links no soft-float routine.
 """
 
 from tvm_mpq.deploy.artifact import StandaloneArtifact, StandaloneResult

@@ -18,7 +18,8 @@ class StandaloneArtifact:
     Attributes:
         directory: where everything was written.
         profile: the RISC-V profile the kernel objects were built for.
-        input_shape, output_shape: float32 shapes of ``mpq_model_run``'s buffers.
+        input_shape, output_shape: shapes of ``mpq_model_run``'s buffers (their dtypes:
+            :attr:`input_dtype`, :attr:`output_dtype`).
         arena_bytes: size of the static arena after the liveness plan: the tensors passed
             between calls and, at its start, the kernels' workspace region.
         naive_bytes: sum of all intermediate tensors' and workspaces' sizes (what no reuse
@@ -39,6 +40,34 @@ class StandaloneArtifact:
     num_ops: int
     linux: bool
     manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def input_dtype(self) -> str:
+        """``"float32"``, or ``"uint8"`` for the codes of an ``integer_io`` model."""
+        return self.manifest["input"]["dtype"]
+
+    @property
+    def output_dtype(self) -> str:
+        """``"float32"``, or ``"uint8"`` for the codes of an ``integer_io`` model."""
+        return self.manifest["output"]["dtype"]
+
+    @property
+    def integer_io(self) -> bool:
+        """``mpq_model_run`` takes input codes and returns output codes (uint8)."""
+        return bool(self.manifest.get("integer_io", False))
+
+    @property
+    def input_quant(self) -> tuple[float, int] | None:
+        """``(scale, zero_point)`` of the input codes (``integer_io``), else None: a code
+        ``q`` stands for ``(q - zero_point) * scale``."""
+        q = self.manifest["input"].get("quant")
+        return (q["scale"], q["zero_point"]) if q else None
+
+    @property
+    def output_quant(self) -> tuple[float, int] | None:
+        """``(scale, zero_point)`` of the output codes (``integer_io``), else None."""
+        q = self.manifest["output"].get("quant")
+        return (q["scale"], q["zero_point"]) if q else None
 
     @property
     def memory(self) -> dict[str, Any]:
@@ -66,7 +95,8 @@ class StandaloneResult:
     """One standalone inference.
 
     Attributes:
-        output: the model output (float32, ``output_shape``), or None unless ``status == "ok"``.
+        output: the model output (``output_shape``; float32, or the uint8 output codes of an
+            ``integer_io`` artifact), or None unless ``status == "ok"``.
         instructions: retired instructions of ``mpq_model_run`` (bare metal only; None on
             ``qemu-user`` and on failure).
         status: ``"ok" | "build_error" | "run_error" | "timeout"``.

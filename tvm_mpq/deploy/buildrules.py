@@ -32,9 +32,12 @@ class Rule:
     cmd: str
 
 
-def tool_vars(prof: Profile, board: BoardMemory | None = None) -> dict[str, str]:
+def tool_vars(prof: Profile, board: BoardMemory | None = None,
+              float_shims: bool = True) -> dict[str, str]:
     """Makefile variables (defaults) and their values for a direct build; with ``board``, the
-    bare-metal link uses ``harness/link_board.ld`` with the board's sizes."""
+    bare-metal link uses ``harness/link_board.ld`` with the board's sizes. ``float_shims=False``
+    (kernels that call no ``roundevenf``) builds the runtime stand-ins without their float
+    shim (``RT_CFLAGS=-DMPQ_NO_FLOAT_SHIMS``)."""
     try:
         spike = toolchain.find_spike()
     except ToolchainError:
@@ -53,6 +56,7 @@ def tool_vars(prof: Profile, board: BoardMemory | None = None) -> dict[str, str]
         "BM_LDFLAGS": " ".join(toolchain.bare_metal_ldflags(
             prof, "harness/link_board.ld" if board else "harness/link.ld", board=board)),
         "LINUX_CFLAGS": " ".join(toolchain.linux_cflags(prof, ["include", "."])),
+        "RT_CFLAGS": "" if float_shims else "-DMPQ_NO_FLOAT_SHIMS",
     }
 
 
@@ -65,7 +69,7 @@ def _bare_metal_rules(variant: str, kernels: str) -> list[Rule]:
         Rule(f"{d}/htif.o", ["harness/htif.c", "harness/harness.h"],
              f"$(CC_BM) $(BM_CFLAGS){plat} -c $< -o $@"),
         Rule(f"{d}/tvm_rt_stubs.o", ["harness/tvm_rt_stubs.c", "harness/harness.h"],
-             "$(CC_BM) $(BM_CFLAGS) -c $< -o $@"),
+             "$(CC_BM) $(BM_CFLAGS) $(RT_CFLAGS) -c $< -o $@"),
         Rule(f"{d}/standalone_main.o", ["harness/standalone_main.c", "model.h"],
              f"$(CC_BM) $(BM_CFLAGS){ops} -c $< -o $@"),
         Rule(f"{d}/model.o", ["model.c", "model.h"], f"$(CC_BM) $(BM_CFLAGS){ops} -c $< -o $@"),
@@ -88,7 +92,8 @@ def build_rules(prof: Profile, linux: bool) -> dict[str, list[Rule]]:
             Rule("build/linux/model", ["model.c", "model.h", "weights.S", "weights.bin",
                                        "harness/standalone_linux.c", "harness/tvm_rt_stubs.c",
                                        "harness/harness.h", kl],
-                 "mkdir -p $(@D) && $(CC_LINUX) $(LINUX_CFLAGS) -static -o $@ model.c weights.S "
+                 "mkdir -p $(@D) && $(CC_LINUX) $(LINUX_CFLAGS) $(RT_CFLAGS) -static -o $@ "
+                 "model.c weights.S "
                  f"harness/standalone_linux.c harness/tvm_rt_stubs.c {kl} -lm"),
         ]
     return out
@@ -100,7 +105,8 @@ _MAKEFILE_HEAD = [
     "#   make run-qemu INPUT=x.bin    bare metal on qemu-system (icount: same counts)",
     "#   make run-spike-ops / run-qemu-ops   the same, plus per-op counts (@@P lines)",
     "#   make run-linux INPUT=x.bin   static riscv64 Linux executable under qemu-riscv64",
-    "# INPUT: raw little-endian float32; the bare-metal ELF links it in (rebuild per input).",
+    "# INPUT: the raw little-endian input (model.h: float32, or uint8 codes for an integer_io",
+    "# model); the bare-metal ELF links it in (rebuild per input).",
     "# BM_LDFLAGS: harness/link.ld (the simulators' layout) or harness/link_board.ld with the",
     "# board's flash / RAM / stack sizes (export_standalone(..., ram_kib=, flash_kib=)).",
     "",

@@ -13,7 +13,14 @@ import numpy as np
 
 from tvm_mpq.deploy.artifact import StandaloneArtifact
 from tvm_mpq.deploy.buildrules import makefile, tool_vars
-from tvm_mpq.deploy.codegen import WEIGHTS_S, layout_weights, model_c, model_h
+from tvm_mpq.deploy.codegen import (
+    WEIGHTS_S,
+    IOQuant,
+    entry_signature,
+    layout_weights,
+    model_c,
+    model_h,
+)
 from tvm_mpq.deploy.graph import (
     ModelGraph,
     TensorRef,
@@ -24,7 +31,13 @@ from tvm_mpq.deploy.graph import (
     workspace_region,
 )
 from tvm_mpq.deploy.lower import lower_for_standalone
-from tvm_mpq.deploy.memory import DoesNotFitError, board_memory, link_figures, memory_figures
+from tvm_mpq.deploy.memory import (
+    DoesNotFitError,
+    board_memory,
+    link_figures,
+    memory_figures,
+    undefined_symbols,
+)
 from tvm_mpq.deploy.workspace import compile_with_workspaces
 from tvm_mpq.measure import toolchain
 from tvm_mpq.measure.baremetal import HARNESS_DIR
@@ -98,19 +111,44 @@ def _tdesc(t: TensorRef) -> dict[str, Any]:
     return {"buffer": t.storage.sid, "shape": list(t.shape), "dtype": t.dtype}
 
 
+def _io_quant(compiled: CompiledModel, g: ModelGraph) -> dict[str, IOQuant | None]:
+    """``(scale, zero_point, bits)`` of the integer input / output codes (``integer_io``), from
+    the compiled model's integer program; None for a float buffer."""
+    prog = compiled.program
+    out: dict[str, IOQuant | None] = {}
+    for what, t in (("input", g.input), ("output", g.output)):
+        spec = getattr(prog, f"{what}_spec", None) if prog is not None else None
+        if t.dtype == "float32":
+            out[what] = None
+        elif spec is None:
+            raise NotImplementedError(f"the model's {what} is {t.dtype} but the compiled model "
+                                      "gives no quantization parameters for it")
+        else:
+            out[what] = (float(spec.scale), int(spec.zero_point), int(spec.bits))
+    return out
+
+
+def _iodesc(t: TensorRef, quant: IOQuant | None) -> dict[str, Any]:
+    d: dict[str, Any] = {"shape": list(t.shape), "dtype": t.dtype, "bytes": t.storage.nbytes}
+    if quant is not None:  # real value = (code - zero_point) * scale
+        d["quant"] = dict(zip(("scale", "zero_point", "bits"), quant, strict=True))
+    return d
+
+
 def _manifest(compiled: CompiledModel, prof: Profile, g: ModelGraph, objs: dict[str, str],
               kernels: set[str], fuse: bool) -> dict[str, Any]:
     """``manifest.json`` without the sizes and timings (added by the caller)."""
+    quant = _io_quant(compiled, g)
     return {
         "format": MANIFEST_FORMAT,
         "profile": prof.name,
         "compiled_profile": compiled.profile.name,
         "targets": {kind: prof.target_dict(kind) for kind in objs},
         "kernel_objects": objs,
-        "entry": "int mpq_model_run(const float *input, float *output)",
-        "input": {"shape": list(g.input.shape), "dtype": "float32", "bytes": g.input.storage.nbytes},
-        "output": {"shape": list(g.output.shape), "dtype": "float32",
-                   "bytes": g.output.storage.nbytes},
+        "entry": entry_signature(g),
+        "integer_io": quant["input"] is not None and quant["output"] is not None,
+        "input": _iodesc(g.input, quant["input"]),
+        "output": _iodesc(g.output, quant["output"]),
         "fused": fuse,
         "quantized_sites": [{"layer": s.name, "func": s.func_name, "variant": s.kernel.variant,
                              "w_bits": s.kernel.w_bits, "a_bits": s.kernel.a_bits,
@@ -135,13 +173,15 @@ def export_standalone(compiled: CompiledModel, directory: str, profile: str | Pr
                       ) -> StandaloneArtifact:
     """Write the TVM-runtime-free deployable form of ``compiled`` to ``directory``.
 
-    Writes ``model.c``/``model.h`` (``int mpq_model_run(const float *in, float *out)``),
+    Writes ``model.c``/``model.h`` (``int mpq_model_run(const float *in, float *out)``, or
+    ``(const uint8_t *in, uint8_t *out)``: the codes of a model compiled with ``integer_io``),
     ``kernels_<profile>.o`` (all PrimFuncs, bare metal) and ``kernels_<profile>_linux.o``
     (rv64 only), ``weights.bin`` + ``weights.S``, the harness sources it links with
     (``harness/``), the tvm-ffi C headers it includes (``include/``), a ``Makefile``, a zero
-    ``input.bin`` and ``manifest.json`` (ops in order, buffers with offsets and live ranges,
-    the memory figures, profile). Needs TVM; with the bare-metal toolchain present it also
-    links the Spike ELF for the code / flash / RAM figures (:attr:`StandaloneArtifact.memory`).
+    ``input.bin`` (of the input's dtype) and ``manifest.json`` (ops in order, buffers with
+    offsets and live ranges, the memory figures, profile). Needs TVM; with the bare-metal
+    toolchain present it also links the Spike ELF for the code / flash / RAM figures
+    (:attr:`StandaloneArtifact.memory`).
 
     Args:
         compiled: the compiled model.
@@ -182,6 +222,8 @@ def export_standalone(compiled: CompiledModel, directory: str, profile: str | Pr
     d = Path(directory)
     _copy_sources(d)
     objs, ws = _build_kernels(lowered, g, prof, d, linux)
+    # the runtime stand-ins' float shim only where a kernel calls it (none: a float-free link)
+    shims = any("roundevenf" in undefined_symbols(d / o) for o in objs.values())
     plan = {"workspace_bytes": add_workspaces(g, ws), "arena_bytes": plan_memory(g.storages),
             "arena_lower_bound": arena_lower_bound(g.storages)}
     plan["workspace_offset"] = workspace_region(g.storages)[0]
@@ -189,7 +231,7 @@ def export_standalone(compiled: CompiledModel, directory: str, profile: str | Pr
     plan["weight_bytes"] = len(blob)
     _precheck(board, plan["arena_bytes"], len(blob))
     build_s = time.monotonic() - t0
-    _write_sources(d, g, prof, linux, board, plan, blob)
+    _write_sources(d, g, prof, linux, board, plan, blob, shims, _io_quant(compiled, g))
 
     manifest = _manifest(compiled, prof, g, objs, kernels, fuse)
     naive = sum(s.nbytes for s in g.storages if s.kind in ("arena", "workspace"))
@@ -201,22 +243,24 @@ def export_standalone(compiled: CompiledModel, directory: str, profile: str | Pr
         "num_kernel_calls": sum(op.func in kernels for op in g.ops),
         "export_seconds": round(build_s, 2),
         "board": dataclasses.asdict(board) if board else None,
+        "float_shims": shims,
     })
-    manifest["memory"] = memory_figures(plan, link_figures(d, prof, linux, board), board)
+    manifest["memory"] = memory_figures(plan, link_figures(d, prof, linux, board, shims), board)
     (d / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return StandaloneArtifact(str(d.resolve()), prof, g.input.shape, g.output.shape,
                               plan["arena_bytes"], naive, len(blob), len(g.ops), linux, manifest)
 
 
 def _write_sources(d: Path, g: ModelGraph, prof: Profile, linux: bool,
-                   board: BoardMemory | None, plan: dict[str, int], blob: bytes) -> None:
+                   board: BoardMemory | None, plan: dict[str, int], blob: bytes,
+                   float_shims: bool, quant: dict[str, IOQuant | None]) -> None:
     """The generated C, the weight blob, a zero input and the Makefile."""
-    (d / "model.h").write_text(model_h(g, plan["arena_bytes"]))
+    (d / "model.h").write_text(model_h(g, plan["arena_bytes"], quant["input"], quant["output"]))
     (d / "model.c").write_text(model_c(g, plan["arena_bytes"]))
     (d / "weights.bin").write_bytes(blob)
     (d / "weights.S").write_text(WEIGHTS_S)
-    (d / "input.bin").write_bytes(np.zeros(g.input.shape, np.float32).tobytes())
-    (d / "Makefile").write_text(makefile(prof, linux, tool_vars(prof, board)))
+    (d / "input.bin").write_bytes(np.zeros(g.input.shape, g.input.dtype).tobytes())
+    (d / "Makefile").write_text(makefile(prof, linux, tool_vars(prof, board, float_shims)))
 
 
 def load_standalone(directory: str) -> StandaloneArtifact:

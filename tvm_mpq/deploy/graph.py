@@ -16,6 +16,10 @@ import numpy as np
 #: byte alignment of every tensor: TVM's kernels assume (and the harness uses) 64 bytes
 ALIGN = 64
 
+#: dtypes of the model's input and output the C entry point can take: float32 (float in /
+#: out) and the codes of an ``integer_io`` model
+IO_DTYPES = ("float32", "uint8")
+
 
 @dataclass
 class Storage:
@@ -76,7 +80,8 @@ class ModelGraph:
     Attributes:
         ops: the packed calls in order.
         storages: every buffer (input, output, arena and constants).
-        input, output: the model's float32 input and output.
+        input, output: the model's input and output (dtypes of :data:`IO_DTYPES`: float32,
+            or uint8 codes for a model compiled with ``integer_io=True``).
         copy_output_from: set when the output is the input itself or a constant: the buffer
             copied into the output at the end.
     """
@@ -199,8 +204,8 @@ class _GraphBuilder:
             if len(out) != 1:
                 raise NotImplementedError(f"models with {len(out)} outputs are not supported")
             out = out[0]
-        if out.dtype != "float32":
-            raise NotImplementedError(f"the output must be float32, got {out.dtype}")
+        if out.dtype not in IO_DTYPES:
+            raise NotImplementedError(f"the output must be one of {IO_DTYPES}, got {out.dtype}")
         if out.storage.kind == "arena":
             out.storage.kind = "output"
             return out, None
@@ -213,15 +218,15 @@ def build_graph(main: Any) -> ModelGraph:
 
     Raises:
         NotImplementedError: ``main`` uses something the C code cannot express (several
-            inputs or outputs, a non-float32 input/output, dynamic shapes, an op left
-            without TIR legalization, symbolic ``tir_vars``).
+            inputs or outputs, an input/output dtype not in :data:`IO_DTYPES`, dynamic shapes,
+            an op left without TIR legalization, symbolic ``tir_vars``).
     """
     if len(main.params) != 1:
         raise NotImplementedError(f"main must take one input tensor, it takes {len(main.params)}")
     gb = _GraphBuilder()
     shape, dtype = _static_shape(main.params[0].ty, "input")
-    if dtype != "float32":
-        raise NotImplementedError(f"the input must be float32, got {dtype}")
+    if dtype not in IO_DTYPES:
+        raise NotImplementedError(f"the input must be one of {IO_DTYPES}, got {dtype}")
     inp = TensorRef(gb.storage("input", _nbytes(shape, dtype)), shape, dtype)
     gb.env[main.params[0]] = inp
     for block in main.body.blocks:

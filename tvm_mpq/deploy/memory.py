@@ -27,7 +27,7 @@ FIGURES_ELF = "build/spike/model.elf"
 DEFAULT_STACK_KIB = 16
 
 _SHF_WRITE, _SHF_ALLOC, _SHF_EXEC, _SHF_TLS = 0x1, 0x2, 0x4, 0x400
-_SHT_NOBITS = 8
+_SHT_SYMTAB, _SHT_NOBITS = 2, 8
 
 
 class DoesNotFitError(ValueError):
@@ -46,27 +46,52 @@ class Section:
     size: int
 
 
-def elf_sections(path: str | Path) -> list[Section]:
-    """The section headers of a little-endian ELF32/ELF64 file."""
-    b = Path(path).read_bytes()
+def _elf_headers(b: bytes, path: str | Path) -> tuple[bool, list[tuple[int, ...]], Any]:
+    """``(is64, section headers (name, type, flags, addr, offset, size, link), name of a
+    .shstrtab offset)`` of a little-endian ELF32/ELF64 image."""
     if b[:4] != b"\x7fELF" or b[5] != 1:
         raise ValueError(f"{path}: not a little-endian ELF file")
     is64 = b[4] == 2
     if is64:
         shoff, = struct.unpack_from("<Q", b, 0x28)
         shentsize, shnum, shstrndx = struct.unpack_from("<HHH", b, 0x3A)
-        fmt = "<IIQQQQ"
+        fmt = "<IIQQQQI"
     else:
         shoff, = struct.unpack_from("<I", b, 0x20)
         shentsize, shnum, shstrndx = struct.unpack_from("<HHH", b, 0x2E)
-        fmt = "<IIIIII"
+        fmt = "<IIIIIII"
     heads = [struct.unpack_from(fmt, b, shoff + i * shentsize) for i in range(shnum)]
     stroff = heads[shstrndx][4]
+    return is64, heads, lambda off: _cstr(b, stroff + off)
 
-    def name(off: int) -> str:
-        return b[stroff + off:b.index(b"\0", stroff + off)].decode()
 
+def _cstr(b: bytes, off: int) -> str:
+    return b[off:b.index(b"\0", off)].decode()
+
+
+def elf_sections(path: str | Path) -> list[Section]:
+    """The section headers of a little-endian ELF32/ELF64 file."""
+    _, heads, name = _elf_headers(Path(path).read_bytes(), path)
     return [Section(name(h[0]), h[1], h[2], h[3], h[5]) for h in heads]
+
+
+def undefined_symbols(path: str | Path) -> set[str]:
+    """The symbols an ELF object (or executable) references without defining them: what the
+    linker must find elsewhere (e.g. ``roundevenf``, or libgcc's soft-float ``__addsf3``)."""
+    b = Path(path).read_bytes()
+    is64, heads, _ = _elf_headers(b, path)
+    fmt, size = ("<IBBHQQ", 24) if is64 else ("<IIIBBH", 16)
+    out = set()
+    for h in heads:
+        if h[1] != _SHT_SYMTAB:
+            continue
+        stroff = heads[h[6]][4]
+        for off in range(h[4] + size, h[4] + h[5], size):  # entry 0 is the null symbol
+            e = struct.unpack_from(fmt, b, off)
+            name_off, shndx = e[0], e[3] if is64 else e[5]
+            if shndx == 0 and name_off:
+                out.add(_cstr(b, stroff + name_off))
+    return out
 
 
 def elf_figures(path: str | Path) -> dict[str, int]:
@@ -132,8 +157,9 @@ def does_not_fit(linker_output: str, board: BoardMemory | None) -> DoesNotFitErr
 
 
 def link_figures(directory: str | Path, prof: Profile, linux: bool,
-                 board: BoardMemory | None) -> dict[str, Any]:
-    """Link the artifact's Spike ELF (with its zero ``input.bin``) and read its figures.
+                 board: BoardMemory | None, float_shims: bool = True) -> dict[str, Any]:
+    """Link the artifact's Spike ELF (with its zero ``input.bin``) and read its figures
+    (``float_shims``: see :func:`~tvm_mpq.deploy.buildrules.tool_vars`).
 
     Without the bare-metal toolchain the figures are empty (``{}``), unless ``board`` asks for
     a fit check. Raises :class:`DoesNotFitError` when a section does not fit the board.
@@ -145,7 +171,7 @@ def link_figures(directory: str | Path, prof: Profile, linux: bool,
         if board is not None:
             raise
         return {}
-    values = {**tool_vars(prof, board), "CC_BM": gcc, "INPUT": "input.bin"}
+    values = {**tool_vars(prof, board, float_shims), "CC_BM": gcc, "INPUT": "input.bin"}
     try:
         run_rules(build_rules(prof, linux)["spike"], str(directory), values)
     except BuildError as e:

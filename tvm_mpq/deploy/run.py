@@ -53,7 +53,9 @@ def run_standalone(
         compiled_or_artifact: a :class:`StandaloneArtifact`, its directory, or a
             :class:`~tvm_mpq.compiler.compiled.CompiledModel` (exported first, to ``directory`` or a
             temporary directory that is removed afterwards).
-        x: the input, of the model's input shape (numpy or torch; converted to float32).
+        x: the input, of the model's input shape (numpy or torch): float (converted to
+            float32), or for an ``integer_io`` artifact its integer codes (uint8: quantize a
+            float input with ``cm.input_quant``).
         backend: ``"spike"`` / ``"qemu"`` (bare metal: ``qemu-system-riscv* -M virt -icount
             shift=0,sleep=off``), both with instruction counts; or ``"qemu-user"`` (static
             riscv64 Linux executable under ``qemu-riscv64``; no counts). A runner of
@@ -67,11 +69,14 @@ def run_standalone(
             counter reads add a few instructions to the whole-model count.
 
     Returns:
-        :class:`StandaloneResult`; build and run failures are reported in ``status``.
+        :class:`StandaloneResult` (its ``output`` of the artifact's output dtype: float32, or
+        the uint8 output codes of an ``integer_io`` artifact); build and run failures are
+        reported in ``status``.
 
     Raises:
         ToolchainError: the cross compiler, libc or simulator for ``backend`` is missing.
-        ValueError: unknown backend or wrong input shape.
+        ValueError: unknown backend, wrong input shape, or (``integer_io``) an input that is
+            not integer codes in the input dtype's range.
     """
     runner = _runner(backend)
     tmp = None
@@ -92,10 +97,26 @@ def run_standalone(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _input(x: Any, art: StandaloneArtifact) -> np.ndarray:
+def entry_input(x: Any, art: StandaloneArtifact) -> np.ndarray:
+    """``x`` (numpy or torch) as the array whose bytes ``mpq_model_run`` of ``art`` reads:
+    little-endian float32, or integer codes (never rounded or wrapped here: a float or
+    out-of-range value is an error).
+
+    Raises:
+        ValueError: wrong shape; for an integer input, non-integer or out-of-range values.
+    """
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
-    x = np.ascontiguousarray(x, dtype="<f4")
+    x = np.asarray(x)
+    dt = np.dtype(art.input_dtype).newbyteorder("<")
+    if dt.kind in "iu":
+        if x.dtype.kind not in "iub":
+            raise ValueError(f"the model takes {dt.name} codes, got {x.dtype} values: quantize "
+                             "them with the compiled model's input_quant (docs/standalone.md)")
+        info = np.iinfo(dt)
+        if x.size and (x.min() < info.min or x.max() > info.max):
+            raise ValueError(f"input codes outside the {dt.name} range [{info.min}, {info.max}]")
+    x = np.ascontiguousarray(x, dtype=dt)
     if tuple(x.shape) != tuple(art.input_shape):
         raise ValueError(f"input shape {x.shape} != model input {art.input_shape}")
     return x
@@ -108,7 +129,7 @@ def _build(art: StandaloneArtifact, variant: str, x: np.ndarray, max_instruction
     os.makedirs(run_dir, exist_ok=True)
     inp = os.path.join(run_dir, "input.bin")
     Path(inp).write_bytes(x.tobytes())
-    values = tool_vars(prof, art.board)
+    values = tool_vars(prof, art.board, art.manifest.get("float_shims", True))
     if variant != "linux":
         values["CC_BM"] = toolchain.find_gcc()
     values.update(INPUT=inp, WATCHDOG_TICKS=str(max(1, max_instructions // 100)))
@@ -122,7 +143,7 @@ def _run(art: StandaloneArtifact, x: Any, runner: Runner, max_instructions: int,
     if profile_ops and linux:
         raise ValueError("profile_ops needs a bare-metal backend (spike or qemu), not qemu-user")
     runner.check_tools(art.profile)
-    x = _input(x, art)
+    x = entry_input(x, art)
     if linux and not art.linux:
         return StandaloneResult(None, None, "build_error",
                                 "artifact has no Linux kernel object (rv32 profile or linux=False)",
@@ -148,7 +169,7 @@ def _result(art: StandaloneArtifact, sim: toolchain.SimResult, runner: Runner, w
             profile_ops: bool) -> StandaloneResult:
     """The :class:`StandaloneResult` of one run's console output (a measured stack is recorded
     in the artifact's memory figures)."""
-    info, out, msg = _parse_output(sim.stdout, int(np.prod(art.output_shape)))
+    info, out, msg = parse_output(sim.stdout, int(np.prod(art.output_shape)), art.output_dtype)
     stack = info.get("stack")
     if stack is not None and stack[0] >= stack[2]:
         return StandaloneResult(None, None, "run_error", f"stack overflow: the program used the "
@@ -193,8 +214,11 @@ _R_LINE = re.compile(r"^@@R rc=(-?\d+)(?: instret=(\d+) cycles=(\d+))?\s*$")
 _M_LINE = re.compile(r"^@@M stack=(\d+) model_stack=(\d+) stack_size=(\d+)\s*$")
 
 
-def _parse_output(text: str, n: int) -> tuple[dict[str, Any], np.ndarray | None, str]:
-    """Parse the driver's lines: (counters, output array or None, error text)."""
+def parse_output(text: str, n: int, dtype: str = "float32"
+                  ) -> tuple[dict[str, Any], np.ndarray | None, str]:
+    """Parse the driver's console lines (``harness/standalone_main.c``): ``(counters, output
+    array of n elements of ``dtype`` or None, error text)``. Each ``@@O`` word holds one
+    element's bits (a narrower integer zero-extended)."""
     info: dict[str, Any] = {}
     words: dict[int, int] = {}
     errs, trap = [], ""
@@ -225,6 +249,10 @@ def _parse_output(text: str, n: int) -> tuple[dict[str, Any], np.ndarray | None,
             info["done"] = True
     out = None
     if len(words) == n and all(i in words for i in range(n)):
-        out = np.array([words[i] for i in range(n)], dtype=np.uint32).view(np.float32)
+        dt = np.dtype(dtype).newbyteorder("<")
+        bits = np.array([words[i] for i in range(n)], dtype=np.uint32)
+        if dt.itemsize < 4 and np.any(bits >> (8 * dt.itemsize)):
+            return info, None, "an output word wider than the output dtype " + dtype
+        out = bits.astype(f"<u{dt.itemsize}").view(dt).astype(dt.newbyteorder("="))
     msg = "; ".join(errs + ([trap] if trap else []))
     return info, out, msg

@@ -3,8 +3,9 @@
  *
  *   model_linux INPUT.bin [OUTPUT.bin]
  *
- * INPUT.bin: raw little-endian float32 input. The output is written raw to OUTPUT.bin, or else
- * printed as "@@O <first index> <hex32> ..." lines (bit-exact). Exit status: 0 ok, 1 usage/IO,
+ * INPUT.bin: the raw little-endian input (model.h: mpq_input_t, float32 or uint8 codes). The
+ * output is written raw to OUTPUT.bin, or else printed as "@@O <first index> <hex32> ..." lines
+ * (bit-exact; a code zero-extended). Exit status: 0 ok, 1 usage/IO,
  * 2 wrong input size, 3 a kernel returned an error. */
 #include <stdint.h>
 #include <stdio.h>
@@ -24,8 +25,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s INPUT.bin [OUTPUT.bin]\n", argv[0]);
     return 1;
   }
-  float *in = aligned_alloc(64, (MPQ_INPUT_BYTES + 63) & ~(size_t)63);
-  float *out = aligned_alloc(64, (MPQ_OUTPUT_BYTES + 63) & ~(size_t)63);
+  mpq_input_t *in = aligned_alloc(64, (MPQ_INPUT_BYTES + 63) & ~(size_t)63);
+  mpq_output_t *out = aligned_alloc(64, (MPQ_OUTPUT_BYTES + 63) & ~(size_t)63);
   FILE *f = fopen(argv[1], "rb");
   if (!in || !out || !f) {
     fprintf(stderr, "cannot read %s\n", argv[1]);
@@ -51,8 +52,8 @@ int main(int argc, char **argv) {
     for (uint32_t i = 0; i < MPQ_OUTPUT_SIZE; i += 8) {
       printf("@@O %u", (unsigned)i);
       for (uint32_t j = i; j < i + 8 && j < MPQ_OUTPUT_SIZE; j++) {
-        uint32_t bits;
-        memcpy(&bits, &out[j], 4);
+        uint32_t bits = 0; /* little endian: a narrower element is zero-extended */
+        memcpy(&bits, &out[j], sizeof(mpq_output_t));
         printf(" %08x", (unsigned)bits);
       }
       putchar('\n');

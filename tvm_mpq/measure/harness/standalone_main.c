@@ -7,8 +7,13 @@
  *                                           (from the stack top) and of mpq_model_run alone
  *                                           (below main's frame); the stack region's size
  *   @@P <op index> <instret>                per op, when built with -DMPQ_PROFILE_OPS
- *   @@O <first index> <hex32> ...           the output floats, bit-exact, 8 per line
+ *   @@O <first index> <hex32> ...           the output elements, bit-exact, 8 per line: a
+ *                                           float's bits, or an integer code zero-extended
  *   @@DONE
+ *
+ * The element types come from model.h (mpq_input_t, mpq_output_t): float for a float model,
+ * uint8_t codes for an integer_io one. No float arithmetic here: an integer_io ELF links no
+ * soft-float routine.
  *
  * Links with crt0.S, htif.c and tvm_rt_stubs.c of the measurement harness (not driver.c). */
 #include <stdint.h>
@@ -41,7 +46,7 @@ static uintptr_t __attribute__((noinline)) stack_deepest(void) {
 }
 
 /* the caller's output buffer: aligned like every other tensor the kernels see */
-static float output[MPQ_OUTPUT_SIZE] __attribute__((aligned(64)));
+static mpq_output_t output[MPQ_OUTPUT_SIZE] __attribute__((aligned(64)));
 
 static void put_hex32(uint32_t v) {
   for (int s = 28; s >= 0; s -= 4) mpq_putc("0123456789abcdef"[(v >> s) & 15]);
@@ -61,7 +66,7 @@ int main(void) {
   mpq_ws_reset();
   uintptr_t sp = stack_paint(); /* main's frame ends at most here */
   uint64_t c0 = rd_mcycle(), i0 = rd_minstret();
-  int32_t rc = mpq_model_run((const float *)mpq_input_bin, output);
+  int32_t rc = mpq_model_run((const mpq_input_t *)mpq_input_bin, output);
   uint64_t i1 = rd_minstret(), c1 = rd_mcycle();
   uintptr_t deepest = stack_deepest();
   mpq_puts("@@R rc=");
@@ -90,8 +95,8 @@ int main(void) {
     mpq_puts("@@O ");
     mpq_putu(i);
     for (uint32_t j = i; j < i + 8 && j < MPQ_OUTPUT_SIZE; j++) {
-      uint32_t bits;
-      memcpy(&bits, &output[j], 4);
+      uint32_t bits = 0; /* little endian: a narrower element is zero-extended */
+      memcpy(&bits, &output[j], sizeof(mpq_output_t));
       mpq_putc(' ');
       put_hex32(bits);
     }

@@ -76,6 +76,10 @@ void TVMAPISetLastError(const char *msg) { TVMFFIErrorSetRaisedFromCStr("Error",
 
 /* LLVM lowers llvm.roundeven (our activation quantizer's round-half-to-even) to a roundevenf
    libcall on soft-float targets (rv32imc); picolibc 1.8 does not provide it. The default
-   floating-point rounding mode is round-to-nearest-even, so nearbyintf is the same function. */
+   floating-point rounding mode is round-to-nearest-even, so nearbyintf is the same function.
+   -DMPQ_NO_FLOAT_SHIMS (a standalone model whose kernels call no roundevenf, e.g. integer-only
+   with integer IO) leaves it out: this object then references no float function at all. */
+#ifndef MPQ_NO_FLOAT_SHIMS
 #include <math.h>
 __attribute__((weak)) float roundevenf(float x) { return nearbyintf(x); }
+#endif
