@@ -48,6 +48,65 @@ def respec(c: Codes, dst: I.QSpec) -> Codes:
     return Codes(requantize_dyadic_torch(c.q, *I.requant_params(c.spec, dst), 0, dst.qmax), dst)
 
 
+#: float32 sums of integers are exact while every partial sum stays below 2^24
+_EXACT = 2**24
+
+
+def exact_sum(x: torch.Tensor, w_q: np.ndarray, module: nn.Module) -> torch.Tensor:
+    """The exact integer conv2d / linear ``sum(x * w_q)`` (int64) of integer tensors, fast.
+
+    float32 matrix products (im2col + GEMM: no Winograd or FFT, whose transforms round) are
+    exact while ``sum |x| |w|`` over one output stays below 2^24; when it might not, ``x``
+    is split into ``16 * hi + lo`` (``lo`` in ``[0, 16)``) and the two exact products are
+    combined in int64.
+    """
+    bound = int(x.abs().max()) * int(np.abs(w_q.astype(np.int64)).reshape(len(w_q), -1)
+                                     .sum(axis=1).max()) if x.numel() else 0
+    w = torch.from_numpy(w_q.astype(np.float32))
+    if bound >= _EXACT and int(x.abs().max()) > 1:  # each split divides |x| by 16
+        hi = torch.div(x, 16, rounding_mode="floor")
+        return exact_sum(hi, w_q, module) * 16 + exact_sum(x - 16 * hi, w_q, module)
+    if bound >= _EXACT or (isinstance(module, nn.Conv2d) and (
+            isinstance(module.padding, str) or module.dilation != (1, 1))):
+        return _double_sum(x, w_q, module)  # beyond float32 (huge layers) or unusual convs
+    xf = x.float()
+    if not isinstance(module, nn.Conv2d):
+        return torch.round(xf.reshape(-1, xf.shape[-1]) @ w.t()).to(torch.int64)
+    return torch.round(_conv_f32(xf, w, module)).to(torch.int64)
+
+
+def _conv_f32(x: torch.Tensor, w: torch.Tensor, m: nn.Conv2d) -> torch.Tensor:
+    """conv2d as exact float32 products: pointwise as a matrix product, depthwise as shifted
+    multiply-adds, anything else through im2col."""
+    n, _, h, wd = x.shape
+    k, cg, kh, kw = w.shape
+    g, (sh, sw), (ph, pw) = m.groups, m.stride, m.padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    if kh == kw == 1 and ph == pw == 0:
+        xs = x[:, :, ::sh, ::sw].reshape(n, g, cg, oh * ow)
+        return torch.einsum("gkc,ngcl->ngkl", w.view(g, k // g, cg), xs).reshape(n, k, oh, ow)
+    if cg == 1 and k == g:  # depthwise: kh * kw shifted slices
+        xp = F.pad(x, (pw, pw, ph, ph))
+        out = torch.zeros(n, k, oh, ow)
+        for i in range(kh):
+            for j in range(kw):
+                out += xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * \
+                    w[:, 0, i, j].view(1, -1, 1, 1)
+        return out
+    cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw)).view(n, g, cg * kh * kw, -1)
+    out = torch.einsum("ngpl,gkp->ngkl", cols, w.view(g, k // g, cg * kh * kw))
+    return out.reshape(n, k, oh, ow)
+
+
+def _double_sum(x: torch.Tensor, w_q: np.ndarray, m: nn.Module) -> torch.Tensor:
+    w = torch.from_numpy(w_q.astype(np.float64))
+    if isinstance(m, nn.Conv2d):
+        acc = F.conv2d(x.double(), w, None, m.stride, m.padding, m.dilation, m.groups)
+    else:
+        acc = F.linear(x.double().reshape(-1, x.shape[-1]), w)
+    return torch.round(acc).to(torch.int64)
+
+
 class _Interp(torch.fx.Interpreter):
     def __init__(self, ep: Any, prog: I.IntegerProgram, qparams: Any,
                  modules: dict[str, nn.Module], integer_io: bool):
@@ -97,14 +156,7 @@ class _Interp(torch.fx.Interpreter):
         spec = I.QSpec(float(np.float32(lq.a_scale)), int(lq.a_zero_point), int(lq.a_bits))
         src = self.env[I.layer_input(n)]
         c = respec(src, spec) if isinstance(src, Codes) else Codes(quantize(src, spec), spec)
-        centered = (c.q - spec.zero_point).double()
-        w = torch.from_numpy(lq.w_q.astype(np.float64))
-        m = self.modules[node.layer]
-        if isinstance(m, nn.Conv2d):
-            acc = F.conv2d(centered, w, None, m.stride, m.padding, m.dilation, m.groups)
-        else:
-            acc = F.linear(centered.reshape(-1, centered.shape[-1]), w)
-        acc = torch.round(acc).to(torch.int64)
+        acc = exact_sum(c.q - spec.zero_point, lq.w_q, self.modules[node.layer])
         if node.spec is None:  # float output: the dequantize epilogue
             shape = [1] * acc.dim()
             shape[1] = -1
