@@ -210,14 +210,69 @@ def test_qdq_overhead_cache(tmp_path, caplog):
 
     prof = get_profile("rv64gc")
     path = tmp_path / "qdq_overhead.json"
-    path.write_text(json.dumps({"passes_revision": PASSES_REVISION, "costs": {"k": 12.0}}))
-    assert measure_qdq_overhead([], prof, "spike", str(path)) == {"k": 12.0}
+    path.write_text(json.dumps({"passes_revision": PASSES_REVISION,
+                                "costs": {"float": {"k": 12.0}, "integer": {"k": 3.0}}}))
+    assert measure_qdq_overhead([], prof, "spike", str(path), glue="float") == {"k": 12.0}
     assert measure_qdq_overhead([], get_profile("host"), "host", str(path)) == {}  # no passes
-    path.write_text('{"passes_revision": 2, "costs": {"k": 1')  # a torn write
+    with pytest.raises(ValueError, match="glue"):
+        measure_qdq_overhead([], prof, "spike", str(path), glue="fixed")
+    # a cache of the previous revision (one flat table, float glue) is never reused
+    path.write_text(json.dumps({"passes_revision": 2, "costs": {"k": 12.0}}))
+    assert measure_qdq_overhead([], prof, "spike", str(path), glue="float") == {}
+    path.write_text('{"passes_revision": 3, "costs": {"k": 1')  # a torn write
     with caplog.at_level("WARNING"):
         assert measure_qdq_overhead([], prof, create_runner("spike"), str(path)) == {}
     assert "corrupt" in caplog.text and (tmp_path / "qdq_overhead.json.corrupt").exists()
     assert not path.exists()
+
+
+def _tiny_table():
+    from tvm_mpq.frontend.layers import LayerInfo
+
+    conv = LayerInfo(0, "conv", "conv2d", (1, 4, 6, 6), (8, 4, 3, 3), (1, 8, 6, 6), (1, 1),
+                     (1, 1), (1, 1), 1, True)
+    dense = LayerInfo(1, "fc", "linear", (1, 8), (10, 8), (1, 10), has_bias=True)
+    return [conv, dense]
+
+
+@needs_tools
+@pytest.mark.parametrize("profile", ["rv64gc_zbb", "rv32imc"])
+def test_integer_glue_passes_are_measured(tmp_path, monkeypatch, profile):
+    """The integer glue's passes: each a real run checked against numpy, the fp32 layer's
+    priced in its graph context, cached per glue and context (switching never reuses)."""
+    from tvm_mpq.measure.overhead import FP32_SUFFIX, LayerContext, measure_qdq_overhead
+    from tvm_mpq.schedules.workload import workload_from_layer
+    from tvm_mpq.targets import get_profile
+
+    prof, table = get_profile(profile), _tiny_table()
+    conv_k, fc_k = (workload_from_layer(r).key() for r in table)
+    path = str(tmp_path / "qdq_overhead.json")
+    ctx = {"conv": LayerContext("layer", "clip", "clip", pooled=True),
+           "fc": LayerContext("pool", "relu", output=True, pool_in=(1, 8, 2, 2))}
+    counter = _Counter(monkeypatch)
+    got = measure_qdq_overhead(table, prof, "spike", path, glue="integer", contexts=ctx)
+    assert set(got) == {conv_k, fc_k, conv_k + FP32_SUFFIX, fc_k + FP32_SUFFIX}
+    # requantize: > 4 instructions per output element (load, mul, shift, clamp, store)
+    assert got[conv_k] > 4 * 8 * 6 * 6 and got[fc_k] > 0
+    # the last layer made fp32 saves its float epilogue; a bias pass stays
+    assert got[fc_k + FP32_SUFFIX] > 0
+    if profile == "rv32imc":  # no FPU: every float boundary is a soft-float call
+        assert got[conv_k + FP32_SUFFIX] > 10 * got[conv_k]
+    n_cases = counter.cases
+    assert n_cases > 0
+    # cached: nothing runs again; another context of the same workload is measured
+    assert measure_qdq_overhead(table, prof, "spike", path, glue="integer", contexts=ctx) == got
+    assert counter.cases == n_cases
+    other = measure_qdq_overhead(table, prof, "spike", path, glue="integer")  # default contexts
+    assert counter.cases > n_cases and other[conv_k] == got[conv_k]  # same requantize
+    assert other[conv_k + FP32_SUFFIX] != got[conv_k + FP32_SUFFIX]
+    # the float glue's passes are its own numbers, measured on their own
+    n_cases = counter.cases
+    flt = measure_qdq_overhead(table, prof, "spike", path, glue="float")
+    assert counter.cases > n_cases and flt[conv_k] != got[conv_k]
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved["passes_revision"] == 3 and set(saved["costs"]) == {"integer", "float"}
 
 
 # ---- measure -------------------------------------------------------------------------------

@@ -55,9 +55,13 @@ def test_qat_recovers_accuracy_and_compiles_exactly():
         assert np.array_equal(qp2[name].w_scale, qp[name].w_scale)
         assert qp2[name].a_scale == qp[name].a_scale
         assert np.abs(qp2[name].w_q).max() <= 2
-    cm = tvm_mpq.compile(ft, x[:4], plan, "host", qparams=qp2)
-    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp2, integer_accumulate=True)(x[:4]).detach().numpy()
+    assert qp2.tensors  # the fine-tuned model's own value ranges, for integer-only inference
+    cm = tvm_mpq.compile(ft, x[:4], plan, "host", qparams=qp2)  # integer glue
+    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp2, integer_only=True)(x[:4]).detach().numpy()
     assert np.abs(cm(x[:4]) - exact).max() <= 1e-5
+    cmf = tvm_mpq.compile(ft, x[:4], plan, "host", qparams=qp2, glue="float")
+    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp2, integer_accumulate=True)(x[:4]).detach().numpy()
+    assert np.abs(cmf(x[:4]) - exact).max() <= 1e-5
 
 
 def test_beacon_correction_uses_nearest_beacon():

@@ -43,6 +43,14 @@ def test_result_is_measured(tuned):
     # the end-to-end standalone artifact was run on Spike for the baselines
     assert res.baselines["int8"].model_cost > res.baselines["int8"].measured_cost
     assert res.baselines["int8"].compiled_accuracy is not None
+    for p in res.baselines.values():  # and its exact memory figures recorded
+        mem = p.memory
+        assert mem["arena_bytes"] >= mem["arena_lower_bound"] > 0 and mem["stack_bytes"] > 0
+        assert p.ram_bytes == mem["ram_bytes"] >= mem["arena_bytes"] + mem["stack_bytes"]
+        assert p.flash_bytes == mem["flash_bytes"] >= mem["code_bytes"] + mem["weight_bytes"]
+        assert mem["weight_bytes"] >= p.size_bytes  # the search's size is a lower bound
+    assert "RAM (KiB)" in res.table() and f"| {res.baselines['w8a8'].memory['ram_bytes']:,} |" \
+        in __import__("tvm_mpq.tuner.report", fromlist=["x"]).memory_table(res)
     # "w8a8" takes each layer's fastest measured 8-bit kernel, so it can only beat the int8 one
     assert res.baselines["w8a8"].measured_cost <= res.baselines["int8"].measured_cost
     if res.best is not None:
@@ -66,21 +74,31 @@ def test_prior_workloads_are_measured(tuned):
 
 
 def test_layer_passes_are_measured(tuned):
-    """Every layer pays the passes the compiler adds around its kernel: quantize + dequantize
-    when quantized, the bias pass when fp32 (measured on Spike, cached in the workdir)."""
+    """Every layer pays the passes the compiler adds around its kernel with the run's glue
+    (integer by default): the requantize epilogue when quantized, the bias pass and the float
+    boundaries when fp32 (measured on Spike in the layer's graph context, cached in the
+    workdir per glue)."""
     from tvm_mpq.frontend.importer import import_model
     from tvm_mpq.measure.overhead import FP32_SUFFIX
     from tvm_mpq.schedules.workload import workload_from_layer
+    from tvm_mpq.tuner.contexts import layer_contexts
 
-    m, x, kw, _ = tuned
+    m, x, kw, res = tuned
+    assert res.settings["glue"] == "integer" and res.glue == "integer"
+    with open(os.path.join(kw["workdir"], "stages", "measure.json")) as f:
+        overhead = json.load(f)["overhead"]
     with open(os.path.join(kw["workdir"], "qdq_overhead.json")) as f:
-        overhead = json.load(f)["costs"]
+        costs = json.load(f)["costs"]
+    assert set(costs) == {"integer"}  # the float glue was never asked for
+    cached = costs["integer"]
     table = import_model(tvm_mpq.fold_bn(m), x[:1], warn=False).table
+    ctx = layer_contexts(m, x[:1])
     for r in table:
         key = workload_from_layer(r).key()
         assert overhead[key] > 0
-        if r.has_bias:  # a bias pass only touches the output: cheaper than quantize+dequantize
-            assert 0 < overhead[key + FP32_SUFFIX] < overhead[key]
+        assert overhead[key + FP32_SUFFIX] == cached[f"{key}{FP32_SUFFIX}@{ctx[r.name].tag()}"]
+    with open(os.path.join(kw["workdir"], "result", "summary.md")) as f:
+        assert "**integer** glue" in f.read()
 
 
 def test_resume_uses_database_and_checkpoints(tuned, monkeypatch):
@@ -93,6 +111,36 @@ def test_resume_uses_database_and_checkpoints(tuned, monkeypatch):
     monkeypatch.setattr(bm, "run_kernels", boom)
     res2 = tvm_mpq.tune(m, x[:1], "riscv", **{**kw, "final_measure": False})
     assert [p.plan for p in res2.pareto] == [p.plan for p in res.pareto]
+
+
+def test_memory_budgets_choose_a_plan_that_fits(tuned, tmp_path):
+    """ram_budget / flash_budget: candidates are built and run, cheapest first, until one
+    fits; the figures are the artifact's own. Resumed from a copy of the run (only the
+    choice and the final stage run again)."""
+    m, x, kw, res = tuned
+    wd = str(tmp_path / "wd")
+    shutil.copytree(kw["workdir"], wd)
+    feasible = sorted([p for p in res.pareto if p.meets_constraints], key=lambda p: p.cost)
+    if len(feasible) < 2:
+        pytest.skip("needs two front plans within the accuracy budget")
+    base = {**kw, "workdir": wd, "compiled_eval": False}
+    loose = tvm_mpq.tune(m, x[:1], "riscv", **base, ram_budget=1e9)
+    assert loose.best.plan == res.best.plan and loose.best.ram_bytes > 0
+    checked = [p for p in loose.pareto if p.memory]
+    assert [p.plan for p in checked] == [res.best.plan]  # only the chosen one was built
+    # a RAM budget one byte under the cheapest plan's: the next plan that fits is chosen
+    first = checked[0]
+    tight = tvm_mpq.tune(m, x[:1], "riscv", **base, ram_budget=first.ram_bytes - 1)
+    rejected = next(p for p in tight.pareto if p.plan == first.plan)
+    assert not rejected.meets_constraints and "does not fit: RAM" in rejected.notes
+    if tight.best is not None:
+        assert tight.best.plan != first.plan and tight.best.ram_bytes < first.ram_bytes
+        assert tight.best.cost >= first.cost
+    else:
+        assert "RAM <=" in tight.message
+    # a flash budget below any plan's weights: the search already knows none fits
+    none = tvm_mpq.tune(m, x[:1], "riscv", **base, flash_budget=64)
+    assert none.best is None and "flash <= 64 B" in none.message
 
 
 def test_save_load_report(tuned, tmp_path):
@@ -324,3 +372,91 @@ def test_corrupt_checkpoints_are_set_aside(finished, tmp_path, monkeypatch):
         f.write("not json")
     with pytest.raises(ValueError, match="result.json"):
         tvm_mpq.load_result(kw["workdir"])
+
+
+def test_layer_contexts_read_the_graph():
+    """Which passes an fp32 layer's boundaries cost depends on its neighbours in the graph."""
+    from tvm_mpq.measure.overhead import LayerContext
+    from tvm_mpq.tuner.contexts import layer_contexts
+
+    ctx = layer_contexts(SmallNet().eval(), torch.randn(1, 1, 12, 12))
+    assert ctx == {"stem.0": LayerContext("input", None, "relu"),  # reads the model input
+                   "dw.0": LayerContext("layer", "relu", "clip"),  # ReLU6 after it
+                   "pw.0": LayerContext("shared"),  # its input also feeds the residual add
+                   "fc": LayerContext("codes", output=True)}  # pooled add; the output
+    assert ctx["dw.0"].tag() == "layer+relu/clip"
+
+    class Pooled(torch.nn.Module):  # conv -> relu -> global pooling -> linear
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    ctx = layer_contexts(Pooled().eval(), torch.randn(1, 1, 6, 6))
+    assert ctx == {"conv": LayerContext("input", None, "relu", pooled=True),
+                   "fc": LayerContext("pool", "relu", output=True, pool_in=(1, 4, 4, 4))}
+    assert ctx["fc"].tag() == "pool(1,4,4,4)+relu/-/out"
+
+
+def test_glue_copies_agree():
+    """The glue names the config and the CLI repeat (to import no TVM) are the compiler's."""
+    from tvm_mpq.cli import tune as cli_tune
+    from tvm_mpq.compiler.emit import GLUES
+    from tvm_mpq.tuner.config import GLUES as CONFIG_GLUES
+
+    assert CONFIG_GLUES == cli_tune.GLUES == GLUES
+
+
+def _fingerprints(cfg, model, x):
+    from tvm_mpq.measure.runner import create_runner
+    from tvm_mpq.targets import get_profile
+    from tvm_mpq.tuner.stages import default_stages
+    from tvm_mpq.tuner.state import TuneState
+
+    state = TuneState(model, (x[:1],), cfg, get_profile("rv64gc_zbb"), create_runner("spike"),
+                      "unused", x[:4], x, x.sum((1, 2, 3)).gt(0).long())
+    for stage in default_stages():
+        state.fingerprints[stage.name] = stage.fingerprint(state)
+    return state.fingerprints
+
+
+def test_glue_is_in_the_fingerprints():
+    """A workdir tuned with the other glue (or before the setting existed) re-prices,
+    re-evaluates and re-compiles: every stage from the measurement on; the import and the
+    sensitivity proxy (one layer quantized: the same for both glues) are kept."""
+    torch.manual_seed(0)
+    m, x = SmallNet().eval(), torch.randn(8, 1, 12, 12)
+    a = _fingerprints(tvm_mpq.TuneConfig(), m, x)
+    b = _fingerprints(tvm_mpq.TuneConfig.from_kwargs(glue="float"), m, x)
+    same = {k for k in a if a[k] == b[k]}
+    assert same == {"import", "sensitivity"}
+    assert {"measure", "search", "refine", "repair", "price", "beacons", "final"} <= set(a) - same
+    assert _fingerprints(tvm_mpq.TuneConfig(), m, x) == a  # deterministic
+
+
+def test_state_reference_follows_the_glue():
+    """The torch accuracy of a plan is the glue's reference: the integer-only one for the
+    integer glue, the float fake-quant otherwise."""
+    from tvm_mpq.measure.runner import create_runner
+    from tvm_mpq.quant.fakequant import QuantConv2d
+    from tvm_mpq.quant.intref import IntegerReference
+    from tvm_mpq.targets import get_profile
+    from tvm_mpq.tuner.state import TuneState
+
+    torch.manual_seed(0)
+    m, x = SmallNet().eval(), torch.randn(40, 1, 12, 12)
+    y = m(x).argmax(1)
+    plan = tvm_mpq.QuantPlan.uniform(m, w_bits=8, a_bits=8)
+    accs = {}
+    for glue in ("integer", "float"):
+        st = TuneState(m, (x[:1],), tvm_mpq.TuneConfig.from_kwargs(glue=glue), get_profile("host"),
+                       create_runner("host"), "unused", x[:32], x, y)
+        ref = st.forward(plan)
+        if glue == "integer":
+            assert isinstance(ref, IntegerReference)
+        else:
+            assert any(isinstance(mod, QuantConv2d) for mod in ref.modules())
+        accs[glue] = st.plan_accuracy(plan)
+        assert 0.5 <= accs[glue] <= 1.0

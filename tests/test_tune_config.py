@@ -102,3 +102,55 @@ def test_pareto_points_filters_plan_points():
     out = pareto_points(pts)
     assert [p.measured_cost for p in out] == [5, 5, 10]  # cheapest first, dominated one gone
     assert out[0].plan == b and out[1].plan == QuantPlan.fp32(m)
+
+
+def test_glue_setting_and_cli_option():
+    from tvm_mpq.cli import tune as cli_tune
+    from tvm_mpq.cli.app import build_parser
+    from tvm_mpq.tuner.config import GLUES
+
+    assert GLUES == cli_tune.GLUES == ("integer", "float")
+    cfg = TuneConfig()
+    assert cfg.measure.glue == "integer" and cfg.to_dict()["glue"] == "integer"
+    flt = TuneConfig.from_kwargs(glue="float")
+    assert flt.measure.glue == "float" and TuneConfig.from_dict(flt.to_dict()) == flt
+    with pytest.raises(ValueError, match="glue"):
+        TuneConfig.from_kwargs(glue="fixed")
+    parser = build_parser()
+    args = parser.parse_args(["tune"])
+    assert cli_tune.config_from_args(args).measure.glue == "integer"
+    args = parser.parse_args(["tune", "--glue", "float"])
+    assert cli_tune.config_from_args(args).measure.glue == "float"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["tune", "--glue", "fixed"])
+
+
+
+def test_memory_budgets_setting_and_cli_options():
+    from tvm_mpq.cli.app import build_parser
+    from tvm_mpq.cli.tune import config_from_args
+
+    cfg = TuneConfig.from_kwargs(ram_budget=65536, flash_budget=1 << 20)
+    assert cfg.budgets.ram_budget == 65536 and cfg.budgets.flash_budget == 1 << 20
+    assert TuneConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (0, -1, "64k", True):
+        with pytest.raises(ValueError, match="ram_budget"):
+            TuneConfig.from_kwargs(ram_budget=bad)
+    with pytest.raises(ValueError, match="flash_budget"):
+        TuneConfig.from_kwargs(flash_budget=-5)
+    args = build_parser().parse_args(["tune", "--ram-budget", "131072", "--flash-budget", "2e6"])
+    b = config_from_args(args).budgets
+    assert (b.ram_budget, b.flash_budget) == (131072, 2e6)
+    assert config_from_args(build_parser().parse_args(["tune"])).budgets.ram_budget is None
+
+
+def test_memory_budget_needs_a_bare_metal_backend(tmp_path):
+    """The exact figures come from running the artifact: refused up front on the host."""
+    import tvm_mpq
+
+    x = torch.randn(8, 1, 12, 12)
+    with pytest.raises(ValueError, match="bare-metal backend"):
+        tvm_mpq.tune(SmallNet().eval(), x[:1], "host", calib_data=x,
+                     eval_data=(x, torch.zeros(8, dtype=torch.long)), backend="host",
+                     ram_budget=1e5, workdir=str(tmp_path), progress=False)
+    assert not os.listdir(tmp_path)  # nothing started

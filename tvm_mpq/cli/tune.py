@@ -2,6 +2,10 @@
 
     tvm-mpq tune --model mobilenet_v2 --dataset fashion-mnist --target riscv64-zbb \\
         --backend spike --out runs/mbv2_zbb
+
+Plans are compiled with integer-only inference (``--glue integer``, the default);
+``--glue float`` prices, evaluates and compiles them with the float quantize/dequantize
+glue instead, for comparison.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any
 from tvm_mpq.measure.runner import BACKENDS
 
 DATASETS = ("fashion-mnist",)
+#: as ``tvm_mpq.tuner.config.GLUES`` (not imported: the CLI parser loads no torch)
+GLUES = ("integer", "float")
 
 
 def _bits_list(text: str) -> list[tuple[int, int]]:
@@ -49,6 +55,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, help="in accuracy points")
     p.add_argument("--latency-budget", type=float, default=None)
     p.add_argument("--size-budget", type=float, default=None, help="weight bytes")
+    p.add_argument("--ram-budget", type=float, default=None,
+                   help="RAM bytes of the chosen plan's standalone artifact (data + bss + arena "
+                        "+ measured stack; exact: built and run on the bare-metal backend)")
+    p.add_argument("--flash-budget", type=float, default=None,
+                   help="flash bytes of the chosen plan's standalone artifact (text + rodata "
+                        "+ data)")
     p.add_argument("--calib", type=int, default=256, help="calibration images (train split)")
     p.add_argument("--eval", type=int, default=1000, help="held-out test images for accuracy")
     p.add_argument("--sens-samples", type=int, default=512,
@@ -67,6 +79,10 @@ def add_parser(sub: Any) -> None:
                    help="training images for QAT (train split; only with --qat-beacons)")
     p.add_argument("--no-final", action="store_true",
                    help="skip the end-to-end standalone measurement and compiled-model accuracy")
+    p.add_argument("--glue", choices=GLUES, default="integer",
+                   help="what the compiled plans compute between layers: integer (integer-only "
+                        "inference, the default) or float (float quantize/dequantize around "
+                        "every layer, for comparison); pricing, accuracy and compiles follow it")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -77,11 +93,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
     return TuneConfig.from_kwargs(
         max_accuracy_drop=args.max_accuracy_drop, latency_budget=args.latency_budget,
-        size_budget=args.size_budget, backend=args.backend, bits=args.bits,
+        size_budget=args.size_budget, ram_budget=args.ram_budget,
+        flash_budget=args.flash_budget, backend=args.backend, bits=args.bits,
         pop_size=args.pop_size, generations=args.generations, active_rounds=args.active_rounds,
         sensitivity_samples=args.sens_samples, final_measure=not args.no_final,
         qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, repair_plans=args.repair_plans,
-        prior_workloads=args.prior_workloads, seed=args.seed)
+        prior_workloads=args.prior_workloads, seed=args.seed, glue=args.glue)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"model {args.model} (fp32 test accuracy {info.get('test_acc')}, full 10k test set); "
           f"accuracies below on the first {args.eval} test images")
-    print(f"target {res.profile}, backend {res.backend}, cost in {res.cost_unit}; "
-          f"search wall time {time.time() - t0:.0f} s")
+    print(f"target {res.profile}, backend {res.backend}, {res.glue} glue, cost in "
+          f"{res.cost_unit}; search wall time {time.time() - t0:.0f} s")
     print(res.message)
     print()
     print(res.table())

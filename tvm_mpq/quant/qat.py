@@ -112,14 +112,16 @@ def qat_finetune(model: nn.Module, plan: QuantPlan, calib_data: Any, train_data:
     Args:
         model: float model (not modified; BN is folded on a copy).
         plan: the plan; fp32 layers are fine-tuned in float.
-        calib_data: calibration inputs (used when ``qparams`` is None).
+        calib_data: calibration inputs (for ``qparams`` when None, and for the fine-tuned
+            model's value ranges).
         train_data: ``(images, labels)`` tensors (random batches are drawn) or an iterable
             of ``(x, y)`` batches. Use training data, not the evaluation split.
         qparams: the plan's calibration (activation and weight scales stay fixed).
         steps, lr, batch_size, seed: optimisation settings (Adam, cosine decay).
 
     Returns:
-        ``(finetuned_float_model, qparams)``: pass both to ``fake_quant`` / ``compile``.
+        ``(finetuned_float_model, qparams)``: pass both to ``fake_quant`` / ``compile``;
+        ``qparams.tensors`` holds the fine-tuned model's value ranges on ``calib_data``.
     """
     from tqdm.auto import tqdm
 
@@ -151,7 +153,13 @@ def qat_finetune(model: nn.Module, plan: QuantPlan, calib_data: Any, train_data:
     for name, w in wrappers.items():
         out.layers[name] = w.requantized()
         set_submodule(train, name, w.mod)  # back to a plain float model
-    return train.eval(), out
+    train.eval()
+    if wrappers:  # integer-only inference needs the fine-tuned model's own value ranges
+        from tvm_mpq.quant.exported import observe_tensor_ranges
+        from tvm_mpq.quant.observers import iter_batches
+
+        out.tensors = observe_tensor_ranges(train, iter_batches(calib_data, batch_size))
+    return train, out
 
 
 def _genes(plan: QuantPlan, layers: Sequence[str]) -> np.ndarray:

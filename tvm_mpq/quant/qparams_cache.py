@@ -12,6 +12,7 @@ Public API::
     cache = QParamsCache(model, calib_x)
     qp = cache(plan)                  # QuantParams of the plan's quantized layers
     ref = cache.forward(plan)         # fake-quant reference (BN-folded float model if all fp32)
+    ref = cache.forward(plan, integer_only=True)  # the integer-only reference
 """
 
 from __future__ import annotations
@@ -51,18 +52,22 @@ class QParamsCache:
                 self.by_bits[key] = calibrate(self.model, QuantPlan.uniform(
                     self.model, w_bits=cfg.w_bits, a_bits=cfg.a_bits), self.calib)
             qp.layers[name] = self.by_bits[key][name]
+            qp.tensors = self.by_bits[key].tensors  # the float model's ranges: plan-independent
         return qp
 
     def forward(self, plan: QuantPlan, model: torch.nn.Module | None = None,
-                qparams: Any = None) -> torch.nn.Module:
+                qparams: Any = None, *, integer_only: bool = False) -> torch.nn.Module:
         """The torch reference of ``plan``: the BN-folded float model when no layer is
         quantized, else :func:`~tvm_mpq.quant.fakequant.fake_quant` with ``qparams``
         (default: this cache's). ``model`` defaults to the cache's (pass a fine-tuned one
-        with its own ``qparams``)."""
+        with its own ``qparams``). ``integer_only``: the integer-only reference (what
+        ``tvm_mpq.compile`` computes with its default integer glue; ``qparams`` must hold
+        the tensor ranges, ``QuantParams.tensors``); else the float-glue one."""
         from tvm_mpq.quant.fakequant import fake_quant
         from tvm_mpq.quant.folding import fold_bn
 
         model = self.model if model is None else model
         if not plan.quantized_layers():
             return fold_bn(model).eval()
-        return fake_quant(model, plan, qparams=qparams if qparams is not None else self(plan))
+        return fake_quant(model, plan, qparams=qparams if qparams is not None else self(plan),
+                          integer_only=integer_only)

@@ -85,6 +85,12 @@ def tune(
               (standalone artifact on the simulator) and, with ``compiled_eval`` [True],
               evaluate them through the compiled model; ``final_eval_samples`` [None: all]:
               held-out images for real accuracy.
+            * ``glue`` ["integer"]: what the compiled plans compute between layers
+              (``tvm_mpq.compile(..., glue=)``): "integer" (integer-only inference) or
+              "float" (float quantize / dequantize around every layer, for comparison). The
+              passes priced per layer, the torch reference accuracy
+              (``fake_quant(..., integer_only=True)`` for "integer") and every compile
+              follow it.
             * ``qat_beacons`` [0]: MOHAQ beacons: this many front plans are fine-tuned with
               quantization-aware training (``qat_steps`` [300] steps each); the others'
               accuracy is corrected by their nearest beacon's gain, and the chosen plan is

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
-__all__ = ["BASELINES", "DEFAULT_BITS", "DEFAULT_VARIANTS", "Budgets", "MeasureSettings",
+__all__ = ["BASELINES", "DEFAULT_BITS", "DEFAULT_VARIANTS", "GLUES", "Budgets", "MeasureSettings",
            "QATSettings", "SearchSettings", "TuneConfig", "resolve_config"]
 
 DEFAULT_BITS: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4), (2, 4), (2, 2))
@@ -26,6 +26,9 @@ DEFAULT_VARIANTS: tuple[str, ...] = ("int8", "bitserial", "unpack", "swar")
 #: strongest 8-bit baseline we can build (on cores without vectors swar w8a8 is 2-4x cheaper).
 BASELINES: dict[str, tuple[int, int, str | None] | None] = {
     "fp32": None, "int8": (8, 8, "int8"), "w8a8": (8, 8, None), "w4a4": (4, 4, None)}
+#: what ``tvm_mpq.compile(..., glue=)`` computes between layers (the compiler's
+#: ``tvm_mpq.compiler.emit.GLUES``, repeated so the config needs no TVM import)
+GLUES: tuple[str, ...] = ("integer", "float")
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,24 @@ class Budgets:
         max_accuracy_drop: accuracy POINTS (1.0 = one percentage point) below fp32.
         latency_budget: cost budget (the runner's unit: instructions or seconds).
         size_budget: weight bytes.
+        ram_budget: RAM bytes of the chosen plan's standalone artifact (data + bss + arena
+            with kernel workspaces + measured stack), computed exactly by building and
+            running it (:mod:`tvm_mpq.tuner.memory`).
+        flash_budget: its flash bytes (text + rodata + data).
     """
 
     max_accuracy_drop: float = 1.0
     latency_budget: float | None = None
     size_budget: float | None = None
+    ram_budget: float | None = None
+    flash_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("latency_budget", "size_budget", "ram_budget", "flash_budget"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not v > 0):
+                raise ValueError(f"{name}={v!r}: expected a positive number (or None)")
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,13 @@ class MeasureSettings:
             and through the compiled model.
         compiled_eval: with ``final_measure``, evaluate accuracy through the compiled model.
         final_eval_samples: held-out images for the real accuracy (default: all).
+        glue: what the compiled plans compute between layers (``tvm_mpq.compile(...,
+            glue=)``): ``"integer"`` (integer-only inference: requantize epilogues, integer
+            adds and pooling) or ``"float"`` (float quantize / dequantize around every
+            layer, for comparison). Everything follows it: the per-layer passes the search
+            prices, the torch reference whose accuracy the search refines
+            (``fake_quant(..., integer_only=True)`` for the integer glue), and every model
+            the tuner compiles.
     """
 
     backend: Any = "spike"
@@ -93,6 +116,11 @@ class MeasureSettings:
     final_measure: bool = True
     compiled_eval: bool = True
     final_eval_samples: int | None = None
+    glue: str = "integer"
+
+    def __post_init__(self) -> None:
+        if self.glue not in GLUES:
+            raise ValueError(f"glue={self.glue!r}: expected one of {GLUES}")
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ FAILED_COST = 1e15
 
 class MeasuredFirst:
     """Cost function for the search: the measured cost where the DB has one, else the
-    cost model's prediction; a quantized layer also pays its measured quantize +
-    dequantize passes, an fp32 layer its bias pass (``overhead``, see :func:`passes_cost`)."""
+    cost model's prediction; plus the layer's measured passes for the run's glue
+    (``overhead``, see :func:`passes_cost`)."""
 
     def __init__(self, cm: Any, measured: dict[KernelKey, float], overhead: dict[str, float]):
         self.cm, self.measured, self.overhead = cm, measured, overhead
@@ -40,8 +40,11 @@ class MeasuredFirst:
 
 
 def passes_cost(q: Any, overhead: dict[str, float]) -> float:
-    """The passes the compiler adds around a layer's kernel: quantize + dequantize for a
-    quantized layer (by workload key), the bias pass for an fp32 one (``<key>|fp32``)."""
+    """The passes the compiler adds around a layer's kernel, as
+    :func:`~tvm_mpq.measure.overhead.measure_qdq_overhead` measured them for the run's glue:
+    a quantized layer's by workload key (integer glue: the requantize epilogue; float glue:
+    quantize + dequantize), an fp32 layer's under ``<key>|fp32`` (its bias pass; integer
+    glue: plus what its float boundaries change around it, in its graph context)."""
     key = q.workload.key()
     return overhead.get(key + FP32_SUFFIX, 0.0) if q.variant == "fp32" else overhead.get(key, 0.0)
 

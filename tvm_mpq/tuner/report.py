@@ -6,8 +6,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+#: what each glue computes between layers, for the report
+_GLUE_TEXT = {
+    "integer": "integer-only: requantize epilogues, integer adds and pooling; float only at "
+               "fp32 layers, the input and the output",
+    "float": "float quantize / dequantize around every quantized layer"}
 _COLS = ("plan", "bits", "measured cost", "vs int8", "whole model", "accuracy", "compiled acc.",
-         "drop (pt)", "size (KiB)")
+         "drop (pt)", "size (KiB)", "RAM (KiB)", "flash (KiB)")
+#: the memory table's columns: (header, key of ``PlanPoint.memory``)
+_MEM_COLS = (("arena", "arena_bytes"), ("arena lower bound", "arena_lower_bound"),
+             ("workspace", "workspace_bytes"), ("stack", "stack_bytes"),
+             ("code", "code_bytes"), ("weights", "weight_bytes"), ("RAM", "ram_bytes"),
+             ("flash", "flash_bytes"))
 
 
 def _bits_summary(plan: Any) -> str:
@@ -40,7 +50,26 @@ def summary_table(res: Any) -> str:
         lines.append("| " + " | ".join([
             p.label, _bits_summary(p.plan), _fmt(p.measured_cost), ratio, _fmt(p.model_cost),
             _fmt(p.accuracy, pct=True), _fmt(p.compiled_accuracy, pct=True), drop,
-            f"{p.size_bytes / 1024:.1f}"]) + " |")
+            f"{p.size_bytes / 1024:.1f}", _kib(p.ram_bytes), _kib(p.flash_bytes)]) + " |")
+    return "\n".join(lines)
+
+
+def _kib(v: float | None) -> str:
+    return "-" if v is None else f"{v / 1024:.1f}"
+
+
+def memory_table(res: Any) -> str:
+    """Markdown table of the standalone artifacts' memory figures (bytes), for every plan
+    whose artifact was built; empty when none was."""
+    rows = [p for p in [*res.baselines.values(), *([res.best] if res.best else []),
+                        *[q for q in res.pareto if q is not res.best]] if p.memory]
+    if not rows:
+        return ""
+    lines = ["| plan | " + " | ".join(h for h, _ in _MEM_COLS) + " |",
+             "|" + "---|" * (len(_MEM_COLS) + 1)]
+    for p in rows:
+        lines.append(f"| {p.label} | " + " | ".join(
+            "-" if p.memory.get(k) is None else f"{p.memory[k]:,}" for _, k in _MEM_COLS) + " |")
     return "\n".join(lines)
 
 
@@ -56,13 +85,18 @@ def write_report(res: Any, directory: str) -> str:
     lines = [
         "# tvm-mpq tuning result", "",
         f"Target profile **{res.profile}**, backend **{res.backend}** "
-        f"(cost = {res.cost_unit} of one inference).", "",
+        f"(cost = {res.cost_unit} of one inference), **{res.glue}** glue "
+        f"({_GLUE_TEXT.get(res.glue, res.glue)}).", "",
         f"{res.message}", "",
         f"fp32 accuracy: {_fmt(res.fp32_accuracy, pct=True)}", "",
         summary_table(res), "",
-        "measured cost = sum of measured per-layer kernel costs (+ quantize/dequantize passes "
-        "of quantized layers); whole model = the standalone "
-        "artifact's retired instructions (quantize/requantize and float ops included).", "",
+        "measured cost = sum of measured per-layer kernel costs + each layer's measured "
+        "passes for this glue; whole model = the standalone "
+        "artifact's retired instructions (entry/exit conversions, adds and pooling included).", "",
+        *(["Memory of the standalone artifacts (bytes; RAM = data + bss + arena + measured "
+           "stack, flash = text + rodata + data; the arena's lower bound is the largest set "
+           "of simultaneously live tensors):", "", memory_table(res), ""]
+          if memory_table(res) else []),
         f"Cost model: {res.costmodel_report.get('summary', res.costmodel_report)}", "",
         "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res.timings.items()), "",
         "![Pareto front](pareto.png)", "",

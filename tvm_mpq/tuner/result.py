@@ -25,15 +25,24 @@ class PlanPoint:
         label: "front", "best", or a baseline name ("fp32", "int8", "w8a8", "w4a4").
         predicted_cost: sum of the cost model's per-kernel predictions (measured kernels
             enter with their measured cost).
-        measured_cost: sum of measured per-kernel costs plus, for quantized layers, their
-            measured quantize/dequantize passes (None if a kernel failed or was not
-            measured); instructions on simulators, seconds on wall-clock backends.
+        measured_cost: sum of measured per-kernel costs plus each layer's measured passes
+            for the run's glue (:mod:`tvm_mpq.measure.overhead`; None if a kernel failed or
+            was not measured); instructions on simulators, seconds on wall-clock backends.
         model_cost: whole-model cost of the standalone artifact (instructions), if run.
-        accuracy: accuracy on the held-out evaluation data (fake-quant reference in torch).
+        accuracy: accuracy on the held-out evaluation data (the glue's torch reference:
+            ``fake_quant(..., integer_only=True)`` for the integer glue).
         compiled_accuracy: accuracy through the TVM-compiled model, if evaluated.
         drop: fp32 accuracy minus ``accuracy`` (fraction).
         proxy_drop: sensitivity proxy of the drop.
         size_bytes: weight bytes.
+        ram_bytes, flash_bytes: the standalone artifact's exact RAM (data + bss + arena +
+            measured stack) and flash (text + rodata + data), where it was built and run
+            (the final stage's plans; front plans checked against ``ram_budget`` /
+            ``flash_budget``): :mod:`tvm_mpq.tuner.memory`.
+        memory: those and the other figures of
+            :attr:`~tvm_mpq.deploy.StandaloneArtifact.memory` (arena, its lower bound,
+            workspace, stack, code, weights).
+        standalone_dir: the artifact's directory.
     """
 
     label: str
@@ -50,6 +59,10 @@ class PlanPoint:
     notes: str = ""
     qat_dir: str | None = None  # QAT-fine-tuned weights + qparams of this plan (beacons)
     estimated_accuracy: float | None = None  # PTQ accuracy corrected by the nearest beacon
+    ram_bytes: float | None = None
+    flash_bytes: float | None = None
+    memory: dict[str, Any] | None = None
+    standalone_dir: str | None = None
 
     @property
     def cost(self) -> float:
@@ -80,6 +93,8 @@ class TuneResult:
             layer) and uniform w4a4 plans, measured the same way.
         message: outcome in words (e.g. why no plan meets the constraints).
         profile, backend, cost_unit: where and how costs were measured.
+        settings: the :class:`~tvm_mpq.tuner.config.TuneConfig` as a flat dict (with the
+            ``glue`` of every compiled plan, see :attr:`glue`).
         costmodel_report: held-out accuracy of the cost model.
         timings: wall seconds per stage.
     """
@@ -100,11 +115,20 @@ class TuneResult:
     _example_inputs: Any = field(default=None, repr=False)
     _calib: Any = field(default=None, repr=False)
 
-    def compile(self, plan: QuantPlan | None = None, target: str | Profile | None = None):
+    @property
+    def glue(self) -> str:
+        """The glue the plans were priced, evaluated and compiled with (``settings["glue"]``;
+        a result saved before the setting existed was made with the float glue)."""
+        return str(self.settings.get("glue", "float"))
+
+    def compile(self, plan: QuantPlan | None = None, target: str | Profile | None = None,
+                glue: str | None = None):
         """Compile ``plan`` (default: :attr:`best`) for the tuned target (see
-        :func:`tvm_mpq.compile`)."""
+        :func:`tvm_mpq.compile`) with the tuned :attr:`glue` (or ``glue``): the model whose
+        cost and accuracy the result reports."""
         from tvm_mpq.compiler.compiled import compile as mpq_compile
 
+        glue = self.glue if glue is None else glue
         if plan is None:
             if self.best is None:
                 raise ValueError(f"no plan met the constraints ({self.message}); pass one of "
@@ -116,12 +140,12 @@ class TuneResult:
 
                 ft, qp = load_qat(p.qat_dir)
                 return mpq_compile(ft, self._example_inputs, plan, target or self.profile,
-                                   qparams=qp)
+                                   qparams=qp, glue=glue)
         if self._model is None or self._calib is None:
             raise ValueError("this result has no model/calibration data attached; "
                              "load it with load_result(dir) from a saved tune() run")
         return mpq_compile(self._model, self._example_inputs, plan, target or self.profile,
-                           calib_data=self._calib)
+                           calib_data=self._calib, glue=glue)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:

@@ -80,6 +80,12 @@ class TuneState:
         profile = runner.check_profile(target)
         if eval_data is None and eval_fn is None:
             raise ValueError("tune needs eval_data=(images, labels) or eval_fn to measure accuracy")
+        b = config.budgets
+        if (b.ram_budget is not None or b.flash_budget is not None) and not runner.bare_metal:
+            raise ValueError(
+                f"ram_budget / flash_budget need a bare-metal backend (spike or qemu): the "
+                f"plans' artifacts are built and run on it for their exact memory figures; "
+                f"backend {runner.backend!r} runs none")
         if config.qat.beacons > 0 and train_data is None:
             raise ValueError("qat_beacons needs train_data=(images, labels) (training split)")
         ex, ey = split_eval_data(eval_data) if eval_data is not None else (None, None)
@@ -141,10 +147,17 @@ class TuneState:
             if self.progress and ok:
                 print(f"[tvm-mpq] {name} done in {self.timings[name]:.1f}s", flush=True)
 
+    @property
+    def glue(self) -> str:
+        """What the compiled plans compute between layers (``MeasureSettings.glue``): every
+        compile, the priced passes and the torch reference follow it."""
+        return self.config.measure.glue
+
     def forward(self, plan: QuantPlan, model: torch.nn.Module | None = None,
                 qparams: Any = None) -> torch.nn.Module:
-        """The torch reference of a plan (see :meth:`QParamsCache.forward`)."""
-        return self.qparams.forward(plan, model, qparams)
+        """The torch reference of a plan under the run's glue (see
+        :meth:`QParamsCache.forward`): the integer-only reference for the integer glue."""
+        return self.qparams.forward(plan, model, qparams, integer_only=self.glue == "integer")
 
     def accuracy_of(self, forward: Callable[[Any], Any], n: int | None = None) -> float:
         """Accuracy of ``forward`` on the held-out data (its first ``n`` images), or
@@ -154,6 +167,9 @@ class TuneState:
         if self.eval_fn is not None:
             return float(self.eval_fn(forward))
         x, y = (self.eval_x, self.eval_y) if n is None else (self.eval_x[:n], self.eval_y[:n])
+        if self.glue == "integer":  # the integer-only reference exports its graph once per
+            # input shape: one batch shape (the last batch padded) saves an export per plan
+            return float(evaluate(forward, x, y, batch_size=min(256, len(x)), pad_last=True))
         return float(evaluate(forward, x, y, batch_size=256))
 
     def plan_accuracy(self, plan: QuantPlan) -> float:

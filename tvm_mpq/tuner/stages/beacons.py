@@ -5,6 +5,9 @@ cost axis with quantization-aware training (``qat/<key>_s<steps>/``, keyed on th
 the weights, the calibration and training data and the seed), correct the others' accuracy
 by the nearest beacon's gain, then fine-tune and verify candidates (cheapest first) until
 one meets the accuracy budget. Without beacons: the cheapest front plan meeting the budgets.
+With ``ram_budget`` / ``flash_budget``, a candidate must also fit them: its standalone
+artifact is built and run for its exact figures (:mod:`tvm_mpq.tuner.memory`) when it is
+considered, before it is fine-tuned.
 Checkpoint: ``stages/beacons.json`` (the front with its QAT results, the best plan's index).
 """
 
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from tvm_mpq.tuner.checkpoint import digest, read_json, write_json
+from tvm_mpq.tuner.memory import fits_memory
 from tvm_mpq.tuner.result import PlanPoint
 from tvm_mpq.tuner.stages.base import Stage, stage_file
 from tvm_mpq.tuner.state import TuneState
@@ -50,10 +54,23 @@ def qat_point(state: TuneState, point: PlanPoint) -> None:
         qp.save(os.path.join(d, "qparams"))
         open(os.path.join(d, "done"), "w").close()
     ft, qp = load_qat(d)
+    if not qp.tensors:  # integer-only inference needs the fine-tuned model's tensor ranges
+        qp.tensors = _tensor_ranges(ft, state.calib)
+        qp.save(os.path.join(d, "qparams"))
     point.qat_dir = d
     point.accuracy = float(state.accuracy_of(state.forward(point.plan, ft, qp), state.n_eval))
     point.drop = state.fp32_accuracy - point.accuracy
     point.notes = (point.notes + " QAT fine-tuned").strip()
+
+
+def _tensor_ranges(model: torch.nn.Module, calib: Any) -> dict[str, tuple[float, float]]:
+    """The observed value ranges of a fine-tuned model on the calibration data (what
+    :func:`~tvm_mpq.quant.calibration.calibrate` stores in ``QuantParams.tensors``)."""
+    from tvm_mpq.quant.exported import observe_tensor_ranges
+    from tvm_mpq.quant.folding import fold_bn
+    from tvm_mpq.quant.observers import iter_batches
+
+    return observe_tensor_ranges(fold_bn(model).eval(), iter_batches(calib, 64))
 
 
 def choose_with_beacons(state: TuneState) -> PlanPoint | None:
@@ -85,10 +102,11 @@ def choose_with_beacons(state: TuneState) -> PlanPoint | None:
     for p in cands:  # cheapest first
         if not meets(p) and p.qat_dir is None and budget > 0:
             est = p.estimated_accuracy
-            if est is not None and (state.fp32_accuracy - est) * 100 <= max_drop_pt + 1e-9:
+            if est is not None and (state.fp32_accuracy - est) * 100 <= max_drop_pt + 1e-9 \
+                    and fits_memory(state, p):
                 budget -= 1  # the estimate says QAT would make it: fine-tune and verify
                 qat_point(state, p)
-        if meets(p):
+        if meets(p) and fits_memory(state, p):
             p.meets_constraints = True
             return p
     return None
@@ -102,7 +120,10 @@ class BeaconsStage(Stage):
 
     def inputs(self, state: TuneState) -> dict[str, Any]:
         q = state.config.qat
-        return {"beacons": q.beacons, "steps": q.steps, "seed": state.config.search.seed,
+        b = state.config.budgets
+        mem = {k: v for k, v in (("ram_budget", b.ram_budget), ("flash_budget", b.flash_budget))
+               if v is not None}  # absent when unset: older checkpoints stay valid
+        return {**mem, "beacons": q.beacons, "steps": q.steps, "seed": state.config.search.seed,
                 "train": state.data_fingerprints["train"] if q.beacons > 0 else None}
 
     def load(self, state: TuneState, workdir: str) -> bool:
@@ -117,8 +138,9 @@ class BeaconsStage(Stage):
         if state.config.qat.beacons > 0:
             best = choose_with_beacons(state)
         else:
-            feasible = [p for p in state.pareto if p.meets_constraints and p.measured_cost is not None]
-            best = min(feasible, key=lambda p: p.measured_cost) if feasible else None
+            feasible = sorted([p for p in state.pareto if p.meets_constraints
+                               and p.measured_cost is not None], key=lambda p: p.measured_cost)
+            best = next((p for p in feasible if fits_memory(state, p)), None)
         if best is not None:
             best.label = "best"
         state.best = best

@@ -1,7 +1,7 @@
 """Stage ``final``: the chosen plan and the baselines measured end to end -- the standalone
 artifact run on a bare-metal runner (whole-model cost) and accuracy through the
-TVM-compiled model -- and the :class:`~tvm_mpq.tuner.result.TuneResult`, saved with its
-report to ``workdir/result``."""
+TVM-compiled model, both compiled with the run's glue -- and the
+:class:`~tvm_mpq.tuner.result.TuneResult`, saved with its report to ``workdir/result``."""
 
 from __future__ import annotations
 
@@ -22,50 +22,53 @@ log = logging.getLogger(__name__)
 
 
 def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> None:
-    """Whole-model cost of the standalone artifact (bare-metal runners) and accuracy through
-    the compiled model, recorded on ``p`` (a failure is noted on it, not raised)."""
+    """Whole-model cost and memory figures of the standalone artifact (bare-metal runners;
+    :func:`~tvm_mpq.tuner.memory.standalone_point`, reused when the memory check already
+    built it) and accuracy through the compiled model, recorded on ``p`` (a failure is noted
+    on it, not raised)."""
     from tvm_mpq.compiler.compiled import compile as mpq_compile
+    from tvm_mpq.tuner.memory import memory_problem, standalone_point
     from tvm_mpq.tuner.stages.beacons import load_qat
 
+    if state.runner.bare_metal and p.model_cost is None:
+        standalone_point(state, p, os.path.join(state.workdir, "standalone", p.label))
+        why = memory_problem(state, p)
+        if why is not None and p.meets_constraints:
+            p.meets_constraints = False
+            p.notes = (p.notes + f" does not fit: {why}").strip()
     try:
-        x1 = state.example_inputs[0][:1]
-        m_p, qp_p = load_qat(p.qat_dir) if p.qat_dir else (state.model, state.qparams(p.plan))
-        cm1 = mpq_compile(m_p, (x1,), p.plan, state.profile, qparams=qp_p)
-        if state.runner.bare_metal:
-            from tvm_mpq.deploy import export_standalone, run_standalone
-
-            art = export_standalone(cm1, os.path.join(state.workdir, "standalone", p.label))
-            r = run_standalone(art, x1.numpy(), backend=state.runner)
-            if r.status == "ok":
-                p.model_cost = float(r.instructions)
-            else:
-                p.notes += f" standalone run {r.status}: {r.message}"
         if compiled_eval:
+            x1 = state.example_inputs[0][:1]
+            m_p, qp_p = load_qat(p.qat_dir) if p.qat_dir else (state.model, state.qparams(p.plan))
             cmb = mpq_compile(m_p, (torch.zeros(64, *x1.shape[1:]),), p.plan, "host",
-                              qparams=cm1.qparams)
+                              qparams=qp_p, glue=state.glue)
             p.compiled_accuracy = state.accuracy_of(cmb.predict, state.n_eval)  # pads the last batch
     except Exception as e:  # record the failure on the point; the others still run
         log.warning("final measurement of %s failed: %s", p.label, e)
         p.notes += f" final measurement failed: {type(e).__name__}: {e}"
     if state.progress:
-        print(f"[tvm-mpq]   {p.label}: whole-model {p.model_cost} instructions, "
-              f"compiled accuracy {p.compiled_accuracy}", flush=True)
+        print(f"[tvm-mpq]   {p.label}: whole-model {p.model_cost} instructions, RAM "
+              f"{p.ram_bytes}, flash {p.flash_bytes} bytes, compiled accuracy "
+              f"{p.compiled_accuracy}", flush=True)
 
 
 def outcome_message(state: TuneState) -> str:
-    """The best plan's cost against the uniform baselines, or why no plan meets the budgets."""
+    """The best plan's cost against the uniform baselines (and the glue every plan is
+    compiled with), or why no plan meets the budgets."""
     best, baselines, b = state.best, state.baselines, state.config.budgets
     if best is not None:
         ratios = [f"{best.measured_cost / baselines[k].measured_cost:.2f}x uniform {k}"
                   for k in ("int8", "w8a8") if baselines[k].measured_cost]
-        return (f"best plan: {best.measured_cost:.4g} {state.unit} ({', '.join(ratios)})"
-                if ratios else "best plan found")
+        return (f"best plan ({state.glue} glue): {best.measured_cost:.4g} {state.unit} "
+                f"({', '.join(ratios)})" if ratios else f"best plan found ({state.glue} glue)")
     closest = min(state.pareto, key=lambda p: p.drop if p.drop is not None else math.inf,
                   default=None)
     return ("no plan meets the constraints (max accuracy drop "
             f"{b.max_accuracy_drop} points"
             + (f", latency <= {b.latency_budget:g}" if b.latency_budget else "")
-            + (f", size <= {b.size_budget:g} B" if b.size_budget else "") + ")"
+            + (f", size <= {b.size_budget:g} B" if b.size_budget else "")
+            + (f", RAM <= {b.ram_budget:g} B" if b.ram_budget else "")
+            + (f", flash <= {b.flash_budget:g} B" if b.flash_budget else "") + ")"
             + (f"; the most accurate front plan drops {closest.drop * 100:.2f} points"
                if closest and closest.drop is not None else "")
             + "; the front is returned anyway")

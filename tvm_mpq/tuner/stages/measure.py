@@ -1,8 +1,9 @@
 """Stage ``measure``: the measurement campaign -- a designed sample of (workload, variant,
 bits) kernels measured through the runner (``measurements.sqlite``, every finished record
 committed), and the passes the compiler adds around each layer's kernel
-(``qdq_overhead.json``, bare-metal runners). Depends on the layer table, the target, the
-runner, the design settings and the kernel revision."""
+(``qdq_overhead.json``, bare-metal runners, per glue). Depends on the layer table, the
+target, the runner, the design settings, the kernel and passes revisions and the glue (the
+passes are the glue's)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class MeasureStage(Stage):
         s, m = state.config.search, state.config.measure
         return {"profile": state.profile.name, "backend": state.runner.backend, "bits": s.bits,
                 "variants": s.variants, "seed": s.seed, "budget": m.measure_budget,
-                "prior": m.prior_workloads, "kernels": KERNELS_REVISION, "passes": PASSES_REVISION}
+                "prior": m.prior_workloads, "kernels": KERNELS_REVISION, "passes": PASSES_REVISION,
+                "glue": m.glue}
 
     def load(self, state: TuneState, workdir: str) -> bool:
         d = read_json(stage_file(workdir, self.name), "measurement checkpoint")
@@ -44,6 +46,7 @@ class MeasureStage(Stage):
     def run(self, state: TuneState) -> None:
         from tvm_mpq.costmodel.design import initial_design
         from tvm_mpq.measure.overhead import measure_qdq_overhead
+        from tvm_mpq.tuner.contexts import layer_contexts
 
         s, m = state.config.search, state.config.measure
         bits, variants, table = list(s.bits), list(s.variants), state.table
@@ -56,9 +59,13 @@ class MeasureStage(Stage):
             design += initial_design(prior, variants, bits, state.profile.name,
                                      len(prior) * (1 + len(variants) * len(bits)), seed=s.seed)
         state.measure(design)
-        # bare-metal runners only ({} otherwise); an unreadable cache is measured again
+        # bare-metal runners only ({} otherwise); an unreadable cache is measured again. The
+        # integer glue's passes depend on each layer's neighbours in the graph
+        contexts = (layer_contexts(state.model, state.example_inputs[0])
+                    if m.glue == "integer" and state.runner.bare_metal else None)
         state.overhead = measure_qdq_overhead(table, state.profile, state.runner,
-                                              os.path.join(state.workdir, "qdq_overhead.json"))
+                                              os.path.join(state.workdir, "qdq_overhead.json"),
+                                              glue=m.glue, contexts=contexts)
 
     def save(self, state: TuneState, workdir: str) -> None:
         write_json(stage_file(workdir, self.name),

@@ -1,7 +1,7 @@
-"""Stage ``refine``: the real accuracy of every front member (fake-quant reference on the
-held-out data) replaces the sensitivity proxy; and the fp32 accuracy
-(``stages/refine.json``). Depends on the front, the weights, the calibration and
-evaluation data."""
+"""Stage ``refine``: the real accuracy of every front member (the torch reference of the
+run's glue on the held-out data: ``fake_quant(..., integer_only=True)`` for the integer
+glue) replaces the sensitivity proxy; and the fp32 accuracy (``stages/refine.json``).
+Depends on the front, the weights, the calibration and evaluation data and the glue."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ class RefineStage(Stage):
 
     def inputs(self, state: TuneState) -> dict[str, Any]:
         fp = state.data_fingerprints
-        return {"weights": fp["weights"], "calib": fp["calib"], "eval": fp["eval"]}
+        return {"weights": fp["weights"], "calib": fp["calib"], "eval": fp["eval"],
+                "glue": state.glue}
 
     def load(self, state: TuneState, workdir: str) -> bool:
         return load_front(stage_file(workdir, self.name), state)

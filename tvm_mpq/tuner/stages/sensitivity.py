@@ -1,6 +1,8 @@
 """Stage ``sensitivity``: per-layer post-training quantization on the first
 ``sensitivity_samples`` held-out images (``sensitivity.json``). Depends on the weights, the
-calibration data, that subset and the bits."""
+calibration data, that subset and the bits; not on the glue: with one layer quantized both
+glues compute the same up to float rounding (its input quantized, its int32 output
+dequantized in its epilogue, everything else float), so the proxy serves either glue."""
 
 from __future__ import annotations
 
