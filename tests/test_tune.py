@@ -160,6 +160,16 @@ def test_save_load_report(tuned, tmp_path):
         assert json.load(f)["profile"] == "rv64gc_zbb"
     cm = loaded.compile(loaded.pareto[0].plan, "host")
     assert cm(torch.randn(1, 1, 12, 12)).shape == (1, 10)
+    # the firmware form (codes in, codes out) equals its torch reference bit for bit
+    w8 = loaded.baselines["int8"].plan
+    cmi = loaded.compile(w8, "host", integer_io=True)
+    assert cmi.integer_io and cmi.glue == "integer"
+    codes = np.random.default_rng(0).integers(0, 256, (1, 1, 12, 12), dtype=np.uint8)
+    with torch.no_grad():
+        want = loaded.reference(cmi)(torch.from_numpy(codes)).numpy()
+    np.testing.assert_array_equal(cmi(codes), want)
+    with pytest.raises(ValueError, match="needs glue='integer'"):
+        loaded.compile(w8, "host", glue="float", integer_io=True)
 
 
 def test_stale_cost_model_checkpoint_is_refitted(tuned, tmp_path):

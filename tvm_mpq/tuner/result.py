@@ -122,30 +122,53 @@ class TuneResult:
         return str(self.settings.get("glue", "float"))
 
     def compile(self, plan: QuantPlan | None = None, target: str | Profile | None = None,
-                glue: str | None = None):
+                glue: str | None = None, integer_io: bool = False):
         """Compile ``plan`` (default: :attr:`best`) for the tuned target (see
         :func:`tvm_mpq.compile`) with the tuned :attr:`glue` (or ``glue``): the model whose
-        cost and accuracy the result reports."""
+        cost and accuracy the result reports. ``integer_io=True`` gives the model that takes
+        input codes and returns output codes (integer glue; for an MCU firmware)."""
         from tvm_mpq.compiler.compiled import compile as mpq_compile
 
         glue = self.glue if glue is None else glue
-        if plan is None:
-            if self.best is None:
-                raise ValueError(f"no plan met the constraints ({self.message}); pass one of "
-                                 "result.pareto[i].plan explicitly")
-            plan = self.best.plan
+        plan = self._plan_or_best(plan)
+        model, qp = self._model_for(plan)
+        kw: dict[str, Any] = {"qparams": qp} if qp is not None else {"calib_data": self._calib}
+        return mpq_compile(model, self._example_inputs, plan, target or self.profile,
+                           glue=glue, integer_io=integer_io, **kw)
+
+    def reference(self, compiled) -> torch.nn.Module:
+        """The torch reference that a model from :meth:`compile` equals: ``fake_quant`` of
+        the same (possibly fine-tuned) model, plan and quantization parameters, integer-only
+        for the integer glue (see :func:`tvm_mpq.fake_quant`)."""
+        from tvm_mpq.quant.fakequant import fake_quant
+
+        model, _ = self._model_for(compiled.plan)
+        if compiled.glue == "integer":
+            return fake_quant(model, compiled.plan, qparams=compiled.qparams,
+                              integer_only=True, integer_io=compiled.integer_io)
+        return fake_quant(model, compiled.plan, qparams=compiled.qparams,
+                          integer_accumulate=True)
+
+    def _plan_or_best(self, plan: QuantPlan | None) -> QuantPlan:
+        if plan is not None:
+            return plan
+        if self.best is None:
+            raise ValueError(f"no plan met the constraints ({self.message}); pass one of "
+                             "result.pareto[i].plan explicitly")
+        return self.best.plan
+
+    def _model_for(self, plan: QuantPlan) -> tuple[torch.nn.Module, Any]:
+        """The model a plan compiles from and its quantization (None: calibrate), with the
+        fine-tuned weights of a QAT'd plan."""
         for p in [*self.pareto, *([self.best] if self.best else [])]:
-            if p.plan == plan and p.qat_dir:  # fine-tuned weights and their quantization
+            if p.plan == plan and p.qat_dir:
                 from tvm_mpq.tuner.stages.beacons import load_qat
 
-                ft, qp = load_qat(p.qat_dir)
-                return mpq_compile(ft, self._example_inputs, plan, target or self.profile,
-                                   qparams=qp, glue=glue)
+                return load_qat(p.qat_dir)
         if self._model is None or self._calib is None:
             raise ValueError("this result has no model/calibration data attached; "
                              "load it with load_result(dir) from a saved tune() run")
-        return mpq_compile(self._model, self._example_inputs, plan, target or self.profile,
-                           calib_data=self._calib, glue=glue)
+        return self._model, None
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
