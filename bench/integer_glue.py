@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def split(op_table: list[tuple[str, int, int]]) -> dict[str, int]:
     """Instructions per category from ``StandaloneResult.op_table()``."""
-    out = {"kernels": 0, "fp32 kernels": 0, "glue": 0}
+    out = {"kernels": 0, "fp32 kernels": 0, "glue ops": 0}
     for name, _, n in op_table:
         if "qk_fp32" in name or "bias_add" in name:
             out["fp32 kernels"] += n
         elif "qk_" in name:
             out["kernels"] += n
         else:
-            out["glue"] += n
+            out["glue ops"] += n
     return out
 
 
@@ -108,7 +108,7 @@ def main() -> None:
                     continue
                 t = m["instructions"]
                 print(f"{pname:5s} {prof:11s} {glue:7s} {t:12,d}  kernels {m['kernels'] / t:6.1%}"
-                      f"  fp32 {m['fp32 kernels'] / t:6.1%}  glue {m['glue'] / t:6.1%}", flush=True)
+                      f"  fp32 {m['fp32 kernels'] / t:6.1%}  glue {m['glue ops'] / t:6.1%}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -357,6 +357,46 @@ def test_constraints_respected_and_infeasible_returns_front():
     assert all(m.violation > 0 for m in res.members)
 
 
+def _stored_weight_bytes(table: LayerTable, plan: QuantPlan, rng) -> int:
+    """Bytes of each layer's weight argument as compile() stores it (prepare_weight of
+    random integer weights) + fp32 biases."""
+    from tvm_mpq.schedules import make_kernel
+
+    total = 0
+    for r in table:
+        c = plan[r.name]
+        if c.is_fp32:
+            total += 4 * (r.weight_numel + r.bias_numel)
+            continue
+        kd = make_kernel(workload_from_layer(r), c.variant, c.w_bits, c.a_bits)
+        lo = -1 if c.w_bits == 1 else -(1 << (c.w_bits - 1))
+        w = rng.integers(lo, 1 << max(c.w_bits - 1, 1), r.weight_shape)
+        if c.w_bits == 1:
+            w = np.where(w < 0, -1, 1)
+        total += kd.prepare_weight(w).nbytes + 4 * r.bias_numel
+    return total
+
+
+def test_flash_constraint_prices_the_packed_weights():
+    """``flash`` is what compile() stores for the chosen kernels (swar w8a8: 4 bytes per
+    weight), never below the size objective; ``max_flash`` bounds it."""
+    table, rng = _chain_table(), np.random.default_rng(0)
+    prob = _problem(max_flash=1e12)
+    assert prob.constraint_names == ("flash",)
+    for g in prob.uniform_genomes():
+        plan = prob.decode(g)
+        vals = prob.evaluate_plan(plan)
+        assert vals["flash"] == _stored_weight_bytes(table, plan, rng) >= vals["size"]
+    swar = _problem(max_flash=1e12, variants=["swar"])
+    v8 = swar.evaluate_plan(swar.decode(swar.uniform_genomes([(8, 8)])[0]))
+    assert v8["flash"] >= 3.5 * v8["size"]  # two lanes per 64-bit word, biases fp32
+    w8 = prob.evaluate_plan(prob.decode(prob.uniform_genomes([(8, 8)])[0]))
+    budget = 0.7 * w8["flash"]
+    res = run_nsga(_problem(max_flash=budget), pop_size=24, n_gen=10)
+    assert res.feasible and all(prob.evaluate_plan(m.plan)["flash"] <= budget for m in res.members)
+    assert _problem().fingerprint() != _problem(max_flash=budget).fingerprint()
+
+
 def test_checkpoint_resume(tmp_path):
     prob = _problem()
     first = run_nsga(prob, pop_size=16, n_gen=4, seed=3, workdir=tmp_path)

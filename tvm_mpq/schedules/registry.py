@@ -55,3 +55,11 @@ def make_kernel(workload: Workload, variant: str, w_bits: int, a_bits: int, *,
                        prepare_weight=lambda a: pw(np.asarray(a).reshape(*a.shape, 1, 1)))
     return _CONV[variant](workload, w_bits=w_bits, a_bits=a_bits, pad_value=pad_value,
                           word_bits=word_bits)
+
+
+def packed_weight_bytes(workload: Workload, variant: str, w_bits: int, a_bits: int, *,
+                        word_bits: int = 64) -> int:
+    """Bytes of the weight argument of ``variant``'s kernel (the pre-packed layout a compiled
+    model stores: e.g. 4 bytes per weight for ``swar`` w8a8, two lanes per 64-bit word)."""
+    w = make_kernel(workload, variant, w_bits, a_bits, word_bits=word_bits).tensors[1]
+    return int(np.prod([int(d) for d in w.shape])) * np.dtype(str(w.dtype)).itemsize

@@ -14,7 +14,10 @@ Objectives (minimised, any subset, in this order): ``latency`` = sum over the
 model's call sites of predicted kernel cost (unsearched / non-quantizable call
 sites at their fp32 cost), ``drop`` = additive sensitivity proxy, ``size`` =
 weight bytes (as :meth:`QuantPlan.weight_bytes`). Optional constraints:
-``max_latency``, ``max_drop``, ``max_size`` (``value - budget <= 0``).
+``max_latency``, ``max_drop``, ``max_size`` (``value - budget <= 0``), and ``max_flash`` on
+``flash``: the bytes of the weights as the chosen kernels store them (pre-packed: e.g. 4
+bytes per weight for ``swar`` w8a8) plus the fp32 biases -- the part of a standalone
+artifact's flash that the plan decides (code and constants come on top).
 
 All per-layer costs are predicted once, in one batch, when the problem is built:
 evaluating a population is a few numpy gathers.
@@ -69,7 +72,7 @@ class MPQProblem(Problem):
         search_variant: make the variant a gene (default: fastest predicted variant).
         metric: sensitivity metric ("loss", "acc", "kl"; default: the table's).
         objectives: which of :data:`OBJECTIVES` to minimise.
-        max_latency, max_drop, max_size: optional budgets (constraints).
+        max_latency, max_drop, max_size, max_flash: optional budgets (constraints).
         layers: layers to search (default: ``layer_table.quantizable_names()``);
             the other call sites stay fp32.
     """
@@ -91,6 +94,7 @@ class MPQProblem(Problem):
         max_drop: float | None = None,
         max_size: float | None = None,
         layers: Sequence[str] | None = None,
+        max_flash: float | None = None,
     ) -> None:
         bad = [o for o in objectives if o not in OBJECTIVES]
         if bad or not objectives:
@@ -108,6 +112,8 @@ class MPQProblem(Problem):
         qbits = _order_bits(bits)
         self.options: list[tuple[int, int]] = ([(FP32, FP32)] if allow_fp32 else []) + qbits
         self.budgets = {"latency": max_latency, "drop": max_drop, "size": max_size}
+        if max_flash is not None:  # (only then: the key is part of the fingerprint)
+            self.budgets["flash"] = max_flash
         self.constraint_names = tuple(k for k, v in self.budgets.items() if v is not None)
 
         rows = list(layer_table)
@@ -120,6 +126,9 @@ class MPQProblem(Problem):
             raise ValueError(f"layers not in the layer table: {missing[:5]}")
         self._build_cost_tables(rows, sites, qbits, cost)
         self._build_size_tables(rows, sites)
+        self.flash_table: list[np.ndarray] | None = None
+        if max_flash is not None:
+            self._build_flash_tables(rows, sites)
         self.drop_table = [np.asarray([0.0 if w == FP32 else max(sensitivity.value(n, w, a, self.metric), 0.0)
                                        for w, a in self.options]) for n in self.layer_names]
 
@@ -174,6 +183,31 @@ class MPQProblem(Problem):
             for n in self.layer_names]
         self.fixed_size = float(fixed_size)
 
+    def _build_flash_tables(self, rows: list[Any], sites: dict[str, list[Any]]) -> None:
+        """``flash_table[l][option, variant]`` and ``fixed_flash``: packed weight bytes of
+        each option's kernel (:func:`~tvm_mpq.schedules.registry.packed_weight_bytes`) + fp32
+        biases; fp32 layers store float weights."""
+        from tvm_mpq.schedules.registry import packed_weight_bytes
+        from tvm_mpq.targets import get_profile
+
+        word_bits = get_profile(self.profile).word_bits
+        seen: set[str] = set()
+        self.fixed_flash = 0.0
+        for r in rows:
+            if r.name not in sites and r.name not in seen:
+                seen.add(r.name)
+                self.fixed_flash += layer_weight_bytes(r, FP32)
+        self.flash_table = []
+        for n in self.layer_names:
+            r = sites[n][0]
+            t = np.zeros((len(self.options), len(self.variants)))
+            for oi, (w, a) in enumerate(self.options):
+                for vi, v in enumerate(self.variants):
+                    t[oi, vi] = layer_weight_bytes(r, FP32) if w == FP32 else (
+                        packed_weight_bytes(workload_from_layer(r), v, w, a, word_bits=word_bits)
+                        + 4 * r.bias_numel)
+            self.flash_table.append(t)
+
     # ------------------------------------------------------------------ evaluation
     def genes(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Option and variant indices ``(B, V)``, each ``(n, layers)``, of genomes ``X``
@@ -200,7 +234,11 @@ class MPQProblem(Problem):
             lat += self.cost_table[l][B[:, l], V[:, l]]
             drop += self.drop_table[l][B[:, l]]
             size += self.size_table[l][B[:, l]]
-        return {"latency": lat, "drop": drop, "size": size}
+        vals = {"latency": lat, "drop": drop, "size": size}
+        if self.flash_table is not None:
+            vals["flash"] = self.fixed_flash + sum(
+                t[B[:, l], V[:, l]] for l, t in enumerate(self.flash_table))
+        return vals
 
     def violations(self, vals: dict[str, np.ndarray]) -> np.ndarray:
         """Constraint values ``(n, n_constr)``, <= 0 where met (relative to each budget)."""
@@ -285,7 +323,7 @@ class MPQProblem(Problem):
         h = hashlib.sha256()
         h.update(repr((self.layer_names, self.options, self.variants, self.search_variant,
                        self.objective_names, self.budgets, self.metric)).encode())
-        for t in (*self.cost_table, *self.drop_table, *self.size_table):
+        for t in (*self.cost_table, *self.drop_table, *self.size_table, *(self.flash_table or [])):
             h.update(np.ascontiguousarray(t, dtype=np.float64).tobytes())
         return h.hexdigest()[:16]
 

@@ -5,9 +5,10 @@ The figures are the artifact's own (:attr:`tvm_mpq.deploy.StandaloneArtifact.mem
 an estimate: RAM is the linked ELF's ``.data`` + ``.bss`` + the planned arena (activations
 and every kernel's workspace) + the stack high-water mark measured by running it on the
 bare-metal runner; flash is ``.text`` + ``.rodata`` (weights included) + ``.data``. The
-search does not see them (its objectives are cost, accuracy drop and weight bytes; a plan
-whose weight bytes alone exceed ``flash_budget`` is pruned there); the chooser checks front
-plans against them cheapest first, so only the plans it considers are built.
+search sees a lower bound of the flash (its ``flash`` constraint: the weights as the chosen
+kernels store them, pre-packed, + biases; a plan over ``flash_budget`` on those alone is
+pruned there); the chooser checks front plans against the exact figures cheapest first, so
+only the plans it considers are built.
 """
 
 from __future__ import annotations

@@ -26,12 +26,14 @@ __all__ = ["SearchStage", "build_problem"]
 log = logging.getLogger(__name__)
 
 
-def weight_limit(b: Any) -> float | None:
-    """The search's bound on a plan's weight bytes: ``size_budget``, and ``flash_budget``
-    (the weights alone are a lower bound of the flash an artifact takes: its blob stores
-    them packed at least as densely, beside code and biases)."""
-    limits = [v for v in (b.size_budget, b.flash_budget) if v is not None]
-    return min(limits) if limits else None
+def budget_inputs(b: Any) -> dict[str, Any]:
+    """The budgets the search sees (``flash_budget`` bounds the plan's packed weights, a
+    lower bound of its artifact's flash; listed only when set, so that runs without it keep
+    their checkpoints)."""
+    out = {"latency_budget": b.latency_budget, "size_budget": b.size_budget}
+    if b.flash_budget is not None:
+        out["flash_budget"] = b.flash_budget
+    return out
 
 
 def build_problem(state: TuneState) -> Any:
@@ -42,8 +44,8 @@ def build_problem(state: TuneState) -> Any:
     s, b = state.config.search, state.config.budgets
     return MPQProblem(state.table, MeasuredFirst(state.cm, state.measured, state.overhead), state.sens,
                       state.profile.name, bits=list(s.bits), variants=list(s.variants), metric="loss",
-                      max_latency=b.latency_budget, max_size=weight_limit(b),
-                      layers=state.table.quantizable_names())
+                      max_latency=b.latency_budget, max_size=b.size_budget,
+                      max_flash=b.flash_budget, layers=state.table.quantizable_names())
 
 
 def _load_model(path: str) -> Any:
@@ -82,7 +84,7 @@ class SearchStage(Stage):
         s, b = state.config.search, state.config.budgets
         return {"bits": s.bits, "variants": s.variants, "pop_size": s.pop_size,
                 "generations": s.generations, "active_rounds": s.active_rounds, "seed": s.seed,
-                "latency_budget": b.latency_budget, "size_budget": weight_limit(b)}
+                **budget_inputs(b)}
 
     # ------------------------------------------------------------------ checkpoint
     def load(self, state: TuneState, workdir: str) -> bool:
