@@ -55,9 +55,12 @@ def test_result_is_measured(tuned):
     assert res.baselines["w8a8"].measured_cost <= res.baselines["int8"].measured_cost
     if res.best is not None:
         assert res.best.meets_constraints and res.best.drop * 100 <= 1.0 + 1e-9
-        ratio = res.best.model_cost / res.baselines["int8"].model_cost
-        assert f"whole model {res.best.model_cost:.4g} instructions ({ratio:.3f}x uniform int8" \
-            in res.message
+        bu = res.baselines["best_uniform"]
+        src = min(("fp32", "w8a8"), key=lambda k: res.baselines[k].model_cost)
+        assert bu.plan == res.baselines[src].plan and bu.model_cost == res.baselines[src].model_cost
+        ratios = [res.best.model_cost / res.baselines[k].model_cost for k in ("best_uniform", "int8")]
+        assert (f"whole model {res.best.model_cost:.4g} instructions ({ratios[0]:.3f}x best "
+                f"uniform = {src}, {ratios[1]:.3f}x uniform int8") in res.message
     else:
         assert "no plan meets" in res.message
 

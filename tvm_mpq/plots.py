@@ -81,7 +81,7 @@ def _points(front: Any) -> dict[str, Any]:
         return {"x": [p.cost for p in pts], "y": [100 * p.drop for p in pts],
                 "size": [p.size_bytes / 1024 for p in pts], "ok": [True] * len(pts),
                 "baseline": [(n, b.cost, b.drop) for n, b in front.baselines.items()
-                             if b.drop is not None],
+                             if b.drop is not None and n != "best_uniform"],  # (a copy)
                 "best": (best.cost, 100 * best.drop) if best is not None and best.drop is not None
                 else None,
                 "xlabel": f"measured cost ({front.cost_unit}, {front.profile} on {front.backend})",

@@ -22,7 +22,9 @@ class PlanPoint:
     """One evaluated plan.
 
     Attributes:
-        label: "front", "best", or a baseline name ("fp32", "int8", "w8a8", "w4a4").
+        label: "front", "best", or a baseline name ("fp32", "int8", "w8a8", "w4a4", and
+            "best_uniform": a copy of the cheaper of fp32 and w8a8, the strongest uniform
+            baseline, which the result message compares with first).
         predicted_cost: sum of the cost model's per-kernel predictions (measured kernels
             enter with their measured cost).
         measured_cost: sum of measured per-kernel costs plus each layer's measured passes
@@ -90,7 +92,9 @@ class TuneResult:
         pareto: the Pareto front (latency, accuracy drop, size), fastest first.
         best: the fastest front plan meeting the budgets (None if none does).
         baselines: fp32, uniform int8 (int8 kernels), uniform w8a8 (fastest 8-bit kernel per
-            layer) and uniform w4a4 plans, measured the same way.
+            layer) and uniform w4a4 plans, measured the same way, and ``best_uniform``: the
+            cheaper of fp32 and w8a8 (whole model where both ran end to end), the baseline
+            the message compares the best plan with first.
         message: outcome in words (e.g. why no plan meets the constraints).
         profile, backend, cost_unit: where and how costs were measured.
         settings: the :class:`~tvm_mpq.tuner.config.TuneConfig` as a flat dict (with the

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from tvm_mpq.tuner.result import PlanPoint, TuneResult, load_result
 from tvm_mpq.tuner.stages.base import Stage
 from tvm_mpq.tuner.state import TuneState
 
-__all__ = ["FinalStage", "measure_end_to_end", "outcome_message"]
+__all__ = ["FinalStage", "best_uniform", "measure_end_to_end", "outcome_message"]
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,42 @@ def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> N
               f"{p.compiled_accuracy}", flush=True)
 
 
+def best_uniform(baselines: dict[str, PlanPoint]) -> PlanPoint | None:
+    """The strongest uniform baseline: the cheaper of uniform fp32 and uniform w8a8 (each
+    layer's fastest 8-bit kernel), by whole-model cost where both were run end to end, else
+    by summed measured cost; a copy labelled ``best_uniform`` (None: neither has a cost)."""
+    cands = [baselines[k] for k in ("fp32", "w8a8") if k in baselines]
+    key = "model_cost" if cands and all(p.model_cost for p in cands) else "measured_cost"
+    costed = [p for p in cands if getattr(p, key)]
+    if not costed:
+        return None
+    p = min(costed, key=lambda q: getattr(q, key))
+    return replace(p, label="best_uniform", notes=(
+        f"uniform {p.label}: the cheaper of fp32 and w8a8 by {key.replace('_', ' ')} "
+        + p.notes).strip())
+
+
+def _ratios(best: PlanPoint, baselines: dict[str, PlanPoint], key: str, fmt: str) -> list[str]:
+    """``best``'s cost over best_uniform's, int8's and w8a8's (those that have one)."""
+    out = []
+    for k in ("best_uniform", "int8", "w8a8"):
+        p = baselines.get(k)
+        if p is None or not getattr(p, key):
+            continue
+        what = f"uniform {k}"
+        if k == "best_uniform":
+            src = next((u for u in ("fp32", "w8a8") if u in baselines and baselines[u].plan == p.plan), "?")
+            what = f"best uniform = {src}"
+        out.append(f"{getattr(best, key) / getattr(p, key):{fmt}}x {what}")
+    return out
+
+
 def outcome_message(state: TuneState) -> str:
-    """The best plan's cost against the uniform baselines (and the glue every plan is
-    compiled with), or why no plan meets the budgets."""
+    """The best plan's cost against the strongest uniform baseline, then the uniform 8-bit
+    ones (and the glue every plan is compiled with), or why no plan meets the budgets."""
     best, baselines, b = state.best, state.baselines, state.config.budgets
     if best is not None:
-        ratios = [f"{best.measured_cost / baselines[k].measured_cost:.2f}x uniform {k}"
-                  for k in ("int8", "w8a8") if baselines[k].measured_cost]
+        ratios = _ratios(best, baselines, "measured_cost", ".2f") if best.measured_cost else []
         return (f"best plan ({state.glue} glue): {best.measured_cost:.4g} {state.unit} "
                 f"({', '.join(ratios)})" if ratios else f"best plan found ({state.glue} glue)")
     closest = min(state.pareto, key=lambda p: p.drop if p.drop is not None else math.inf,
@@ -93,17 +123,20 @@ class FinalStage(Stage):
         return True
 
     def run(self, state: TuneState) -> None:
-        message = outcome_message(state)
         best, baselines, m = state.best, state.baselines, state.config.measure
+        baselines.pop("best_uniform", None)  # (a copy: chosen again from the measured ones)
         if m.final_measure:
             for p in [best, *baselines.values()]:
                 if p is not None:
                     measure_end_to_end(state, p, m.compiled_eval)
-            if best is not None and best.model_cost:
-                whole = [f"{best.model_cost / baselines[k].model_cost:.3f}x uniform {k}"
-                         for k in ("int8", "w8a8") if baselines[k].model_cost]
-                if whole:
-                    message += f"; whole model {best.model_cost:.4g} {state.unit} ({', '.join(whole)})"
+        bu = best_uniform(baselines)
+        if bu is not None:
+            baselines["best_uniform"] = bu
+        message = outcome_message(state)
+        if m.final_measure and best is not None and best.model_cost:
+            whole = _ratios(best, baselines, "model_cost", ".3f")
+            if whole:
+                message += f"; whole model {best.model_cost:.4g} {state.unit} ({', '.join(whole)})"
         settings = {**state.config.to_dict(),
                     "measured_kernels": state.db.count(state.profile.name, state.runner.backend)}
         state.result = TuneResult(state.pareto, best, baselines, message, state.profile.name,
