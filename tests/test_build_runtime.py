@@ -299,6 +299,17 @@ def test_qemu_tracker_round_trip(built_runtime, tmp_path):
         w = rng.standard_normal((8, 3)).astype("float32")
         y = vm["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(w, dev)).numpy()
         np.testing.assert_allclose(y, np.maximum(x @ w, 0), rtol=1e-5, atol=1e-5)
+        # file operations stay inside the session's work directory
+        outside = tmp_path / "outside.txt"
+        outside.write_text("keep")
+        for bad in (str(outside), "../../outside.txt", "../x.bin"):
+            with pytest.raises(Exception, match="outside this server's work directory"):
+                sess.upload(bytearray(b"evil"), bad)
+            with pytest.raises(Exception, match="outside this server's work directory"):
+                sess.download(bad)
+            with pytest.raises(Exception, match="outside this server's work directory"):
+                sess.remove(bad)
+        assert outside.read_text() == "keep" and not (work / "x.bin").exists()
         del vm, sess
         lines = (tmp_path / "server.log").read_text().splitlines()
         starts = [ln for ln in lines if "] session from" in ln and not ln.endswith("finished")]

@@ -260,6 +260,41 @@ def test_measure_on_board_over_loopback(cluster, tmp_path):
     np.testing.assert_array_equal(res["outputs"][2], x + y)
 
 
+def test_file_operations_are_confined_to_the_work_directory(cluster, tmp_path):
+    """A client can upload, download and remove files in its session's work directory,
+    and nothing outside it: absolute paths and ``..`` are refused, the outside file stays."""
+    import tvm
+
+    tr, _ = cluster
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    sess = tvm.rpc.connect_tracker("127.0.0.1", tr.port).request(TEST_KEY)
+    sess.upload(bytearray(b"data"), "inside.bin")
+    assert bytes(sess.download("inside.bin")) == b"data"
+    sess.remove("inside.bin")
+    for bad in (str(outside), "../" * 12 + str(outside).lstrip("/"), "../x.bin"):
+        with pytest.raises(Exception, match="outside this server's work directory"):
+            sess.upload(bytearray(b"evil"), bad)
+        with pytest.raises(Exception, match="outside this server's work directory"):
+            sess.download(bad)
+        with pytest.raises(Exception, match="outside this server's work directory"):
+            sess.remove(bad)
+    with pytest.raises(Exception, match="outside this server's work directory"):
+        sess.load_module(str(outside))
+    assert outside.read_text() == "keep"
+    assert not (tmp_path.parent / "x.bin").exists()
+
+
+def test_confine_path(tmp_path):
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    assert S.confine_path(str(root), "a/b.so") == str(root / "a" / "b.so")
+    for bad in ("/etc/passwd", "../x", "a/../../x", "link/x"):
+        with pytest.raises(ValueError, match="outside"):
+            S.confine_path(str(root), bad)
+
+
 @pytest.mark.slow
 def test_cli_tracker_and_serve_processes(tmp_path):
     """`tvm-mpq rpc tracker` and `rpc serve -n 2` as processes; status; clean SIGTERM stop."""

@@ -154,3 +154,35 @@ def test_memory_budget_needs_a_bare_metal_backend(tmp_path):
                      eval_data=(x, torch.zeros(8, dtype=torch.long)), backend="host",
                      ram_budget=1e5, workdir=str(tmp_path), progress=False)
     assert not os.listdir(tmp_path)  # nothing started
+
+
+def _bad_data_cases(x: torch.Tensor, y: torch.Tensor) -> list[tuple[dict, str]]:
+    nan = x.clone()
+    nan[3, 0, 2, 2] = float("nan")
+    inf = x.clone()
+    inf[5] = float("inf")
+    return [
+        (dict(calib_data=nan), r"calib_data: 1 sample\(s\) contain NaN or inf \(first: sample 3, 1 of 144"),
+        (dict(calib_data=x[:0]), "calib_data is empty"),
+        (dict(calib_data=[]), "calib_data is empty"),
+        (dict(calib_data=torch.randn(8, 3, 12, 12)), r"calib_data samples have shape \(3, 12, 12\)"),
+        (dict(eval_data=(inf, y)), "eval_data images: 1 sample"),
+        (dict(eval_data=(x, y[:5])), "eval_data has 8 images but 5 labels"),
+        (dict(max_accuracy_drop=-0.5), "max_accuracy_drop=-0.5"),
+    ]
+
+
+def test_bad_data_is_refused_before_any_stage(tmp_path):
+    """Each problem gets its own message, before the workdir is even created; the user's
+    model keeps its training mode."""
+    import tvm_mpq
+
+    x, y = torch.randn(8, 1, 12, 12), torch.zeros(8, dtype=torch.long)
+    m = SmallNet().train()
+    for i, (kw, msg) in enumerate(_bad_data_cases(x, y)):
+        args = dict(calib_data=x, eval_data=(x, y), backend="host",
+                    workdir=str(tmp_path / f"w{i}"), progress=False) | kw
+        with pytest.raises(ValueError, match=msg):
+            tvm_mpq.tune(m, x[:1], "host", **args)
+        assert not (tmp_path / f"w{i}").exists()
+    assert m.training

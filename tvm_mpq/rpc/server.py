@@ -14,6 +14,11 @@ client reaches them with ``session.get_function("tvm_mpq.measure_json")``.
 
 One server serves one session at a time; ``-n N`` starts N servers under one key, each its own
 process group so that killing one takes its simulator children with it.
+
+What a client can do (docs/rpc.md): a TVM RPC server runs the native code a client uploads, so
+it belongs on a trusted network (it binds 127.0.0.1 unless ``--host`` says otherwise). Its file
+operations (upload, download, remove, load_module) are confined to the session's work
+directory here (:func:`confine_path`): absolute paths and ``..`` that leave it are refused.
 """
 
 from __future__ import annotations
@@ -106,6 +111,44 @@ def make_measure_func(impl: Callable[[str], str], profile: str, backend: str) ->
     return measure_json
 
 
+def confine_path(root: str, path: str) -> str:
+    """``path`` of a client's file operation, resolved inside the work directory ``root``.
+
+    Raises:
+        ValueError: an absolute path, or one that leaves ``root`` (``..``, symlinks).
+    """
+    base = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(base, path))
+    if os.path.isabs(path) or os.path.commonpath([base, full]) != base:
+        raise ValueError(f"path {path!r} is outside this server's work directory")
+    return full
+
+
+def _confined_env(orig_env: Callable[..., object]) -> Callable[..., object]:
+    """TVM's session environment with its file operations confined (:func:`confine_path`);
+    linking uploaded objects on the server is not offered."""
+
+    def env(load_library, work_path=None):
+        import tvm_ffi
+        from tvm.runtime.module import load_module
+
+        temp = orig_env(load_library, work_path)  # (the closures keep it, and its directory)
+
+        def refuse(_name):
+            raise ValueError("download_linked_module is not offered by this server")
+
+        tvm_ffi.register_global_func("tvm.rpc.server.workpath",
+                                     lambda p: confine_path(temp.temp_dir, p), override=True)
+        tvm_ffi.register_global_func("tvm.rpc.server.load_module",
+                                     lambda p: load_module(confine_path(temp.temp_dir, p)),
+                                     override=True)
+        tvm_ffi.register_global_func("tvm.rpc.server.download_linked_module", refuse,
+                                     override=True)
+        return temp
+
+    return env
+
+
 def _die_with_parent() -> None:
     # A session child must not outlive its server: a killed server then really loses the
     # measurement (and the client sees the connection drop) instead of leaving an orphan.
@@ -143,6 +186,9 @@ def serve_one(key: str, profile: str, backend: str = "spike",
         orig_loop(sock, load_library, work_path)
 
     tvm_server._serve_loop = _serve_loop  # looked up at fork time by tvm.rpc.server._serving
+    if not getattr(tvm_server._server_env, "_confined", False):  # (per session, in the child)
+        tvm_server._server_env = _confined_env(tvm_server._server_env)
+        tvm_server._server_env._confined = True
     if silent:
         tvm_server.logger.setLevel(logging.WARNING)
     tracker_addr = parse_addr(tracker, DEFAULT_PORT) if tracker is not None else None

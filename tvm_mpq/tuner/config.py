@@ -52,6 +52,10 @@ class Budgets:
     flash_budget: float | None = None
 
     def __post_init__(self) -> None:
+        d = self.max_accuracy_drop
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not d >= 0:
+            raise ValueError(f"max_accuracy_drop={d!r}: expected accuracy points >= 0 (1.0 = "
+                             "one percentage point below fp32)")
         for name in ("latency_budget", "size_budget", "ram_budget", "flash_budget"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))

@@ -4,6 +4,7 @@ model, problem, fronts, priced plans, result)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import time
@@ -75,6 +76,7 @@ class TuneState:
                progress: bool = True) -> TuneState:
         """Check the inputs (ValueError naming what is missing) and open the workdir."""
         from tvm_mpq.quant.sensitivity import split_eval_data
+        from tvm_mpq.tuner.checks import check_data
 
         runner = create_runner(config.measure.backend)
         profile = runner.check_profile(target)
@@ -93,8 +95,10 @@ class TuneState:
             raise ValueError("eval_data must be (images, labels)")
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
+        check_data(tuple(example_inputs), calib_data, eval_data, train_data)
         os.makedirs(workdir, exist_ok=True)
-        state = cls(model.eval(), tuple(example_inputs), config, profile, runner, workdir,
+        model = copy.deepcopy(model).eval()  # (the user's model keeps its mode)
+        state = cls(model, tuple(example_inputs), config, profile, runner, workdir,
                     calib_data, ex, ey, eval_fn, train_data, progress)
         state.db = open_db(workdir)
         return state

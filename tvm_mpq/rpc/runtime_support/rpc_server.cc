@@ -1,6 +1,6 @@
 // tvm_rpc: a minimal TVM RPC server for a Linux board, written for tvm-mpq.
 //
-//   tvm_rpc server [--host=0.0.0.0] [--port=9090] [--port-end=9199]
+//   tvm_rpc server [--host=127.0.0.1] [--port=9090] [--port-end=9199]
 //                  [--tracker=HOST:PORT] [--key=KEY] [--custom-addr=ADDR] [--work-dir=DIR]
 //
 // Speaks the same protocol as TVM's Python server (python -m tvm.exec.rpc_server):
@@ -57,7 +57,7 @@ volatile sig_atomic_t g_stop = 0;  // SIGTERM/SIGINT seen: end the session, clea
 void OnStopSignal(int) { g_stop = 1; }
 
 struct Options {
-  std::string host = "0.0.0.0";
+  std::string host = "127.0.0.1";  // loopback unless --host says otherwise
   int port = 9090;
   int port_end = 9199;
   std::string tracker;  // HOST:PORT, empty = standalone
@@ -72,7 +72,7 @@ void Log(const std::string& msg) {
 
 [[noreturn]] void Usage(const std::string& err) {
   if (!err.empty()) std::cerr << "tvm_rpc: " << err << "\n";
-  std::cerr << "usage: tvm_rpc server [--host=0.0.0.0] [--port=9090] [--port-end=9199]\n"
+  std::cerr << "usage: tvm_rpc server [--host=127.0.0.1] [--port=9090] [--port-end=9199]\n"
                "                      [--tracker=HOST:PORT] [--key=KEY] [--custom-addr=ADDR]\n"
                "                      [--work-dir=DIR]\n";
   std::exit(err.empty() ? 0 : 2);
@@ -187,13 +187,27 @@ class TrackerConn {
   TCPSocket sock_;
 };
 
+/*! \brief A client's path resolved inside the session's work directory; an absolute path or
+ * one that leaves it ("..", symlinks) is refused (upload, download, remove and
+ * load_module all go through here). */
+std::string Confine(const std::string& name) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path root = fs::weakly_canonical(g_work_dir, ec);
+  fs::path full = fs::weakly_canonical(root / name, ec);
+  std::string r = root.string(), f = full.string();
+  bool inside = !ec && f.compare(0, r.size(), r) == 0 && (f.size() == r.size() || f[r.size()] == '/');
+  if ((!name.empty() && name[0] == '/') || !inside) {
+    TVM_FFI_THROW(ValueError) << "path '" << name << "' is outside this server's work directory";
+  }
+  return f;
+}
+
 void RegisterServerEnv() {
-  Function::SetGlobal("tvm.rpc.server.workpath", Function::FromTyped([](std::string name) {
-                        return g_work_dir + "/" + name;
-                      }),
-                      true);
+  Function::SetGlobal("tvm.rpc.server.workpath",
+                      Function::FromTyped([](std::string name) { return Confine(name); }), true);
   Function::SetGlobal("tvm.rpc.server.load_module", Function::FromTyped([](std::string name) {
-                        std::string path = g_work_dir + "/" + name;
+                        std::string path = Confine(name);
                         Log("load_module " + path);
                         return tvm::ffi::Module::LoadFromFile(path);
                       }),

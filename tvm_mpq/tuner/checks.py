@@ -1,0 +1,69 @@
+"""Up-front checks of tune()'s data: one ValueError naming the problem and the fix, before
+any stage runs (a NaN image would otherwise turn every quantization range into NaN and give
+chance accuracy for every quantized plan; empty or mismatched data would fail deep inside a
+stage)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["check_data", "check_samples"]
+
+
+def check_samples(name: str, x: Any, sample_shape: tuple[int, ...]) -> None:
+    """``x`` (tensor / array, samples along dim 0) is non-empty, finite and of the model's
+    per-sample shape.
+
+    Raises:
+        ValueError: empty, another per-sample shape, or a NaN / inf value (the message names
+            the first bad sample).
+    """
+    t = torch.as_tensor(x)
+    if t.ndim == 0 or len(t) == 0:
+        raise ValueError(f"{name} is empty: give at least one sample of shape {sample_shape}")
+    if tuple(t.shape[1:]) != tuple(sample_shape):
+        raise ValueError(f"{name} samples have shape {tuple(t.shape[1:])}, the model's example "
+                         f"input {tuple(sample_shape)} (samples along the first dimension)")
+    if t.is_floating_point():
+        bad = ~torch.isfinite(t.reshape(len(t), -1))
+        if bool(bad.any()):
+            rows = bad.any(dim=1).nonzero().flatten()
+            i = int(rows[0])
+            raise ValueError(f"{name}: {len(rows)} sample(s) contain NaN or inf (first: sample "
+                             f"{i}, {int(bad[i].sum())} of {bad.shape[1]} values); remove or "
+                             "fix them")
+
+
+def _labelled(name: str, data: Any, sample_shape: tuple[int, ...]) -> None:
+    if not isinstance(data, (tuple, list)) or len(data) < 2:
+        return
+    x, y = data[0], data[1]
+    check_samples(f"{name} images", x, sample_shape)
+    n, m = len(x), len(y)
+    if n != m:
+        raise ValueError(f"{name} has {n} images but {m} labels: give one label per image")
+
+
+def check_data(example_inputs: tuple[Any, ...], calib_data: Any, eval_data: Any = None,
+               train_data: Any = None) -> None:
+    """Check tune()'s example input, calibration, evaluation and training data (tensors and
+    arrays; other iterables, e.g. a DataLoader, are read by the stages as they come).
+
+    Raises:
+        ValueError: see :func:`check_samples`; labelled data with as many labels as images.
+    """
+    x0 = torch.as_tensor(example_inputs[0])
+    if x0.ndim == 0 or len(x0) == 0:
+        raise ValueError("example_inputs is empty: give one input batch, e.g. calib_data[:1]")
+    shape = tuple(x0.shape[1:])
+    check_samples("example_inputs", x0, shape)
+    if calib_data is None:
+        raise ValueError("tune needs calib_data (inputs to calibrate the quantization ranges)")
+    if isinstance(calib_data, (torch.Tensor,)) or hasattr(calib_data, "__array__"):
+        check_samples("calib_data", calib_data, shape)
+    elif isinstance(calib_data, (list, tuple)) and not calib_data:
+        raise ValueError("calib_data is empty: give at least one calibration batch")
+    _labelled("eval_data", eval_data, shape)
+    _labelled("train_data", train_data, shape)
