@@ -260,6 +260,14 @@ def test_measure_on_board_over_loopback(cluster, tmp_path):
     np.testing.assert_array_equal(res["outputs"][2], x + y)
 
 
+def assert_outside_refused(sess, bad: str) -> None:
+    """upload, download and remove of ``bad`` are refused as outside the work directory."""
+    for op in ("upload", "download", "remove"):
+        args = (bytearray(b"evil"), bad) if op == "upload" else (bad,)
+        with pytest.raises(Exception, match="outside this server's work directory"):
+            getattr(sess, op)(*args)
+
+
 def test_file_operations_are_confined_to_the_work_directory(cluster, tmp_path):
     """A client can upload, download and remove files in its session's work directory,
     and nothing outside it: absolute paths and ``..`` are refused, the outside file stays."""
@@ -273,12 +281,7 @@ def test_file_operations_are_confined_to_the_work_directory(cluster, tmp_path):
     assert bytes(sess.download("inside.bin")) == b"data"
     sess.remove("inside.bin")
     for bad in (str(outside), "../" * 12 + str(outside).lstrip("/"), "../x.bin"):
-        with pytest.raises(Exception, match="outside this server's work directory"):
-            sess.upload(bytearray(b"evil"), bad)
-        with pytest.raises(Exception, match="outside this server's work directory"):
-            sess.download(bad)
-        with pytest.raises(Exception, match="outside this server's work directory"):
-            sess.remove(bad)
+        assert_outside_refused(sess, bad)
     with pytest.raises(Exception, match="outside this server's work directory"):
         sess.load_module(str(outside))
     assert outside.read_text() == "keep"
