@@ -473,3 +473,35 @@ def test_state_reference_follows_the_glue():
             assert any(isinstance(mod, QuantConv2d) for mod in ref.modules())
         accs[glue] = st.plan_accuracy(plan)
         assert 0.5 <= accs[glue] <= 1.0
+
+
+def test_minimal_call_with_a_custom_metric(tmp_path):
+    """tune(model, target=, calib_data=, eval_fn=): no example input (the first calibration
+    sample), no labels (label-free KL sensitivity on the calibration inputs), a metric that is
+    not a classifier's; the user's model keeps its training mode."""
+    torch.manual_seed(0)
+    m = SmallNet().train()
+    x = torch.randn(64, 1, 12, 12)
+    with torch.no_grad():
+        ref = m.eval()(x)
+    m.train()
+    calls = []
+
+    def fidelity(forward) -> float:  # 1 - relative error of the output vs fp32
+        with torch.no_grad():
+            out = torch.as_tensor(forward(x))
+        calls.append(1)
+        return float(1 - (out - ref).norm() / ref.norm())
+
+    res = tvm_mpq.tune(m, target="riscv", calib_data=x, eval_fn=fidelity,
+                       workdir=str(tmp_path), bits=[(8, 8), (4, 4)], variants=["int8", "swar"],
+                       pop_size=8, generations=3, active_rounds=0, max_accuracy_drop=5.0,
+                       progress=False)
+    assert m.training and calls
+    sens = json.load(open(tmp_path / "sensitivity.json"))
+    assert sens["meta"]["n_eval"] == 64  # the calibration inputs
+    assert all(e["loss_delta"] is None and e["kl"] is not None
+               for layer in sens["entries"].values() for e in layer.values())
+    assert res.fp32_accuracy == pytest.approx(1.0, abs=1e-6)
+    assert res.best is not None and res.best.drop * 100 <= 5.0 + 1e-9
+    assert res.best.accuracy == pytest.approx(1 - res.best.drop, abs=1e-6)

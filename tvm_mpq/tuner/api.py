@@ -29,7 +29,7 @@ __all__ = ["tune"]
 
 def tune(
     model: torch.nn.Module,
-    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     target: str | Profile = "riscv",
     *,
     calib_data: Any,
@@ -45,15 +45,20 @@ def tune(
 
     Args:
         model: trained float torch model.
-        example_inputs: example input (fixes static shapes, batch included).
+        example_inputs: example input (fixes static shapes, batch included); default: the
+            first calibration sample (``calib_data[:1]``).
         target: "riscv" (rv64gc_zbb), "riscv64-zbb", "riscv64" (rv64gc, no Zbb),
             "riscv64-v", "riscv32", "host", or a profile name.
         calib_data: calibration inputs (tensor or iterable of batches).
         eval_data: ``(images, labels)`` held-out data: the first ``sensitivity_samples``
             are used for per-layer sensitivity, all of it (or ``final_eval_samples``) for
             the real accuracy of front members and baselines.
-        eval_fn: ``eval_fn(forward) -> accuracy`` (fraction), called with a callable that
-            maps a batch of inputs to logits; default: top-1 accuracy on ``eval_data``.
+        eval_fn: ``eval_fn(forward) -> score`` (higher is better; a fraction like accuracy:
+            ``max_accuracy_drop`` is in hundredths of it), called with a callable that maps
+            a batch of inputs to the model's output; default: top-1 accuracy on
+            ``eval_data``. Without labelled ``eval_data`` the per-layer sensitivity is
+            label-free: the KL divergence of each quantized layer's softmaxed output from
+            the fp32 model's, on the first ``sensitivity_samples`` calibration inputs.
         train_data: ``(images, labels)`` training tensors, needed for ``qat_beacons``.
         workdir: where every stage checkpoints; re-running resumes.
         progress: print stage progress.

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_data", "check_samples"]
+__all__ = ["check_data", "check_samples", "first_sample", "leading_samples"]
 
 
 def check_samples(name: str, x: Any, sample_shape: tuple[int, ...]) -> None:
@@ -67,3 +67,27 @@ def check_data(example_inputs: tuple[Any, ...], calib_data: Any, eval_data: Any 
         raise ValueError("calib_data is empty: give at least one calibration batch")
     _labelled("eval_data", eval_data, shape)
     _labelled("train_data", train_data, shape)
+
+
+def leading_samples(data: Any, n: int) -> torch.Tensor:
+    """The first ``n`` inputs of calibration-style data (a tensor / array, or an iterable of
+    batches or of ``(x, y, ...)`` batches) as one float tensor."""
+    if isinstance(data, torch.Tensor) or hasattr(data, "__array__"):
+        return torch.as_tensor(data)[:n].float()
+    out, have = [], 0
+    for b in data:
+        t = torch.as_tensor(b[0] if isinstance(b, (tuple, list)) else b)
+        out.append(t[:n - have])
+        have += len(out[-1])
+        if have >= n:
+            break
+    if not out:
+        raise ValueError("calib_data is empty: give at least one calibration batch")
+    return torch.cat(out).float()
+
+
+def first_sample(calib_data: Any) -> torch.Tensor:
+    """The default example input: the first calibration sample, batch of one."""
+    if calib_data is None:
+        raise ValueError("tune needs calib_data (inputs to calibrate the quantization ranges)")
+    return leading_samples(calib_data, 1)

@@ -76,7 +76,7 @@ class TuneState:
                progress: bool = True) -> TuneState:
         """Check the inputs (ValueError naming what is missing) and open the workdir."""
         from tvm_mpq.quant.sensitivity import split_eval_data
-        from tvm_mpq.tuner.checks import check_data
+        from tvm_mpq.tuner.checks import check_data, first_sample
 
         runner = create_runner(config.measure.backend)
         profile = runner.check_profile(target)
@@ -93,6 +93,8 @@ class TuneState:
         ex, ey = split_eval_data(eval_data) if eval_data is not None else (None, None)
         if ex is not None and ey is None:
             raise ValueError("eval_data must be (images, labels)")
+        if example_inputs is None:
+            example_inputs = first_sample(calib_data)
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         check_data(tuple(example_inputs), calib_data, eval_data, train_data)

@@ -1,8 +1,10 @@
 """Stage ``sensitivity``: per-layer post-training quantization on the first
-``sensitivity_samples`` held-out images (``sensitivity.json``). Depends on the weights, the
-calibration data, that subset and the bits; not on the glue: with one layer quantized both
-glues compute the same up to float rounding (its input quantized, its int32 output
-dequantized in its epilogue, everything else float), so the proxy serves either glue."""
+``sensitivity_samples`` held-out images (``sensitivity.json``; without labelled evaluation
+data, on the first calibration inputs, scored by the KL divergence from the fp32 output).
+Depends on the weights, the calibration data, that subset and the bits; not on the glue:
+with one layer quantized both glues compute the same up to float rounding (its input
+quantized, its int32 output dequantized in its epilogue, everything else float), so the
+proxy serves either glue."""
 
 from __future__ import annotations
 
@@ -61,12 +63,15 @@ class SensitivityStage(Stage):
 
     def run(self, state: TuneState) -> None:
         from tvm_mpq.quant.sensitivity import layer_sensitivity
+        from tvm_mpq.tuner.checks import leading_samples
 
-        if state.eval_x is None:
-            raise ValueError("per-layer sensitivity needs eval_data=(images, labels)")
         n, s = state.config.search.sensitivity_samples, state.config.search
-        state.sens = layer_sensitivity(state.model, state.calib, (state.eval_x[:n], state.eval_y[:n]),
-                                       bits=list(s.bits), layers=state.table.quantizable_names(),
+        if state.eval_x is not None and state.eval_y is not None:
+            data: Any = (state.eval_x[:n], state.eval_y[:n])
+        else:  # label-free: output distortion (KL) on the calibration inputs
+            data = leading_samples(state.calib, n)
+        state.sens = layer_sensitivity(state.model, state.calib, data, bits=list(s.bits),
+                                       layers=state.table.quantizable_names(),
                                        progress=state.progress)
 
     def save(self, state: TuneState, workdir: str) -> None:
