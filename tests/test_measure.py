@@ -552,3 +552,71 @@ def test_database_refuses_other_kernel_revision(tmp_path):
     con.close()
     with pytest.raises(RuntimeError, match="kernel revision"):
         MeasurementDB(path)
+
+
+class _FlakyRunner(Runner):
+    """Fails each kernel with ``messages`` (one per campaign), then measures 1000."""
+
+    backend, unit = "spike", "instructions"
+
+    def __init__(self, messages: list[tuple[str, str]]) -> None:
+        self.messages, self.calls = list(messages), 0
+
+    def check_tools(self, profile) -> None:
+        pass
+
+    def measure(self, requests, profile, settings, done) -> None:
+        if not requests:
+            return
+        self.calls += 1
+        recs = []
+        for r in requests:
+            req = {**r.to_dict(), "profile": profile.name, "backend": self.backend}
+            if self.messages:
+                status, msg = self.messages[0]
+                recs.append(failed_record(req, status, msg))
+            else:
+                recs.append(MeasureRecord.from_dict({**failed_record(req, "run_error", "x").to_dict(),
+                                                     "status": "ok", "message": "",
+                                                     "instructions": 1000, "cycles": 1000}))
+        if self.messages:
+            self.messages.pop(0)
+        done(recs)
+
+
+def test_transient_failures_are_retried_a_bounded_number_of_times(tmp_path):
+    """A killed simulator / lost server / wall-clock timeout is not the kernel's fault: it is
+    not priced out and a later campaign measures it again, at most TRANSIENT_ATTEMPTS times;
+    a failure of the kernel (trap, wrong result) stays."""
+    from tvm_mpq.measure.database import TRANSIENT_ATTEMPTS, is_transient
+
+    assert is_transient("run_error", "simulator killed by signal 9: ...")
+    assert is_transient("timeout", "wall-clock timeout")
+    assert is_transient("run_error", "lost server 127.0.0.1:9001 (key k) during the measurement")
+    assert not is_transient("timeout", "instruction watchdog")
+    assert not is_transient("run_error", "trap: illegal instruction at 0x80001234")
+    assert not is_transient("wrong_result", "3 mismatching elements")
+    wl = Conv2dWorkload.make((1, 8, 6, 6), (8, 8, 3, 3), 1, 1)
+    req = [(wl, "int8", 8, 8)]
+    db = MeasurementDB(tmp_path / "m.sqlite")
+    killed = ("run_error", "simulator killed by signal 9: ")
+    runner = _FlakyRunner([killed])
+    rec = measure_many(req, "rv64gc", runner, db=db, progress=False)[0]
+    assert rec.transient and rec.attempts == 1 and runner.calls == 1
+    assert rec.kernel_key not in db.kernel_costs("rv64gc", "spike", "instructions")  # not inf
+    rec = measure_many(req, "rv64gc", runner, db=db, progress=False)[0]  # resumed: tried again
+    assert rec.ok and rec.instructions == 1000 and runner.calls == 2
+    # always killed: tried TRANSIENT_ATTEMPTS times in all, then served from the database
+    db2 = MeasurementDB(tmp_path / "m2.sqlite")
+    runner = _FlakyRunner([killed] * 10)
+    for i in range(TRANSIENT_ATTEMPTS + 2):
+        rec = measure_many(req, "rv64gc", runner, db=db2, progress=False)[0]
+        assert rec.transient and rec.attempts == min(i + 1, TRANSIENT_ATTEMPTS)
+    assert runner.calls == TRANSIENT_ATTEMPTS
+    # a kernel's own failure is cached and priced out at once
+    db3 = MeasurementDB(tmp_path / "m3.sqlite")
+    runner = _FlakyRunner([("run_error", "trap: illegal instruction")] * 3)
+    for _ in range(2):
+        rec = measure_many(req, "rv64gc", runner, db=db3, progress=False)[0]
+    assert runner.calls == 1 and not rec.transient
+    assert db3.kernel_costs("rv64gc", "spike", "instructions")[rec.kernel_key] == math.inf

@@ -31,7 +31,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tvm_mpq.measure.database import MeasureKey, MeasurementDB, MeasureRecord, schedule_tag
+from tvm_mpq.measure.database import (
+    TRANSIENT_ATTEMPTS,
+    MeasureKey,
+    MeasurementDB,
+    MeasureRecord,
+    schedule_tag,
+)
 from tvm_mpq.measure.key import KernelKey
 from tvm_mpq.measure.local_runner import default_work_dir
 from tvm_mpq.measure.runner import DEFAULT_CHUNK, Runner, RunSettings, create_runner
@@ -143,7 +149,9 @@ def measure_many(
         work_dir: root of the MetaSchedule work directories (one per kernel and budget).
         seed: seed of the random inputs.
         force: measure again even if the database has a record.
-        retry_failed: measure again the keys whose stored record failed.
+        retry_failed: measure again the keys whose stored record failed (transient failures
+            -- a killed simulator, a lost server, a wall-clock timeout -- are measured again
+            anyway, up to :data:`~tvm_mpq.measure.database.TRANSIENT_ATTEMPTS` times).
         timeout_per_kernel_s: wall-clock budget per kernel of a simulator run.
 
     Raises:
@@ -160,7 +168,9 @@ def measure_many(
     settings = RunSettings(seed, chunk_size, work_dir, timeout_per_kernel_s)
     database, owned = _open_db(db)
     try:
-        results, todo = _cached(reqs, prof.name, runner.backend, database, force, retry_failed)
+        prior: dict[MeasureKey, int] = {}
+        results, todo = _cached(reqs, prof.name, runner.backend, database, force, retry_failed,
+                                prior)
         if todo:
             runner.check_tools(prof)
         bar = tqdm(total=len(todo), disable=not progress, unit="kernel",
@@ -168,6 +178,8 @@ def measure_many(
 
         def done(recs: list[MeasureRecord]) -> None:
             for rec in recs:
+                if rec.transient and rec.key in prior:  # count the campaigns that tried
+                    rec.extra = {**rec.extra, "transient_attempts": prior[rec.key] + 1}
                 if database is not None:
                     database.put(rec)
                 results[rec.key] = rec
@@ -184,9 +196,12 @@ def measure_many(
 
 
 def _cached(reqs: list[MeasureRequest], profile: str, backend: str, db: MeasurementDB | None,
-            force: bool, retry_failed: bool
+            force: bool, retry_failed: bool, prior: dict[MeasureKey, int]
             ) -> tuple[dict[MeasureKey, MeasureRecord], dict[MeasureKey, MeasureRequest]]:
-    """The records ``db`` already holds, and the distinct requests still to measure."""
+    """The records ``db`` already holds, and the distinct requests still to measure: those
+    not held, failed ones with ``retry_failed``, and transient failures (killed, lost, timed
+    out under load) tried fewer than :data:`TRANSIENT_ATTEMPTS` times, whose attempts so far
+    go to ``prior``."""
     results: dict[MeasureKey, MeasureRecord] = {}
     todo: dict[MeasureKey, MeasureRequest] = {}
     for r in reqs:
@@ -194,10 +209,14 @@ def _cached(reqs: list[MeasureRequest], profile: str, backend: str, db: Measurem
         if k in results or k in todo:
             continue
         cached = db.get(k) if db is not None and not force else None
-        if cached is not None and (cached.ok or not retry_failed):
+        retry = retry_failed or (cached is not None and cached.transient
+                                 and cached.attempts < TRANSIENT_ATTEMPTS)
+        if cached is not None and (cached.ok or not retry):
             results[k] = cached
         else:
             todo[k] = r
+            if cached is not None and cached.transient:
+                prior[k] = cached.attempts
     return results, todo
 
 

@@ -32,6 +32,20 @@ _NUMBERS = ("instructions", "cycles", "seconds", "seconds_std")
 #: statuses of a measurement that failed for good (another try gives the same failure);
 #: a timeout or a tuning failure may succeed with more time or trials
 FAILED_FOR_GOOD = ("wrong_result", "build_error", "run_error")
+#: message fragments of failures of the run rather than of the kernel: a simulator killed
+#: from outside, a wall-clock timeout (a loaded machine), a chunk that never ran, a lost or
+#: missing RPC server or tracker. Such records are measured again by a later campaign, at most
+#: :data:`TRANSIENT_ATTEMPTS` times in all, and never price a kernel out.
+TRANSIENT_MARKERS = ("killed by signal", "wall-clock timeout", "not run: ", "simulator run failed",
+                     "lost server", "tracker lost", "no RPC server", "refused connections",
+                     "RPC client error", "on server")
+TRANSIENT_ATTEMPTS = 3
+
+
+def is_transient(status: str, message: str) -> bool:
+    """Whether a failed measurement failed because of its run, not its kernel (see
+    :data:`TRANSIENT_MARKERS`): another try may succeed."""
+    return status in ("run_error", "timeout") and any(m in message for m in TRANSIENT_MARKERS)
 
 
 def schedule_tag(tune_trials: int) -> str:
@@ -115,6 +129,16 @@ class MeasureRecord:
     tvm_mpq_version: str = ""
     host: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def transient(self) -> bool:
+        """A failure of the run (killed, lost, timed out under load), not of the kernel."""
+        return not self.ok and is_transient(self.status, self.message)
+
+    @property
+    def attempts(self) -> int:
+        """How many campaigns have tried this kernel and failed transiently (0: other)."""
+        return int(self.extra.get("transient_attempts", 1)) if self.transient else 0
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -394,7 +418,8 @@ class MeasurementDB:
         ``unit`` (``"instructions"`` or ``"seconds"``); ``math.inf`` for a kernel whose
         measurement failed for good (:data:`FAILED_FOR_GOOD`: wrong result, build or run
         error), which the search must not pick and a compiled model must not run. Kernels
-        that timed out or failed to tune are absent (another try may succeed)."""
+        that timed out, failed to tune or failed transiently (:func:`is_transient`) are
+        absent (another try may succeed)."""
         if unit not in ("instructions", "seconds"):
             raise ValueError(f"unknown cost unit {unit!r}; expected 'instructions' or 'seconds'")
         out: dict[KernelKey, float] = {}
@@ -403,7 +428,7 @@ class MeasurementDB:
             v = getattr(r, unit)
             if r.ok and v is not None:
                 out[key] = float(v)
-            elif r.status in FAILED_FOR_GOOD:
+            elif r.status in FAILED_FOR_GOOD and not r.transient:
                 out.setdefault(key, math.inf)
         return out
 

@@ -114,7 +114,8 @@ def parse_run(sim: SimResult, names: list[str],
                   else "wall-clock timeout")
     else:
         status = "run_error"
-        reason = trap or f"simulator exited with {sim.returncode}: {tail}"
+        reason = trap or (f"simulator killed by signal {-sim.returncode}: {tail}"
+                          if sim.returncode < 0 else f"simulator exited with {sim.returncode}: {tail}")
     if started is None:  # died outside any kernel (start-up): nothing attributable
         for n in missing:
             results[n] = failed_run(n, status, f"{reason} (outside kernels)")
