@@ -186,3 +186,21 @@ def test_bad_data_is_refused_before_any_stage(tmp_path):
             tvm_mpq.tune(m, x[:1], "host", **args)
         assert not (tmp_path / f"w{i}").exists()
     assert m.training
+
+
+def test_cli_hides_third_party_warnings(monkeypatch):
+    """`tvm-mpq tune` shows our warnings, not torch's (unless -v)."""
+    import warnings
+
+    from tvm_mpq.cli.app import build_parser
+    from tvm_mpq.cli.tune import quiet_third_party_warnings
+
+    assert build_parser().parse_args(["tune", "-v"]).verbose
+    assert not build_parser().parse_args(["tune"]).verbose
+    shown = []
+    monkeypatch.setattr(warnings, "showwarning", lambda m, *a, **k: shown.append(str(m)))
+    quiet_third_party_warnings()
+    warnings.showwarning("LeafSpec is deprecated", FutureWarning, "/x/torch/utils/_pytree.py", 1)
+    warnings.showwarning("our own warning", UserWarning, "/x/tvm_mpq/tuner/state.py", 2)
+    err = " ".join(shown)
+    assert "our own warning" in err and "LeafSpec" not in err

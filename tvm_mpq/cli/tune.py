@@ -84,7 +84,22 @@ def add_parser(sub: Any) -> None:
                         "inference, the default) or float (float quantize/dequantize around "
                         "every layer, for comparison); pricing, accuracy and compiles follow it")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show third-party warnings (torch, TVM), hidden by default")
     p.set_defaults(func=run)
+
+
+def quiet_third_party_warnings() -> None:
+    """Hide warnings raised outside tvm_mpq (e.g. torch.export's ``FutureWarning ...
+    LeafSpec`` on every run): the console keeps ours."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "tvm_mpq" in filename.replace(os.sep, "/"):
+            original(message, category, filename, lineno, file, line)
+
+    original = warnings.showwarning
+    warnings.showwarning = show
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -108,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     from tvm_mpq.zoo.fashion_mnist import calib_subset, load_fashion_mnist
     from tvm_mpq.zoo.models import load_pretrained
 
+    if not args.verbose:
+        quiet_third_party_warnings()
     torch.manual_seed(args.seed)
     model, info = load_pretrained(args.model)
     calib, _ = calib_subset(args.calib, seed=args.seed)
