@@ -1,6 +1,7 @@
 """Stage ``import``: ``torch.export`` -> Relax, the layer table (``layers.md``; the table
-itself in ``stages/import.json``). Depends on the model's architecture and the example
-input's shape, not on its weights."""
+itself in ``stages/import.json``), and the check that the imported fp32 model computes what
+torch computes on the example input (:func:`~tvm_mpq.frontend.verify.verify_import`).
+Depends on the model's architecture and the example input's shape, not on its weights."""
 
 from __future__ import annotations
 
@@ -57,9 +58,12 @@ class ImportStage(Stage):
 
     def run(self, state: TuneState) -> None:
         from tvm_mpq.frontend.importer import import_model
+        from tvm_mpq.frontend.verify import verify_import
         from tvm_mpq.quant.folding import fold_bn
 
         state.table = import_model(fold_bn(state.model), state.example_inputs).table
+        err = verify_import(state.model, state.example_inputs)  # ImportMismatchError: stop here
+        log.info("imported model matches torch on the example input (relative error %.2g)", err)
 
     def save(self, state: TuneState, workdir: str) -> None:
         with open(os.path.join(workdir, "layers.md"), "w") as f:
