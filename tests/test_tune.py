@@ -505,3 +505,65 @@ def test_minimal_call_with_a_custom_metric(tmp_path):
     assert res.fp32_accuracy == pytest.approx(1.0, abs=1e-6)
     assert res.best is not None and res.best.drop * 100 <= 5.0 + 1e-9
     assert res.best.accuracy == pytest.approx(1 - res.best.drop, abs=1e-6)
+
+
+USER_MODULE = '''
+import torch.nn as nn
+
+
+def make():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def agreement(forward, x):
+    """Not a classifier metric: 1 - relative error against the fp32 output."""
+    import torch
+    ref = make_ref()(x)
+    out = torch.as_tensor(forward(x))
+    return float(1 - (out - ref).norm() / ref.norm())
+
+
+def make_ref():
+    import torch
+    m = make()
+    m.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+    return m.eval().requires_grad_(False)
+'''
+
+
+def test_cli_tunes_a_user_model_on_user_data(tmp_path, monkeypatch, capsys):
+    """`tvm-mpq tune --model pkg.mod:factory --weights sd.pt --data d.npz --metric pkg.mod:fn`
+    on a 3-channel model of the user's; bad combinations get one message each."""
+    from tvm_mpq.cli.app import main
+
+    torch.manual_seed(0)
+    weights = tmp_path / "sd.pt"
+    (tmp_path / "usermodel_t.py").write_text(USER_MODULE + f"\nWEIGHTS = {str(weights)!r}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usermodel_t
+
+    torch.save(usermodel_t.make().state_dict(), weights)
+    x = np.random.default_rng(0).standard_normal((48, 3, 12, 12)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", calib=x[:16], eval_x=x)
+    np.savez(tmp_path / "labelled.npz", calib=x[:16], eval_x=x, eval_y=np.zeros(48, np.int64))
+    base = ["tune", "--model", "usermodel_t:make", "--weights", str(weights)]
+    for extra, msg in ((["--data", str(tmp_path / "d.npz")], "no 'eval_y' labels: give --metric"),
+                       (["--data", str(tmp_path / "labelled.npz"), "--metric", "usermodel_t:agreement"],
+                        "--metric replaces the labels"),
+                       (["--metric", "usermodel_t:agreement"], "--metric goes with --data"),
+                       (["--data", str(tmp_path / "d.npz"), "--metric", "usermodel_t:nope"],
+                        "has no 'nope'")):
+        assert main([*base, *extra, "--out", str(tmp_path / "bad")]) == 2
+        assert msg in capsys.readouterr().err
+    wd = tmp_path / "run"
+    assert main([*base, "--data", str(tmp_path / "d.npz"), "--metric", "usermodel_t:agreement",
+                 "--target", "riscv64-zbb", "--bits", "w8a8,w4a4", "--pop-size", "8",
+                 "--generations", "3", "--active-rounds", "0", "--repair-plans", "0",
+                 "--max-accuracy-drop", "5", "--no-final", "--out", str(wd)]) == 0
+    out = capsys.readouterr().out
+    assert "usermodel_t:agreement" in out and "best plan" in out
+    res = tvm_mpq.load_result(str(wd))
+    assert res.best is not None and res.fp32_accuracy == pytest.approx(1.0, abs=1e-6)
+    assert tvm_mpq.load_result(str(wd)).settings["bits"] == [[8, 8], [4, 4]]

@@ -204,3 +204,22 @@ def test_cli_hides_third_party_warnings(monkeypatch):
     warnings.showwarning("our own warning", UserWarning, "/x/tvm_mpq/tuner/state.py", 2)
     err = " ".join(shown)
     assert "our own warning" in err and "LeafSpec" not in err
+
+
+def test_cli_model_sources(tmp_path):
+    """--model: a torch.save(model) file loads as it was saved; a .pt2 file, a state dict
+    given as --model and --weights with a bundled name are refused with the fix."""
+    from tvm_mpq.cli.user_inputs import load_model
+
+    m = SmallNet().eval()
+    torch.save(m, tmp_path / "whole.pt")
+    got, info = load_model(str(tmp_path / "whole.pt"), None)
+    x = torch.randn(1, 1, 12, 12)
+    assert torch.equal(got(x), m(x)) and info["model"].endswith("whole.pt")
+    torch.save(m.state_dict(), tmp_path / "sd.pt")
+    for spec, weights, msg in ((str(tmp_path / "m.pt2"), None, "torch.export files are not supported"),
+                               (str(tmp_path / "sd.pt"), None, "not an nn.Module"),
+                               ("mobilenet_v2", str(tmp_path / "sd.pt"), "--weights goes with"),
+                               ("nomodule_xyz:make", None, "cannot import 'nomodule_xyz'")):
+        with pytest.raises(ValueError, match=msg):
+            load_model(spec, weights)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Any
 
@@ -42,8 +43,16 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("tune", help="search per-layer bit-widths for a RISC-V target",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mobilenet_v2",
-                   help="bundled trained model (tvm_mpq.zoo.models.load_pretrained)")
+                   help="a bundled trained model (tvm_mpq.zoo.models.load_pretrained), "
+                        "package.module:factory (with --weights), or a torch.save(model) file")
+    p.add_argument("--weights", default=None, help="state dict for --model package.module:factory")
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    p.add_argument("--data", default=None,
+                   help=".npz with calib, eval_x and eval_y (or eval_x and --metric) instead "
+                        "of --dataset; the input shape comes from calib")
+    p.add_argument("--metric", default=None,
+                   help="package.module:function, function(forward, eval_x) -> float (higher "
+                        "is better) for --data without eval_y")
     p.add_argument("--target", default="riscv64-zbb",
                    help="riscv64-zbb (rv64gc_zbb), riscv64 (rv64gc), riscv64-v, riscv32, host, "
                         "or a profile name")
@@ -116,27 +125,52 @@ def config_from_args(args: argparse.Namespace) -> Any:
         prior_workloads=args.prior_workloads, seed=args.seed, glue=args.glue)
 
 
+def inputs_from_args(args: argparse.Namespace) -> Any:
+    """Model, data and metric of the command (:mod:`tvm_mpq.cli.user_inputs`)."""
+    from tvm_mpq.cli.user_inputs import UserInputs, load_data, load_model
+
+    model, info = load_model(args.model, args.weights)
+    if args.data:
+        calib, eval_data, eval_fn = load_data(args.data, args.metric)
+        return UserInputs(model, info, calib, eval_data, eval_fn, calib[:1],
+                          f"{args.data} ({'its labels' if eval_data else args.metric})")
+    if args.metric:
+        raise ValueError("--metric goes with --data (the bundled dataset has labels)")
+    from tvm_mpq.zoo.fashion_mnist import calib_subset, load_fashion_mnist
+
+    calib, _ = calib_subset(args.calib, seed=args.seed)
+    x_test, y_test = load_fashion_mnist("test", limit=args.eval)
+    return UserInputs(model, info, calib, (x_test, y_test), None, x_test[:1],
+                      f"the first {args.eval} {args.dataset} test images")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     import tvm_mpq
-    from tvm_mpq.zoo.fashion_mnist import calib_subset, load_fashion_mnist
-    from tvm_mpq.zoo.models import load_pretrained
 
     if not args.verbose:
         quiet_third_party_warnings()
     torch.manual_seed(args.seed)
-    model, info = load_pretrained(args.model)
-    calib, _ = calib_subset(args.calib, seed=args.seed)
-    x_test, y_test = load_fashion_mnist("test", limit=args.eval)
-    train = calib_subset(args.train, seed=args.seed + 1) if args.qat_beacons else None
+    try:
+        ui = inputs_from_args(args)
+    except ValueError as e:
+        print(f"tvm-mpq tune: error: {e}", file=sys.stderr)
+        return 2
+    train = None
+    if args.qat_beacons:
+        if args.data:
+            raise ValueError("--qat-beacons needs training data: use the Python API's train_data")
+        from tvm_mpq.zoo.fashion_mnist import calib_subset
+
+        train = calib_subset(args.train, seed=args.seed + 1)
     t0 = time.time()
-    res = tvm_mpq.tune(model, x_test[:1], args.target, calib_data=calib,
-                       eval_data=(x_test, y_test), train_data=train, workdir=args.out,
-                       config=config_from_args(args))
+    res = tvm_mpq.tune(ui.model, ui.example, args.target, calib_data=ui.calib,
+                       eval_data=ui.eval_data, eval_fn=ui.eval_fn, train_data=train,
+                       workdir=args.out, config=config_from_args(args))
     print()
-    print(f"model {args.model} (fp32 test accuracy {info.get('test_acc')}, full 10k test set); "
-          f"accuracies below on the first {args.eval} test images")
+    print(f"model {args.model} (fp32 test accuracy {ui.info.get('test_acc')}); accuracies "
+          f"below on {ui.source}")
     print(f"target {res.profile}, backend {res.backend}, {res.glue} glue, cost in "
           f"{res.cost_unit}; search wall time {time.time() - t0:.0f} s")
     print(res.message)

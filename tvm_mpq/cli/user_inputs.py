@@ -1,0 +1,109 @@
+"""``tvm-mpq tune`` on the user's own model and data.
+
+* ``--model package.module:factory`` (``factory()`` returns the ``nn.Module``; with
+  ``--weights state_dict.pt`` its state dict is loaded), or ``--model model.pt``: a whole
+  module saved with ``torch.save(model, path)`` (its class importable), or a bundled name.
+* ``--data data.npz`` with named arrays: ``calib`` (calibration inputs, samples along the
+  first axis; also fixes the input shape and the example input ``calib[:1]``), and
+  ``eval_x`` + ``eval_y`` (labels: top-1 accuracy) or ``eval_x`` + ``--metric
+  package.module:function`` (``function(forward, eval_x) -> float``, higher is better, a
+  fraction like accuracy; ``forward`` maps a batch to the model's output).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["UserInputs", "load_data", "load_model", "resolve"]
+
+
+@dataclass
+class UserInputs:
+    """What ``tune()`` gets from the command line."""
+
+    model: Any
+    info: dict[str, Any]
+    calib: Any
+    eval_data: Any
+    eval_fn: Any
+    example: Any
+    source: str
+
+
+def resolve(spec: str, what: str) -> Any:
+    """``package.module:name`` -> the object (ValueError naming the problem)."""
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise ValueError(f"{what} {spec!r}: expected package.module:name")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"{what} {spec!r}: cannot import {mod_name!r} ({e}); is it on "
+                         "PYTHONPATH?") from None
+    if not hasattr(mod, attr):
+        raise ValueError(f"{what} {spec!r}: {mod_name!r} has no {attr!r}")
+    return getattr(mod, attr)
+
+
+def load_model(spec: str, weights: str | None) -> tuple[Any, dict[str, Any]]:
+    """The model of ``--model`` / ``--weights`` and its info (see the module docstring)."""
+    import torch
+
+    if spec.endswith(".pt2"):
+        raise ValueError(f"--model {spec}: torch.export files are not supported yet (their "
+                         "modules load back as plain fx modules, without the Conv2d / Linear "
+                         "layers the plan names); give --model package.module:factory "
+                         "[--weights state_dict.pt] or a torch.save(model) file")
+    if ":" in spec:
+        model = resolve(spec, "--model")()
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"--model {spec}: the factory returned {type(model).__name__}, "
+                             "not an nn.Module")
+    elif os.path.exists(spec):
+        model = torch.load(spec, weights_only=False, map_location="cpu")
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"--model {spec}: holds a {type(model).__name__}, not an nn.Module "
+                             "(a state dict goes with --model package.module:factory --weights)")
+    else:
+        from tvm_mpq.zoo.models import load_pretrained
+
+        if weights:
+            raise ValueError("--weights goes with --model package.module:factory")
+        return load_pretrained(spec)
+    if weights:
+        sd = torch.load(weights, weights_only=True, map_location="cpu")
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise ValueError(f"--weights {weights} does not fit --model {spec}: "
+                             f"{str(e).splitlines()[0]}") from None
+    return model.eval(), {"model": spec, "weights": weights}
+
+
+def load_data(path: str, metric: str | None) -> tuple[Any, Any, Any]:
+    """``(calib, eval_data, eval_fn)`` of a ``--data`` file (see the module docstring)."""
+    import numpy as np
+    import torch
+
+    try:
+        arrays = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--data {path}: not a readable .npz file ({e})") from None
+    if "calib" not in arrays:
+        raise ValueError(f"--data {path}: no 'calib' array (has {sorted(arrays)})")
+    calib = torch.as_tensor(arrays["calib"]).float()
+    if "eval_x" not in arrays:
+        raise ValueError(f"--data {path}: no 'eval_x' array (has {sorted(arrays)})")
+    x = torch.as_tensor(arrays["eval_x"]).float()
+    if "eval_y" in arrays:
+        if metric:
+            raise ValueError("--metric replaces the labels: drop eval_y from the data or --metric")
+        return calib, (x, torch.as_tensor(arrays["eval_y"]).long()), None
+    if not metric:
+        raise ValueError(f"--data {path} has no 'eval_y' labels: give --metric "
+                         "package.module:function (function(forward, eval_x) -> float)")
+    fn = resolve(metric, "--metric")
+    return calib, None, lambda forward: float(fn(forward, x))
