@@ -395,6 +395,21 @@ def test_flash_constraint_prices_the_packed_weights():
     res = run_nsga(_problem(max_flash=budget), pop_size=24, n_gen=10)
     assert res.feasible and all(prob.evaluate_plan(m.plan)["flash"] <= budget for m in res.members)
     assert _problem().fingerprint() != _problem(max_flash=budget).fingerprint()
+    # with the variant as a gene, the narrowest layout fits a budget the fastest kernels miss
+    def swar_fastest(qs):
+        return np.asarray([(1.0 if q.variant == "swar" else 3.0) * q.workload.macs for q in qs])
+
+    sens = _synthetic_sens(table, BITS)
+    wide = MPQProblem(table, swar_fastest, sens, PROFILE, bits=BITS, max_flash=1e12)
+    genes = MPQProblem(table, swar_fastest, sens, PROFILE, bits=BITS, max_flash=1e12,
+                       search_variant=True)
+    narrow = genes.evaluate_plan(QuantPlan.uniform(table, 8, 8, variant="int8"))["flash"]
+    assert narrow * 3 < wide.evaluate_plan(QuantPlan.uniform(table, 8, 8))["flash"]  # swar w8a8
+    tight = MPQProblem(table, swar_fastest, sens, PROFILE, bits=BITS, max_flash=narrow * 1.01,
+                       search_variant=True)
+    res = run_nsga(tight, pop_size=24, n_gen=10)
+    assert res.feasible and all(tight.evaluate_plan(m.plan)["flash"] <= narrow * 1.01
+                                for m in res.members)
 
 
 def test_checkpoint_resume(tmp_path):

@@ -46,7 +46,10 @@ def build_problem(state: TuneState) -> Any:
                       state.profile.name, bits=list(s.bits), variants=list(s.variants),
                       metric="loss" if state.eval_y is not None else "kl",
                       max_latency=b.latency_budget, max_size=b.size_budget,
-                      max_flash=b.flash_budget, layers=state.table.quantizable_names())
+                      max_flash=b.flash_budget, layers=state.table.quantizable_names(),
+                      # with a flash budget the kernel is a gene too: the fastest one may store
+                      # its weights wider (swar w8a8: 4 bytes each, int8: 1)
+                      search_variant=b.flash_budget is not None)
 
 
 def _load_model(path: str) -> Any:
