@@ -130,6 +130,8 @@ def inputs_from_args(args: argparse.Namespace) -> Any:
     from tvm_mpq.cli.user_inputs import UserInputs, load_data, load_model
 
     model, info = load_model(args.model, args.weights)
+    if args.data and args.qat_beacons:
+        raise ValueError("--qat-beacons needs training data: use the Python API's train_data")
     if args.data:
         calib, eval_data, eval_fn = load_data(args.data, args.metric)
         return UserInputs(model, info, calib, eval_data, eval_fn, calib[:1],
@@ -159,8 +161,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     train = None
     if args.qat_beacons:
-        if args.data:
-            raise ValueError("--qat-beacons needs training data: use the Python API's train_data")
         from tvm_mpq.zoo.fashion_mnist import calib_subset
 
         train = calib_subset(args.train, seed=args.seed + 1)

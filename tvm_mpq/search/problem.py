@@ -186,17 +186,12 @@ class MPQProblem(Problem):
     def _build_flash_tables(self, rows: list[Any], sites: dict[str, list[Any]]) -> None:
         """``flash_table[l][option, variant]`` and ``fixed_flash``: packed weight bytes of
         each option's kernel (:func:`~tvm_mpq.schedules.registry.packed_weight_bytes`) + fp32
-        biases; fp32 layers store float weights."""
+        biases; fp32 layers store float weights (after :meth:`_build_size_tables`)."""
         from tvm_mpq.schedules.registry import packed_weight_bytes
         from tvm_mpq.targets import get_profile
 
         word_bits = get_profile(self.profile).word_bits
-        seen: set[str] = set()
-        self.fixed_flash = 0.0
-        for r in rows:
-            if r.name not in sites and r.name not in seen:
-                seen.add(r.name)
-                self.fixed_flash += layer_weight_bytes(r, FP32)
+        self.fixed_flash = self.fixed_size  # unsearched layers stay fp32: float weights
         self.flash_table = []
         for n in self.layer_names:
             r = sites[n][0]

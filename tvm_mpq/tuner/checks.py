@@ -36,6 +36,10 @@ def check_samples(name: str, x: Any, sample_shape: tuple[int, ...]) -> None:
                              "fix them")
 
 
+def _is_array(data: Any) -> bool:
+    return isinstance(data, torch.Tensor) or hasattr(data, "__array__")
+
+
 def _labelled(name: str, data: Any, sample_shape: tuple[int, ...]) -> None:
     if not isinstance(data, (tuple, list)) or len(data) < 2:
         return
@@ -61,7 +65,7 @@ def check_data(example_inputs: tuple[Any, ...], calib_data: Any, eval_data: Any 
     check_samples("example_inputs", x0, shape)
     if calib_data is None:
         raise ValueError("tune needs calib_data (inputs to calibrate the quantization ranges)")
-    if isinstance(calib_data, (torch.Tensor,)) or hasattr(calib_data, "__array__"):
+    if _is_array(calib_data):
         check_samples("calib_data", calib_data, shape)
     elif isinstance(calib_data, (list, tuple)) and not calib_data:
         raise ValueError("calib_data is empty: give at least one calibration batch")
@@ -72,12 +76,13 @@ def check_data(example_inputs: tuple[Any, ...], calib_data: Any, eval_data: Any 
 def leading_samples(data: Any, n: int) -> torch.Tensor:
     """The first ``n`` inputs of calibration-style data (a tensor / array, or an iterable of
     batches or of ``(x, y, ...)`` batches) as one float tensor."""
-    if isinstance(data, torch.Tensor) or hasattr(data, "__array__"):
+    from tvm_mpq.quant.observers import iter_batches
+
+    if _is_array(data):
         return torch.as_tensor(data)[:n].float()
     out, have = [], 0
-    for b in data:
-        t = torch.as_tensor(b[0] if isinstance(b, (tuple, list)) else b)
-        out.append(t[:n - have])
+    for b in iter_batches(data, n):
+        out.append(torch.as_tensor(b)[:n - have])
         have += len(out[-1])
         if have >= n:
             break
