@@ -169,7 +169,37 @@ def _bad_data_cases(x: torch.Tensor, y: torch.Tensor) -> list[tuple[dict, str]]:
         (dict(eval_data=(inf, y)), "eval_data images: 1 sample"),
         (dict(eval_data=(x, y[:5])), "eval_data has 8 images but 5 labels"),
         (dict(max_accuracy_drop=-0.5), "max_accuracy_drop=-0.5"),
+        (dict(calib_data=x.long()), "calib_data has dtype torch.int64: the model takes floating"),
+        (dict(calib_data=x.double()), "calib_data has dtype torch.float64, the example input"),
+        (dict(eval_data=(x, y.float())), "eval_data labels are torch.float32 of shape"),
+        (dict(pop_size=1), r"pop_size=1: expected an integer >= 2"),
+        (dict(generations=0), "generations=0: expected an integer >= 1"),
+        (dict(sensitivity_samples=0), "sensitivity_samples=0"),
+        (dict(final_eval_samples=0), r"final_eval_samples=0: expected an integer >= 1 \(or None\)"),
+        (dict(measure_budget=-3), "measure_budget=-3"),
+        (dict(qat_beacons=-1), "qat_beacons=-1"),
+        (dict(bits=[(3, 3)]), "invalid w_bits 3"),
+        (dict(variants=["simd"]), "unknown variant 'simd'"),
+        (dict(glue="fixed"), "glue='fixed'"),
     ]
+
+
+def test_model_failing_on_the_example_and_unwritable_workdir(tmp_path):
+    """A per-sample shape the model cannot take shows as the model's own error, up front; a
+    workdir that cannot be created is named."""
+    import tvm_mpq
+
+    x, y = torch.randn(8, 2, 12, 12), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"model fails on example_inputs of shape \(1, 2, 12, "
+                       r"12\) \(RuntimeError: "):
+        tvm_mpq.tune(SmallNet(), target="host", calib_data=x, eval_data=(x, y),
+                     backend="host", workdir=str(tmp_path / "w"), progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="cannot be created or written"):
+        tvm_mpq.tune(SmallNet(), target="host", calib_data=torch.randn(8, 1, 12, 12),
+                     eval_data=(x[:, :1], y), backend="host", workdir=str(blocker / "w"),
+                     progress=False)
 
 
 def test_bad_data_is_refused_before_any_stage(tmp_path):

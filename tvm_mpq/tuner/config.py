@@ -31,6 +31,18 @@ BASELINES: dict[str, tuple[int, int, str | None] | None] = {
 GLUES: tuple[str, ...] = ("integer", "float")
 
 
+def _check_count(section: object, name: str, least: int, optional: bool = False,
+                 keyword: str | None = None) -> None:
+    """``section.name`` is an int >= ``least`` (or None when ``optional``): ValueError naming
+    the setting otherwise (a 0 population or a negative budget would fail deep in a stage)."""
+    v = getattr(section, name)
+    if optional and v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < least:
+        raise ValueError(f"{keyword or name}={v!r}: expected an integer >= {least}"
+                         + (" (or None)" if optional else ""))
+
+
 @dataclass(frozen=True)
 class Budgets:
     """Constraints on the chosen plan.
@@ -89,6 +101,9 @@ class SearchSettings:
     def __post_init__(self) -> None:  # lists from callers and JSON become tuples
         object.__setattr__(self, "bits", tuple((int(w), int(a)) for w, a in self.bits))
         object.__setattr__(self, "variants", tuple(self.variants))
+        for name, least in (("pop_size", 2), ("generations", 1), ("active_rounds", 0),
+                            ("repair_plans", 0), ("seed", 0), ("sensitivity_samples", 1)):
+            _check_count(self, name, least)
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,9 @@ class MeasureSettings:
     def __post_init__(self) -> None:
         if self.glue not in GLUES:
             raise ValueError(f"glue={self.glue!r}: expected one of {GLUES}")
+        _check_count(self, "measure_budget", 1, optional=True)
+        _check_count(self, "prior_workloads", 0)
+        _check_count(self, "final_eval_samples", 1, optional=True)
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,10 @@ class QATSettings:
 
     beacons: int = 0
     steps: int = 300
+
+    def __post_init__(self) -> None:
+        _check_count(self, "beacons", 0, keyword="qat_beacons")
+        _check_count(self, "steps", 1, keyword="qat_steps")
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,15 @@ class TuneState:
                progress: bool = True) -> TuneState:
         """Check the inputs (ValueError naming what is missing) and open the workdir."""
         from tvm_mpq.quant.sensitivity import split_eval_data
-        from tvm_mpq.tuner.checks import check_data, first_sample
+        from tvm_mpq.tuner.checks import (
+            check_data,
+            check_model,
+            check_search_space,
+            check_workdir,
+            first_sample,
+        )
 
+        check_search_space(config.search.bits, config.search.variants)
         runner = create_runner(config.measure.backend)
         profile = runner.check_profile(target)
         if eval_data is None and eval_fn is None:
@@ -98,8 +105,9 @@ class TuneState:
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         check_data(tuple(example_inputs), calib_data, eval_data, train_data)
-        os.makedirs(workdir, exist_ok=True)
+        check_workdir(workdir)
         model = copy.deepcopy(model).eval()  # (the user's model keeps its mode)
+        check_model(model, tuple(example_inputs))
         state = cls(model, tuple(example_inputs), config, profile, runner, workdir,
                     calib_data, ex, ey, eval_fn, train_data, progress)
         state.db = open_db(workdir)
