@@ -507,6 +507,48 @@ def test_minimal_call_with_a_custom_metric(tmp_path):
     assert res.best.accuracy == pytest.approx(1 - res.best.drop, abs=1e-6)
 
 
+class _Regressor(torch.nn.Module):
+    """Not a classifier: one value per sample (e.g. a quality score)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3)
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_minimal_call_on_a_regression_model_with_a_loss(tmp_path):
+    """A regression model tuned by its mean squared error (metric_mode="min"): the
+    sensitivity is the relative squared error of the output (KL means nothing for one value
+    per sample), the budget is the loss's increase x100, and the scores are minus the loss."""
+    torch.manual_seed(0)
+    m = _Regressor().eval()
+    x = torch.randn(48, 1, 10, 10)
+    with torch.no_grad():
+        target = m(x) + 0.05 * torch.randn(48, 1)
+
+    def mse(forward) -> float:
+        with torch.no_grad():
+            return float((torch.as_tensor(forward(x)) - target).pow(2).mean())
+
+    res = tvm_mpq.tune(m, target="riscv", calib_data=x, eval_fn=mse, metric_mode="min",
+                       workdir=str(tmp_path), bits=[(8, 8), (4, 4)], variants=["int8"],
+                       pop_size=8, generations=3, active_rounds=0, max_accuracy_drop=0.5,
+                       progress=False)
+    sens = json.load(open(tmp_path / "sensitivity.json"))
+    assert sens["meta"]["label_free"] == "rel_mse"
+    assert all(e["rel_mse"] > 0 for layer in sens["entries"].values() for e in layer.values())
+    assert res.fp32_accuracy == pytest.approx(-mse(m), rel=1e-5)
+    assert res.best is not None and res.best.drop * 100 <= 0.5 + 1e-9
+    assert res.best.accuracy == pytest.approx(res.fp32_accuracy - res.best.drop, abs=1e-9)
+    assert "fp32 metric (eval_fn, lower is better" in open(tmp_path / "result" / "summary.md").read()
+    with pytest.raises(ValueError, match="metric_mode='min' is for an eval_fn"):
+        tvm_mpq.tune(m, target="riscv", calib_data=x, eval_data=(x, torch.zeros(48).long()),
+                     metric_mode="min", workdir=str(tmp_path / "b"), progress=False)
+
+
 USER_MODULE = '''
 import torch.nn as nn
 

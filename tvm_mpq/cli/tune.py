@@ -52,7 +52,9 @@ def add_parser(sub: Any) -> None:
                         "of --dataset; the input shape comes from calib")
     p.add_argument("--metric", default=None,
                    help="package.module:function, function(forward, eval_x) -> float (higher "
-                        "is better) for --data without eval_y")
+                        "is better unless --metric-mode min) for --data without eval_y")
+    p.add_argument("--metric-mode", default="max", choices=("max", "min"),
+                   help="min: --metric returns an error or a loss (lower is better)")
     p.add_argument("--target", default="riscv64-zbb",
                    help="riscv64-zbb (rv64gc_zbb), riscv64 (rv64gc), riscv64-v, riscv32, host, "
                         "or a profile name")
@@ -61,7 +63,8 @@ def add_parser(sub: Any) -> None:
                    help="work/result directory (re-running resumes)")
     p.add_argument("--bits", type=_bits_list, default=[(8, 8), (4, 8), (4, 4), (2, 4), (2, 2)],
                    help="candidate per-layer bits, e.g. w8a8,w4a4,w2a2 (fp32 always allowed)")
-    p.add_argument("--max-accuracy-drop", type=float, default=1.0, help="in accuracy points")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                   help="in accuracy points (hundredths of --metric's value)")
     p.add_argument("--latency-budget", type=float, default=None)
     p.add_argument("--size-budget", type=float, default=None, help="weight bytes")
     p.add_argument("--ram-budget", type=float, default=None,
@@ -122,7 +125,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         pop_size=args.pop_size, generations=args.generations, active_rounds=args.active_rounds,
         sensitivity_samples=args.sens_samples, final_measure=not args.no_final,
         qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, repair_plans=args.repair_plans,
-        prior_workloads=args.prior_workloads, seed=args.seed, glue=args.glue)
+        prior_workloads=args.prior_workloads, seed=args.seed, glue=args.glue,
+        metric_mode=args.metric_mode)
 
 
 def inputs_from_args(args: argparse.Namespace) -> Any:
@@ -138,6 +142,9 @@ def inputs_from_args(args: argparse.Namespace) -> Any:
                           f"{args.data} ({'its labels' if eval_data else args.metric})")
     if args.metric:
         raise ValueError("--metric goes with --data (the bundled dataset has labels)")
+    if args.metric_mode != "max":
+        raise ValueError("--metric-mode min goes with --data and --metric (top-1 accuracy is "
+                         "maximised)")
     from tvm_mpq.zoo.fashion_mnist import calib_subset, load_fashion_mnist
 
     calib, _ = calib_subset(args.calib, seed=args.seed)

@@ -7,7 +7,13 @@ same inputs:
 
 * ``loss_delta``: cross-entropy increase (needs labels),
 * ``acc_drop``: top-1 accuracy drop, a fraction (needs labels),
-* ``kl``: mean KL(fp32 softmax || quantized softmax) (needs no labels).
+* ``kl``: mean KL(fp32 softmax || quantized softmax) (needs no labels),
+* ``rel_mse``: output distortion relative to fp32, ``||q - ref||^2 / ||ref||^2`` over all
+  outputs (needs no labels; the proxy for outputs that are not class logits).
+
+Without labels the search uses ``kl`` when the model's output looks like class logits
+(``(batch, classes)`` with at least two classes) and ``rel_mse`` otherwise (regression,
+dense maps, embeddings); :meth:`SensitivityTable.default_metric` says which.
 
 Calibration runs once per bits pair: activation ranges are observed on the
 float model, where every layer's input is the same whether one layer or all
@@ -48,8 +54,8 @@ from tvm_mpq.quant.plan import QuantPlan
 
 __all__ = ["METRICS", "SensitivityTable", "layer_sensitivity", "split_eval_data"]
 
-METRICS = ("loss", "acc", "kl")
-_FIELD = {"loss": "loss_delta", "acc": "acc_drop", "kl": "kl"}
+METRICS = ("loss", "acc", "kl", "rel_mse")
+_FIELD = {"loss": "loss_delta", "acc": "acc_drop", "kl": "kl", "rel_mse": "rel_mse"}
 
 
 def _bits_key(w: int, a: int) -> str:
@@ -79,8 +85,9 @@ class SensitivityTable:
         return self.base.get("acc") is not None
 
     def default_metric(self) -> str:
-        """"loss" when labels were given (smoother than accuracy on a small subset), else "kl"."""
-        return "loss" if self.has_labels() else "kl"
+        """"loss" when labels were given (smoother than accuracy on a small subset), else the
+        label-free proxy of the model's output: "kl" for class logits, "rel_mse" otherwise."""
+        return "loss" if self.has_labels() else str(self.meta.get("label_free", "kl"))
 
     def value(self, layer: str, w_bits: int, a_bits: int, metric: str | None = None) -> float:
         """Sensitivity of one layer at one bits pair (0 for fp32).
@@ -102,7 +109,8 @@ class SensitivityTable:
                            f"{', '.join(_bits_key(*b) for b in self.bits)}")
         v = e[_FIELD[metric]]
         if v is None:
-            raise ValueError(f"metric {metric!r} needs labels; this table has only 'kl'")
+            raise ValueError(f"metric {metric!r} needs labels; this table has only the "
+                             "label-free 'kl' and 'rel_mse'")
         return float(v)
 
     def plan_drop(self, plan: QuantPlan, metric: str | None = None, clip: bool = True) -> float:
@@ -167,21 +175,26 @@ def split_eval_data(eval_data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return x, y
 
 
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _outputs(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, bool]:
+    """The model's outputs on ``x``, flattened per sample, and whether they look like class
+    logits (``(batch, classes)``, at least two classes)."""
     with torch.no_grad():
-        return torch.cat([model(b).float().reshape(len(b), -1) for b in x.split(batch_size)])
+        outs = [model(b).float() for b in x.split(batch_size)]
+    logits_like = outs[0].ndim == 2 and outs[0].shape[1] >= 2
+    return torch.cat([o.reshape(len(o), -1) for o in outs]), logits_like
 
 
-def _scores(logits: torch.Tensor, ref_logp: torch.Tensor, y: torch.Tensor | None
-            ) -> tuple[float | None, float | None, float]:
-    logp = F.log_softmax(logits, dim=1)
+def _scores(out: torch.Tensor, ref: torch.Tensor, ref_logp: torch.Tensor,
+            y: torch.Tensor | None) -> dict[str, float | None]:
+    logp = F.log_softmax(out, dim=1)
     # KL >= 0; float rounding can make a near-zero value slightly negative
     kl = max(float((ref_logp.exp() * (ref_logp - logp)).sum(dim=1).mean()), 0.0)
+    rel = float((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
     if y is None:
-        return None, None, kl
+        return {"loss": None, "acc": None, "kl": kl, "rel_mse": rel}
     loss = float(F.nll_loss(logp, y))
-    acc = float((logits.argmax(dim=1) == y).float().mean())
-    return loss, acc, kl
+    acc = float((out.argmax(dim=1) == y).float().mean())
+    return {"loss": loss, "acc": acc, "kl": kl, "rel_mse": rel}
 
 
 def layer_sensitivity(
@@ -200,7 +213,8 @@ def layer_sensitivity(
     Args:
         model: the float model (not modified).
         calib_data: calibration inputs, as :func:`~tvm_mpq.quant.calibration.calibrate` takes them.
-        eval_data: ``(images, labels)`` or images alone (then only "kl" is recorded);
+        eval_data: ``(images, labels)`` or images alone (then only "kl" and "rel_mse" are
+            recorded);
             keep it small: the cost is ``len(layers) * len(bits)`` forward passes over it
             plus one calibration per bits pair (MobileNetV2 on Fashion-MNIST, 53 layers x
             3 pairs x 256 images: ~13 min on 2 busy CPU cores).
@@ -227,9 +241,13 @@ def layer_sensitivity(
     x, y = split_eval_data(eval_data)
     if y is not None and len(y) != len(x):
         raise ValueError(f"{len(x)} eval images but {len(y)} labels")
-    ref = _logits(folded, x, batch_size)
+    ref, logits_like = _outputs(folded, x, batch_size)
+    if y is not None and not logits_like:
+        raise ValueError(f"labels need class logits of shape (batch, classes); the model's "
+                         f"output has {ref.shape[1]} value(s) per sample: give eval_fn and no "
+                         "labels (label-free sensitivity)")
     ref_logp = F.log_softmax(ref, dim=1)
-    base_loss, base_acc, _ = _scores(ref, ref_logp, y)
+    base = _scores(ref, ref, ref_logp, y)
     entries: dict[str, dict[str, dict[str, float | None]]] = {n: {} for n in names}
     bar = tqdm(total=len(names) * len(bits), disable=not progress, desc="sensitivity",
                unit="layer")
@@ -243,20 +261,21 @@ def layer_sensitivity(
                      else QuantLinear(orig, qp[n]))
                 set_submodule(folded, n, q)
                 try:
-                    loss, acc, kl = _scores(_logits(folded, x, batch_size), ref_logp, y)
+                    sc = _scores(_outputs(folded, x, batch_size)[0], ref, ref_logp, y)
                 finally:
                     set_submodule(folded, n, orig)
                 entries[n][_bits_key(w, a)] = {
-                    "loss_delta": None if loss is None else loss - base_loss,
-                    "acc_drop": None if acc is None else base_acc - acc,
-                    "kl": kl,
+                    "loss_delta": None if y is None else sc["loss"] - base["loss"],
+                    "acc_drop": None if y is None else base["acc"] - sc["acc"],
+                    "kl": sc["kl"], "rel_mse": sc["rel_mse"],
                 }
                 bar.update()
     finally:
         bar.close()
     meta = {"n_eval": int(len(x)), "calib_kwargs": {k: _jsonable(v) for k, v in calib_kwargs.items()},
-            "order": "given" if layers is not None else "definition"}
-    return SensitivityTable(names, bits, entries, {"loss": base_loss, "acc": base_acc}, meta)
+            "order": "given" if layers is not None else "definition",
+            "label_free": "kl" if logits_like else "rel_mse"}
+    return SensitivityTable(names, bits, entries, {"loss": base["loss"], "acc": base["acc"]}, meta)
 
 
 def _cfg(w: int, a: int) -> Any:

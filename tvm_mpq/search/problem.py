@@ -70,7 +70,7 @@ class MPQProblem(Problem):
         variants: candidate quantized kernel variants.
         allow_fp32: whether a layer may stay fp32.
         search_variant: make the variant a gene (default: fastest predicted variant).
-        metric: sensitivity metric ("loss", "acc", "kl"; default: the table's).
+        metric: sensitivity metric ("loss", "acc", "kl", "rel_mse"; default: the table's).
         objectives: which of :data:`OBJECTIVES` to minimise.
         max_latency, max_drop, max_size, max_flash: optional budgets (constraints).
         layers: layers to search (default: ``layer_table.quantizable_names()``);

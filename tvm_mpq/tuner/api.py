@@ -53,12 +53,16 @@ def tune(
         eval_data: ``(images, labels)`` held-out data: the first ``sensitivity_samples``
             are used for per-layer sensitivity, all of it (or ``final_eval_samples``) for
             the real accuracy of front members and baselines.
-        eval_fn: ``eval_fn(forward) -> score`` (higher is better; a fraction like accuracy:
-            ``max_accuracy_drop`` is in hundredths of it), called with a callable that maps
-            a batch of inputs to the model's output; default: top-1 accuracy on
-            ``eval_data``. Without labelled ``eval_data`` the per-layer sensitivity is
-            label-free: the KL divergence of each quantized layer's softmaxed output from
-            the fp32 model's, on the first ``sensitivity_samples`` calibration inputs.
+        eval_fn: ``eval_fn(forward) -> float``, called with a callable that maps a batch of
+            inputs to the model's output; higher is better (e.g. accuracy, mAP as a fraction;
+            ``max_accuracy_drop`` is in hundredths of it), or lower is better with
+            ``metric_mode="min"`` (an error or a loss; ``max_accuracy_drop`` is then the
+            allowed increase x100). Default: top-1 accuracy on ``eval_data``. Without
+            labelled ``eval_data`` the per-layer sensitivity is label-free, on the first
+            ``sensitivity_samples`` calibration inputs: the KL divergence of each quantized
+            layer's softmaxed output from the fp32 model's when the output is class logits
+            (``(batch, classes)``), else the relative squared error of the output
+            (``SensitivityTable.default_metric()`` says which ran).
         train_data: ``(images, labels)`` training tensors, needed for ``qat_beacons``.
         workdir: where every stage checkpoints; re-running resumes.
         progress: print stage progress.
@@ -67,7 +71,8 @@ def tune(
         **settings: the config's fields as keywords (defaults in brackets):
 
             * ``max_accuracy_drop`` [1.0]: budget in accuracy POINTS (1.0 = one percentage
-              point) vs fp32; ``latency_budget`` [None]: cost budget (the runner's unit:
+              point) vs fp32; ``metric_mode`` ["max"]: "min" for an ``eval_fn`` that returns an
+              error or a loss; ``latency_budget`` [None]: cost budget (the runner's unit:
               instructions for simulators, seconds for "host"); ``size_budget`` [None]:
               weight bytes.
             * ``bits`` [w8a8, w4a8, w4a4, w2a4, w2a2]: candidate (w_bits, a_bits) per layer

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
-__all__ = ["BASELINES", "DEFAULT_BITS", "DEFAULT_VARIANTS", "GLUES", "Budgets", "MeasureSettings",
+__all__ = ["BASELINES", "DEFAULT_BITS", "DEFAULT_VARIANTS", "GLUES", "METRIC_MODES", "Budgets", "MeasureSettings",
            "QATSettings", "SearchSettings", "TuneConfig", "resolve_config"]
 
 DEFAULT_BITS: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4), (2, 4), (2, 2))
@@ -29,6 +29,8 @@ BASELINES: dict[str, tuple[int, int, str | None] | None] = {
 #: what ``tvm_mpq.compile(..., glue=)`` computes between layers (the compiler's
 #: ``tvm_mpq.compiler.emit.GLUES``, repeated so the config needs no TVM import)
 GLUES: tuple[str, ...] = ("integer", "float")
+#: ``metric_mode``: is the evaluation metric maximised (accuracy) or minimised (error, loss)
+METRIC_MODES: tuple[str, ...] = ("max", "min")
 
 
 def _check_count(section: object, name: str, least: int, optional: bool = False,
@@ -48,7 +50,12 @@ class Budgets:
     """Constraints on the chosen plan.
 
     Attributes:
-        max_accuracy_drop: accuracy POINTS (1.0 = one percentage point) below fp32.
+        max_accuracy_drop: accuracy POINTS (1.0 = one percentage point) below fp32; for an
+            ``eval_fn`` metric, hundredths of the metric (a fraction like accuracy or mAP:
+            percentage points; with ``metric_mode="min"``, an increase of the error / loss by
+            ``max_accuracy_drop / 100``).
+        metric_mode: ``"max"`` (higher is better: accuracy) or ``"min"`` (``eval_fn``
+            returns an error or a loss: lower is better).
         latency_budget: cost budget (the runner's unit: instructions or seconds).
         size_budget: weight bytes.
         ram_budget: RAM bytes of the chosen plan's standalone artifact (data + bss + arena
@@ -62,8 +69,12 @@ class Budgets:
     size_budget: float | None = None
     ram_budget: float | None = None
     flash_budget: float | None = None
+    metric_mode: str = "max"
 
     def __post_init__(self) -> None:
+        if self.metric_mode not in METRIC_MODES:
+            raise ValueError(f"metric_mode={self.metric_mode!r}: expected 'max' (higher is "
+                             "better, e.g. accuracy) or 'min' (an error or a loss)")
         d = self.max_accuracy_drop
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not d >= 0:
             raise ValueError(f"max_accuracy_drop={d!r}: expected accuracy points >= 0 (1.0 = "

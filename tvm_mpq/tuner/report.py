@@ -37,6 +37,14 @@ def _fmt(v: Any, pct: bool = False, digits: int = 4) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}g}"
 
 
+def _metric(res: Any, v: float | None) -> str:
+    """A score as the user's metric: a percentage, or with ``metric_mode="min"`` the error /
+    loss itself (the score is its negation)."""
+    if v is not None and res.settings.get("metric_mode") == "min":
+        return f"{-v:.4g}"
+    return _fmt(v, pct=True)
+
+
 def summary_table(res: Any) -> str:
     """Markdown table: baselines, the chosen plan, and the front."""
     int8 = res.baselines.get("int8")
@@ -49,7 +57,7 @@ def summary_table(res: Any) -> str:
         drop = f"{100 * p.drop:.2f}" if p.drop is not None else "-"
         lines.append("| " + " | ".join([
             p.label, _bits_summary(p.plan), _fmt(p.measured_cost), ratio, _fmt(p.model_cost),
-            _fmt(p.accuracy, pct=True), _fmt(p.compiled_accuracy, pct=True), drop,
+            _metric(res, p.accuracy), _metric(res, p.compiled_accuracy), drop,
             f"{p.size_bytes / 1024:.1f}", _kib(p.ram_bytes), _kib(p.flash_bytes)]) + " |")
     return "\n".join(lines)
 
@@ -88,7 +96,9 @@ def write_report(res: Any, directory: str) -> str:
         f"(cost = {res.cost_unit} of one inference), **{res.glue}** glue "
         f"({_GLUE_TEXT.get(res.glue, res.glue)}).", "",
         f"{res.message}", "",
-        f"fp32 accuracy: {_fmt(res.fp32_accuracy, pct=True)}", "",
+        (f"fp32 metric (eval_fn, lower is better; drop = its increase x100): "
+         f"{_metric(res, res.fp32_accuracy)}" if res.settings.get("metric_mode") == "min"
+         else f"fp32 accuracy: {_fmt(res.fp32_accuracy, pct=True)}"), "",
         summary_table(res), "",
         "measured cost = sum of measured per-layer kernel costs + each layer's measured "
         "passes for this glue; whole model = the standalone "

@@ -34,7 +34,9 @@ class PlanPoint:
         accuracy: accuracy on the held-out evaluation data (the glue's torch reference:
             ``fake_quant(..., integer_only=True)`` for the integer glue).
         compiled_accuracy: accuracy through the TVM-compiled model, if evaluated.
-        drop: fp32 accuracy minus ``accuracy`` (fraction).
+        drop: fp32 accuracy minus ``accuracy`` (fraction). With ``metric_mode="min"`` the
+            accuracies are scores, minus ``eval_fn``'s value (higher is better), and the drop
+            is the metric's increase.
         proxy_drop: sensitivity proxy of the drop.
         size_bytes: weight bytes.
         ram_bytes, flash_bytes: the standalone artifact's exact RAM (data + bss + arena +

@@ -89,6 +89,9 @@ class TuneState:
         profile = runner.check_profile(target)
         if eval_data is None and eval_fn is None:
             raise ValueError("tune needs eval_data=(images, labels) or eval_fn to measure accuracy")
+        if config.budgets.metric_mode == "min" and eval_fn is None:
+            raise ValueError("metric_mode='min' is for an eval_fn that returns an error or a "
+                             "loss; top-1 accuracy of eval_data is maximised")
         b = config.budgets
         if (b.ram_budget is not None or b.flash_budget is not None) and not runner.bare_metal:
             raise ValueError(
@@ -175,11 +178,15 @@ class TuneState:
 
     def accuracy_of(self, forward: Callable[[Any], Any], n: int | None = None) -> float:
         """Accuracy of ``forward`` on the held-out data (its first ``n`` images), or
-        ``eval_fn(forward)``."""
+        ``eval_fn(forward)``: a score, higher is better (``-eval_fn(forward)`` with
+        ``metric_mode="min"``)."""
         from tvm_mpq.zoo.fashion_mnist import evaluate
 
         if self.eval_fn is not None:
-            return float(self.eval_fn(forward))
+            v = float(self.eval_fn(forward))
+            if v != v:  # NaN: every comparison with it would pass silently
+                raise ValueError("eval_fn returned NaN: it must return a number")
+            return -v if self.config.budgets.metric_mode == "min" else v
         x, y = (self.eval_x, self.eval_y) if n is None else (self.eval_x[:n], self.eval_y[:n])
         if self.glue == "integer":  # the integer-only reference exports its graph once per
             # input shape: one batch shape (the last batch padded) saves an export per plan

@@ -44,7 +44,7 @@ def build_problem(state: TuneState) -> Any:
     s, b = state.config.search, state.config.budgets
     return MPQProblem(state.table, MeasuredFirst(state.cm, state.measured, state.overhead), state.sens,
                       state.profile.name, bits=list(s.bits), variants=list(s.variants),
-                      metric="loss" if state.eval_y is not None else "kl",
+                      metric=state.sens.default_metric(),
                       max_latency=b.latency_budget, max_size=b.size_budget,
                       max_flash=b.flash_budget, layers=state.table.quantizable_names(),
                       # with a flash budget the kernel is a gene too: the fastest one may store
