@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
-__all__ = ["BASELINES", "DEFAULT_BITS", "DEFAULT_VARIANTS", "GLUES", "METRIC_MODES", "Budgets", "MeasureSettings",
-           "QATSettings", "SearchSettings", "TuneConfig", "resolve_config"]
+__all__ = ["BASELINES", "DEFAULT_BITS", "DEFAULT_VARIANTS", "GLUES", "METRIC_MODES", "Budgets",
+           "MeasureSettings", "QATSettings", "SearchSettings", "TuneConfig", "resolve_config"]
 
 DEFAULT_BITS: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4), (2, 4), (2, 2))
 DEFAULT_VARIANTS: tuple[str, ...] = ("int8", "bitserial", "unpack", "swar")
