@@ -609,3 +609,15 @@ def test_cli_tunes_a_user_model_on_user_data(tmp_path, monkeypatch, capsys):
     res = tvm_mpq.load_result(str(wd))
     assert res.best is not None and res.fp32_accuracy == pytest.approx(1.0, abs=1e-6)
     assert tvm_mpq.load_result(str(wd)).settings["bits"] == [[8, 8], [4, 4]]
+    # the same model as a torch.export file (no Python class needed), labelled data; the
+    # kernels measured above are reused from the workdir's database
+    ep = torch.export.export(usermodel_t.make_ref(), (torch.as_tensor(x[:2]),),
+                             dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, tmp_path / "user.pt2")
+    assert main(["tune", "--model", str(tmp_path / "user.pt2"), "--data",
+                 str(tmp_path / "labelled.npz"), "--bits", "w8a8,w4a4", "--pop-size", "8",
+                 "--generations", "3", "--active-rounds", "0", "--repair-plans", "0",
+                 "--max-accuracy-drop", "5", "--no-final", "--out", str(wd)]) == 0
+    res2 = tvm_mpq.load_result(str(wd))
+    assert res2.best is not None and set(res2.best.plan.layers()) == set(res.best.plan.layers())
+    assert "user.pt2" in capsys.readouterr().out

@@ -237,8 +237,8 @@ def test_cli_hides_third_party_warnings(monkeypatch):
 
 
 def test_cli_model_sources(tmp_path):
-    """--model: a torch.save(model) file loads as it was saved; a .pt2 file, a state dict
-    given as --model and --weights with a bundled name are refused with the fix."""
+    """--model: a torch.save(model) file loads as it was saved; a state dict given as --model,
+    --weights with a bundled name or a .pt2 file, and a missing .pt2 are refused with the fix."""
     from tvm_mpq.cli.user_inputs import load_model
 
     m = SmallNet().eval()
@@ -247,7 +247,10 @@ def test_cli_model_sources(tmp_path):
     x = torch.randn(1, 1, 12, 12)
     assert torch.equal(got(x), m(x)) and info["model"].endswith("whole.pt")
     torch.save(m.state_dict(), tmp_path / "sd.pt")
-    for spec, weights, msg in ((str(tmp_path / "m.pt2"), None, "torch.export files are not supported"),
+    (tmp_path / "junk.pt2").write_text("not a zip")
+    for spec, weights, msg in ((str(tmp_path / "m.pt2"), None, "m.pt2: no such file"),
+                               (str(tmp_path / "m.pt2"), str(tmp_path / "sd.pt"), "holds its weights"),
+                               (str(tmp_path / "junk.pt2"), None, "not a torch.export file"),
                                (str(tmp_path / "sd.pt"), None, "not an nn.Module"),
                                ("mobilenet_v2", str(tmp_path / "sd.pt"), "--weights goes with"),
                                ("nomodule_xyz:make", None, "cannot import 'nomodule_xyz'")):

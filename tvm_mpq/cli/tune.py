@@ -44,7 +44,8 @@ def add_parser(sub: Any) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mobilenet_v2",
                    help="a bundled trained model (tvm_mpq.zoo.models.load_pretrained), "
-                        "package.module:factory (with --weights), or a torch.save(model) file")
+                        "package.module:factory (with --weights), a torch.export.save file "
+                        "(.pt2), or a torch.save(model) file")
     p.add_argument("--weights", default=None, help="state dict for --model package.module:factory")
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     p.add_argument("--data", default=None,

@@ -1,8 +1,10 @@
 """``tvm-mpq tune`` on the user's own model and data.
 
 * ``--model package.module:factory`` (``factory()`` returns the ``nn.Module``; with
-  ``--weights state_dict.pt`` its state dict is loaded), or ``--model model.pt``: a whole
-  module saved with ``torch.save(model, path)`` (its class importable), or a bundled name.
+  ``--weights state_dict.pt`` its state dict is loaded), ``--model model.pt2``: a
+  ``torch.export.save`` file (:func:`tvm_mpq.frontend.exported.load_exported`; no Python
+  class needed), ``--model model.pt``: a whole module saved with ``torch.save(model, path)``
+  (its class importable), or a bundled name.
 * ``--data data.npz`` with named arrays: ``calib`` (calibration inputs, samples along the
   first axis; also fixes the input shape and the example input ``calib[:1]``), and
   ``eval_x`` + ``eval_y`` (labels: top-1 accuracy) or ``eval_x`` + ``--metric
@@ -53,10 +55,14 @@ def load_model(spec: str, weights: str | None) -> tuple[Any, dict[str, Any]]:
     import torch
 
     if spec.endswith(".pt2"):
-        raise ValueError(f"--model {spec}: torch.export files are not supported yet (their "
-                         "modules load back as plain fx modules, without the Conv2d / Linear "
-                         "layers the plan names); give --model package.module:factory "
-                         "[--weights state_dict.pt] or a torch.save(model) file")
+        from tvm_mpq.frontend.exported import load_exported
+
+        if weights:
+            raise ValueError("--weights goes with --model package.module:factory (a .pt2 "
+                             "file holds its weights)")
+        if not os.path.exists(spec):
+            raise ValueError(f"--model {spec}: no such file")
+        return load_exported(spec), {"model": spec, "weights": None}
     if ":" in spec:
         model = resolve(spec, "--model")()
         if not isinstance(model, torch.nn.Module):

@@ -28,7 +28,7 @@ __all__ = ["tune"]
 
 
 def tune(
-    model: torch.nn.Module,
+    model: torch.nn.Module | torch.export.ExportedProgram,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     target: str | Profile = "riscv",
     *,
@@ -44,7 +44,9 @@ def tune(
     """Search per-layer bit-widths that minimise measured cost on ``target``.
 
     Args:
-        model: trained float torch model.
+        model: trained float torch model, or a ``torch.export.ExportedProgram`` (its
+            conv / linear layers keep the exported model's names, see
+            :func:`tvm_mpq.frontend.exported.module_from_exported`).
         example_inputs: example input (fixes static shapes, batch included); default: the
             first calibration sample (``calib_data[:1]``).
         target: "riscv" (rv64gc_zbb), "riscv64-zbb", "riscv64" (rv64gc, no Zbb),

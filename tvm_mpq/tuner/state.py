@@ -109,6 +109,13 @@ class TuneState:
             example_inputs = (example_inputs,)
         check_data(tuple(example_inputs), calib_data, eval_data, train_data)
         check_workdir(workdir)
+        if isinstance(model, torch.export.ExportedProgram):
+            from tvm_mpq.frontend.exported import module_from_exported
+
+            model = module_from_exported(model)
+        elif not isinstance(model, torch.nn.Module):
+            raise ValueError(f"model is a {type(model).__name__}: give an nn.Module or a "
+                             "torch.export.ExportedProgram")
         model = copy.deepcopy(model).eval()  # (the user's model keeps its mode)
         check_model(model, tuple(example_inputs))
         state = cls(model, tuple(example_inputs), config, profile, runner, workdir,
