@@ -435,6 +435,26 @@ def _fingerprints(cfg, model, x):
     return state.fingerprints
 
 
+def test_example_batch_is_cut_to_one_sample(tmp_path):
+    """Costs are per inference of one sample: an example batch of 4 gives the state (and so
+    the imported shapes, the measured kernels and every fingerprint) of its first sample."""
+    from tvm_mpq.tuner.stages import default_stages
+    from tvm_mpq.tuner.state import TuneState
+
+    torch.manual_seed(0)
+    m, x = SmallNet().eval(), torch.randn(8, 1, 12, 12)
+    y = torch.zeros(8, dtype=torch.long)
+    prints = []
+    for ex in (x[:4], x[:1]):
+        st = TuneState.create(m, ex, "riscv", tvm_mpq.TuneConfig(), calib_data=x,
+                              eval_data=(x, y), workdir=str(tmp_path), progress=False)
+        assert st.example_inputs[0].shape == (1, 1, 12, 12)
+        for stage in default_stages():
+            st.fingerprints[stage.name] = stage.fingerprint(st)
+        prints.append(st.fingerprints)
+    assert prints[0] == prints[1]
+
+
 def test_glue_is_in_the_fingerprints():
     """A workdir tuned with the other glue (or before the setting existed) re-prices,
     re-evaluates and re-compiles: every stage from the measurement on; the import and the

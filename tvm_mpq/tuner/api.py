@@ -47,8 +47,9 @@ def tune(
         model: trained float torch model, or a ``torch.export.ExportedProgram`` (its
             conv / linear layers keep the exported model's names, see
             :func:`tvm_mpq.frontend.exported.module_from_exported`).
-        example_inputs: example input (fixes static shapes, batch included); default: the
-            first calibration sample (``calib_data[:1]``).
+        example_inputs: example input (fixes the static shapes); default: the first
+            calibration sample (``calib_data[:1]``). Every cost is per inference of one
+            sample: a batch larger than one is cut to its first sample.
         target: "riscv" (rv64gc_zbb), "riscv64-zbb", "riscv64" (rv64gc, no Zbb),
             "riscv64-v", "riscv32", "host", or a profile name.
         calib_data: calibration inputs (tensor or iterable of batches).

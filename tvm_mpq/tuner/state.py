@@ -108,6 +108,10 @@ class TuneState:
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         check_data(tuple(example_inputs), calib_data, eval_data, train_data)
+        # every cost is of one inference of one sample: the kernels are measured on the
+        # imported shapes and the whole model runs one sample, so a larger example batch is
+        # cut to its first sample (its costs would otherwise mix per-batch and per-sample)
+        example_inputs = tuple(torch.as_tensor(t)[:1] for t in example_inputs)
         check_workdir(workdir)
         if isinstance(model, torch.export.ExportedProgram):
             from tvm_mpq.frontend.exported import module_from_exported
