@@ -40,4 +40,11 @@ fi
 # torch first, pinned: 2.13.0 is the CPU build on this disk; anything else may pull CUDA.
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[dev]"
+# Optional, for the tests and the benchmark on torchvision's architectures: its wheel is a
+# CUDA build, so it goes without dependencies into a folder off the default path
+# (tvm_mpq.zoo.torchvision_zoo explains and imports it); the tests skip when it is absent.
+if [ ! -d .venv/optional/torchvision ]; then
+  .venv/bin/python -m pip install -q --no-deps --target .venv/optional torchvision==0.28.0 \
+    || echo "[setup] torchvision not installed: its architecture tests will be skipped"
+fi
 echo "[setup] done: activate with  . .venv/bin/activate"
