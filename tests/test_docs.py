@@ -14,12 +14,12 @@ def python_blocks(text: str) -> list[str]:
 
 def test_python_blocks_are_found():
     blocks = python_blocks(DOC.read_text())
-    assert len(blocks) == 4 and "tvm_mpq.tune(" in blocks[2]
+    assert len(blocks) == 5 and "tvm_mpq.tune(" in blocks[2]
 
 
 def test_own_model_tutorial_runs(tmp_path):
     env = {"WORKDIR": str(tmp_path / "tune"), "ARTIFACT_DIR": str(tmp_path / "artifact"),
-           "__name__": "own_model_doc"}
+           "PT2_FILE": str(tmp_path / "net.pt2"), "__name__": "own_model_doc"}
     for i, block in enumerate(python_blocks(DOC.read_text())):
         exec(compile(block, f"{DOC.name} block {i + 1}", "exec"), env)  # noqa: S102
     assert env["result"].best is not None and env["run"].instructions > 0
