@@ -97,7 +97,7 @@ def quantizable_modules(model: nn.Module) -> list[str]:
     return names
 
 
-def _module_of(node: Any) -> tuple[str, str]:
+def module_of(node: Any) -> tuple[str, str]:
     """(module name, module type string) of the innermost module of an fx node."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
@@ -123,7 +123,7 @@ def _tuple(v: Any, n: int) -> tuple[int, ...]:
 def _conv_info(node: Any, index: int, modules: dict[str, nn.Module]) -> LayerInfo:
     a = list(node.args) + [None] * (9 - len(node.args))
     x, w, b, stride, padding, dilation, transposed, _out_pad, groups = a[:9]
-    name, typ = _module_of(node)
+    name, typ = module_of(node)
     xs, ws, ys = _shape(x), _shape(w), _shape(node)
     nd = len(xs) - 2
     stride, padding = _tuple(stride or 1, nd), _tuple(padding or 0, nd)
@@ -150,7 +150,7 @@ def _conv_info(node: Any, index: int, modules: dict[str, nn.Module]) -> LayerInf
 
 def _linear_info(node: Any, index: int, modules: dict[str, nn.Module]) -> LayerInfo | None:
     op = node.target.__name__
-    name, _ = _module_of(node)
+    name, _ = module_of(node)
     m = modules.get(name)
     if not isinstance(m, nn.Linear):
         return None  # a plain matmul, not a layer
@@ -187,6 +187,20 @@ def layer_call_sites(ep: Any, model: nn.Module) -> dict[str, str]:
         if info is not None and info.quantizable:
             out[node.name] = info.name
     return out
+
+
+def positive_select_indices(ep: Any) -> int:
+    """Rewrite ``aten.select.int`` calls with a negative index (``x[:, -1]``) to the positive
+    index, in place; returns how many. TVM 0.27's converter reads a negative index as out of
+    bounds and returns garbage (found through an LSTM's ``out[:, -1]``: 3.7e26 off torch)."""
+    n = 0
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.select.int:
+            x, dim, index = node.args[:3]
+            if isinstance(index, int) and index < 0:
+                node.args = (x, dim, index + _shape(x)[dim])
+                n += 1
+    return n
 
 
 _CONV_OPS = ("convolution.default", "conv2d.default")
@@ -238,11 +252,12 @@ def import_model(
     with torch.no_grad():
         ep = torch.export.export(model, tuple(example_inputs))
     ep = ep.run_decompositions()  # core ATen, as from_exported_program would do
+    positive_select_indices(ep)
 
     # The importer only asserts "Unsupported function types [...]": find them
     # ourselves to name the torch module too.
     supported = ExportedProgramImporter().create_convert_map()
-    missing = [(n.target.__name__, _module_of(n)[0]) for n in ep.graph.nodes
+    missing = [(n.target.__name__, module_of(n)[0]) for n in ep.graph.nodes
                if n.op == "call_function" and n.target.__name__ not in supported]
     if missing:
         raise UnsupportedOperatorError(list(dict.fromkeys(missing)))
@@ -294,7 +309,7 @@ def import_model(
         node = current[0]
         if node is None:
             raise
-        raise UnsupportedOperatorError([(node.target.__name__, _module_of(node)[0])],
+        raise UnsupportedOperatorError([(node.target.__name__, module_of(node)[0])],
                                        f"{type(e).__name__}: {e}") from e
 
     table = LayerTable(rows)

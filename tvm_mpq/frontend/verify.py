@@ -1,8 +1,11 @@
 """The import is checked before anything is tuned: the fp32 model, imported into Relax and
 compiled for the host exactly as a plan is compiled (every layer fp32), must give torch's
 output on the example input within float tolerance. A converter that silently produces
-garbage (found: TVM 0.27's conversion of ``nn.LSTM`` differs from torch by 3.7e26) then stops
-the run at once instead of tuning a model that computes something else."""
+garbage (found: TVM 0.27 converts ``x[:, -1]`` with a negative index wrongly, 3.7e26 off torch
+in a model reading an LSTM's last step; the importer now rewrites such indices,
+:func:`~tvm_mpq.frontend.importer.positive_select_indices`) then stops the run at once
+instead of tuning a model that computes something else, and the message names the first
+operator whose conversion disagrees (:func:`~tvm_mpq.frontend.diverge.first_diverging_op`)."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def verify_import(model: torch.nn.Module, example_inputs: tuple[Any, ...],
 
     Raises:
         ImportMismatchError: the relative error exceeds ``rtol`` (the message gives both
-            maxima and the modules whose conversion is known to be wrong).
+            maxima and the first operator whose conversion disagrees, when one alone does).
     """
     from tvm_mpq.compiler.compiled import compile as mpq_compile
     from tvm_mpq.quant.plan import QuantPlan
@@ -50,11 +53,12 @@ def verify_import(model: torch.nn.Module, example_inputs: tuple[Any, ...],
     diff = np.abs(got.astype(np.float64) - want)
     err = float(np.nan_to_num(diff, nan=np.inf).max()) / scale
     if not err <= rtol:
+        from tvm_mpq.frontend.diverge import first_diverging_op
+
         worst = "NaN in its output" if np.isnan(got).any() else f"max |difference| {diff.max():.3g}"
-        rnn = sorted({type(m).__name__ for m in model.modules()
-                      if isinstance(m, (torch.nn.RNNBase,))})
-        hint = (f"; the model has {', '.join(rnn)}, whose conversion by TVM 0.27 is known to be "
-                "wrong" if rnn else "; an operator's conversion to Relax is wrong")
+        op = first_diverging_op(model, example_inputs, rtol)
+        hint = (f"; the first operator whose conversion disagrees: {op}" if op else
+                "; no single operator's conversion disagrees alone (their composition does)")
         raise ImportMismatchError(
             f"the model imported into Relax does not compute what torch computes on the example "
             f"input: {worst}, max |torch output| {scale:.3g} (relative error {err:.3g} > "
