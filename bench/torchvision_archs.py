@@ -113,7 +113,7 @@ def main() -> None:
     for r in rows:
         cells = [r["arch"], str(r["layers"]), str(r["quantizable"]),
                  "; ".join(r["fp32"]) or "-", f"{r['import_rel_err']:.1e}",
-                 f"{r['mixed_rel_err']:.1e}", f"{r['mixed_vs_fp32']:.3f}"]
+                 f"{r['mixed_rel_err']:.1e}", f"{r['mixed_vs_fp32']:.2g}"]
         if args.profile:
             a, b = r.get("fp32_instructions"), r.get("mixed_instructions")
             ratio = f"{b / a:.3f}" if isinstance(a, int) and isinstance(b, int) else "-"
