@@ -376,3 +376,48 @@ def test_server_killed_during_real_measurement():
             assert retried[0]["extra"]["rpc"]["server"] == f"127.0.0.1:{g.ports[1]}"
     finally:
         T.stop_tracker(tr)
+
+
+def test_tune_through_the_tracker_equals_local_spike(cluster, tmp_path):
+    """tune(backend="rpc", tracker=, key=) measures every kernel on the key's two simulator
+    hosts and gives exactly the measurements and the plan of backend="spike" here; a key
+    without servers and a tracker that does not answer are refused before any stage."""
+    import os
+    import sys
+
+    import torch
+
+    import tvm_mpq
+    from tvm_mpq.measure.database import MeasurementDB
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_compile import SmallNet
+
+    tr, groups = cluster
+    torch.manual_seed(0)
+    m, x = SmallNet().eval(), torch.randn(32, 1, 12, 12)
+    y = m(x).argmax(1)
+    kw = dict(calib_data=x, eval_data=(x, y), bits=[(8, 8), (4, 4)], variants=["int8", "swar"],
+              pop_size=8, generations=3, active_rounds=0, final_measure=False, progress=False)
+    tracker = f"127.0.0.1:{tr.port}"
+    remote = tvm_mpq.tune(m, target="riscv64", backend="rpc", tracker=tracker, key=REAL_KEY,
+                          workdir=str(tmp_path / "rpc"), **kw)
+    local = tvm_mpq.tune(m, target="riscv64", workdir=str(tmp_path / "local"), **kw)
+    rdb = MeasurementDB(tmp_path / "rpc" / "measurements.sqlite")
+    ldb = MeasurementDB(tmp_path / "local" / "measurements.sqlite")
+    r_costs = rdb.kernel_costs("rv64gc", "spike", "instructions")
+    assert r_costs and r_costs == ldb.kernel_costs("rv64gc", "spike", "instructions")
+    servers = {f"127.0.0.1:{p}" for p in groups[REAL_KEY].ports}
+    used = {r.extra["rpc"]["server"] for r in rdb.records("rv64gc", "spike")}
+    assert used and used <= servers
+    assert remote.best.plan.to_dict() == local.best.plan.to_dict()
+    assert remote.best.cost == local.best.cost
+    assert remote.settings["backend"] == "rpc" and remote.settings["key"] == REAL_KEY
+    for bad, err, msg in ((dict(key="spike-nosuchkey"), ValueError,
+                           "no server is registered under key 'spike-nosuchkey'"),
+                          (dict(tracker=f"127.0.0.1:{_free_port()}"), T.TrackerUnreachableError, ""),
+                          (dict(tracker=None), ValueError, "backend='rpc' needs tracker")):
+        args = dict(backend="rpc", tracker=tracker, key=REAL_KEY) | bad
+        with pytest.raises(err, match=msg):
+            tvm_mpq.tune(m, target="riscv64", workdir=str(tmp_path / "bad"), **(kw | args))
+        assert not (tmp_path / "bad").exists()

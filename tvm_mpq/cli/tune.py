@@ -59,7 +59,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--target", default="riscv64-zbb",
                    help="riscv64-zbb (rv64gc_zbb), riscv64 (rv64gc), riscv64-v, riscv32, host, "
                         "or a profile name")
-    p.add_argument("--backend", default="spike", choices=BACKENDS)
+    p.add_argument("--backend", default="spike", choices=(*BACKENDS, "rpc"),
+                   help="rpc: measure every kernel on the simulator hosts of --tracker / --key")
+    p.add_argument("--tracker", default=None, help="HOST:PORT of the TVM RPC tracker (--backend rpc)")
+    p.add_argument("--key", default=None,
+                   help="key of the servers at the tracker, e.g. spike-rv64gc_zbb (--backend rpc)")
     p.add_argument("--out", "--workdir", dest="out", default="runs/tune",
                    help="work/result directory (re-running resumes)")
     p.add_argument("--bits", type=_bits_list, default=[(8, 8), (4, 8), (4, 4), (2, 4), (2, 2)],
@@ -122,7 +126,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return TuneConfig.from_kwargs(
         max_accuracy_drop=args.max_accuracy_drop, latency_budget=args.latency_budget,
         size_budget=args.size_budget, ram_budget=args.ram_budget,
-        flash_budget=args.flash_budget, backend=args.backend, bits=args.bits,
+        flash_budget=args.flash_budget, backend=args.backend, tracker=args.tracker,
+        key=args.key, bits=args.bits,
         pop_size=args.pop_size, generations=args.generations, active_rounds=args.active_rounds,
         sensitivity_samples=args.sens_samples, final_measure=not args.no_final,
         qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, repair_plans=args.repair_plans,
@@ -162,8 +167,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         quiet_third_party_warnings()
     torch.manual_seed(args.seed)
+    from tvm_mpq.frontend.importer import UnsupportedOperatorError
+    from tvm_mpq.measure.toolchain import ToolchainError
+
     try:
         ui = inputs_from_args(args)
+        config = config_from_args(args)
     except ValueError as e:
         print(f"tvm-mpq tune: error: {e}", file=sys.stderr)
         return 2
@@ -173,9 +182,15 @@ def run(args: argparse.Namespace) -> int:
 
         train = calib_subset(args.train, seed=args.seed + 1)
     t0 = time.time()
-    res = tvm_mpq.tune(ui.model, ui.example, args.target, calib_data=ui.calib,
-                       eval_data=ui.eval_data, eval_fn=ui.eval_fn, train_data=train,
-                       workdir=args.out, config=config_from_args(args))
+    try:
+        res = tvm_mpq.tune(ui.model, ui.example, args.target, calib_data=ui.calib,
+                           eval_data=ui.eval_data, eval_fn=ui.eval_fn, train_data=train,
+                           workdir=args.out, config=config)
+    except (ValueError, ConnectionError, ToolchainError, UnsupportedOperatorError) as e:
+        if args.verbose:
+            raise
+        print(f"tvm-mpq tune: error: {e} (-v shows where)", file=sys.stderr)
+        return 2
     print()
     print(f"model {args.model} (fp32 test accuracy {ui.info.get('test_acc')}); accuracies "
           f"below on {ui.source}")

@@ -393,8 +393,9 @@ def _link(entries: list[_Entry], prof: Profile, platform: str, d: str, max_instr
     _cc([gcc, *flags, "-c", c_path, "-o", os.path.join(d, "cases.o")], cwd=d)
     kobjs = list(dict.fromkeys(e.obj for e in entries))
     elf = os.path.join(d, "run.elf")
-    _cc([gcc, *toolchain.bare_metal_ldflags(prof, HARNESS_DIR / "link.ld", gcc), "-o", elf,
-         *harness, os.path.join(d, "cases.o"), os.path.join(d, "data.o"), *kobjs, "-lm"])
+    # unrelaxed: a kernel's count must not depend on the other kernels linked beside it
+    ldflags = toolchain.bare_metal_ldflags(prof, HARNESS_DIR / "link.ld", gcc, relax=False)
+    _cc([gcc, *ldflags, "-o", elf, *harness, os.path.join(d, "cases.o"), os.path.join(d, "data.o"), *kobjs, "-lm"])
     return elf
 
 

@@ -53,8 +53,9 @@ log = logging.getLogger(__name__)
 FP32_SUFFIX = "|fp32"
 #: version of the compiler's passes around a kernel; a cache of another one is re-measured
 #: (2: quantize rounds with llvm.lrint; fp32 layers' bias pass. 3: per glue; the integer
-#: glue's requantize epilogue and fp32 boundary conversions)
-PASSES_REVISION = 3
+#: glue's requantize epilogue and fp32 boundary conversions. 4: measured in ELFs linked
+#: without relaxation, like the kernels)
+PASSES_REVISION = 4
 #: the glues the passes are measured for (as :data:`tvm_mpq.compiler.emit.GLUES`)
 GLUES = ("integer", "float")
 

@@ -306,7 +306,7 @@ def bare_metal_cflags(profile: Profile, include_dirs: Sequence[str | Path] = (),
 
 
 def bare_metal_ldflags(profile: Profile, link_script: str | Path, gcc: str | None = None,
-                       board: BoardMemory | None = None) -> list[str]:
+                       board: BoardMemory | None = None, relax: bool = True) -> list[str]:
     """gcc flags linking a bare-metal ELF for ``profile`` (harness ``link.ld``, no crt files).
 
     The link ``-march`` is the ISA-2.2 base name that selects picolibc's multilib (see
@@ -314,12 +314,16 @@ def bare_metal_ldflags(profile: Profile, link_script: str | Path, gcc: str | Non
     (:class:`ToolchainError` otherwise); without, the flags are computed only (a Makefile).
     With ``board`` (and ``link_script`` = ``harness/link_board.ld``), the region sizes are
     passed as ``--defsym`` symbols ``MPQ_FLASH_BYTES``, ``MPQ_RAM_BYTES``, ``MPQ_STACK_BYTES``.
+    ``relax=False`` links with ``--no-relax``: a relaxed call (``jal`` for ``auipc`` +
+    ``jalr``) or gp-relative access depends on where the linker placed everything else, so
+    a kernel's retired instructions would depend on the other kernels in its ELF.
     """
     lmarch = (multilib_march(gcc, profile.march, profile.mabi) if gcc is not None
               else profile.march.split("_")[0])
     flags = [f"-march={lmarch}", "-misa-spec=2.2", f"-mabi={profile.mabi}", "-mcmodel=medany",
              "--specs=picolibc.specs", "-nostartfiles", "-T", str(link_script),
              "-Wl,--gc-sections", "-Wl,--no-warn-rwx-segments"]
+    flags += [] if relax else ["-Wl,--no-relax"]
     if board is not None:
         flags += [f"-Wl,--defsym=MPQ_FLASH_BYTES={board.flash_bytes}",
                   f"-Wl,--defsym=MPQ_RAM_BYTES={board.ram_bytes}",

@@ -68,8 +68,19 @@ class RPCRunner(Runner):
 
     def check_tools(self, profile: Profile) -> None:
         """The tracker answers (:class:`~tvm_mpq.rpc.tracker.TrackerUnreachableError`
-        otherwise); the servers check their own tools."""
-        tracker_status(self.tracker_host, self.tracker_port)
+        otherwise), at least one server is registered under the key (ValueError naming the
+        keys it has), and this machine has the simulator for the runs that stay local (the
+        quantize / dequantize passes, standalone artifacts); the servers check their own."""
+        status = tracker_status(self.tracker_host, self.tracker_port)
+        ks = status.keys.get(self.key)
+        if ks is None or not ks.servers:
+            have = ", ".join(f"{k} ({len(v.servers)})" for k, v in status.keys.items()) or "none"
+            raise ValueError(
+                f"no server is registered under key {self.key!r} at tracker "
+                f"{self.tracker_host}:{self.tracker_port} (keys: {have}); start one with "
+                f"tvm-mpq rpc serve --tracker {self.tracker_host}:{self.tracker_port} "
+                f"--key {self.key}")
+        self.local.check_tools(profile)
 
     def measure(self, requests: Sequence[MeasureRequest], profile: Profile,
                 settings: RunSettings, done: RecordSink) -> None:

@@ -122,8 +122,11 @@ class MeasureSettings:
     """Where and how much to measure.
 
     Attributes:
-        backend: a backend name (``"spike"``, ``"qemu"``, ``"host"``) or a
+        backend: a backend name (``"spike"``, ``"qemu"``, ``"host"``, ``"rpc"``) or a
             :class:`~tvm_mpq.measure.runner.Runner`.
+        tracker, key: with ``backend="rpc"``: the TVM RPC tracker (``"HOST:PORT"``) and the
+            key of the simulator hosts registered with it (``tvm-mpq rpc serve``): every
+            kernel measurement fans out to them (:class:`~tvm_mpq.rpc.runner.RPCRunner`).
         measure_budget: kernels in the initial design (default: every distinct workload at
             every variant and bits).
         prior_workloads: model-independent layer shapes also measured for the cost model.
@@ -141,6 +144,8 @@ class MeasureSettings:
     """
 
     backend: Any = "spike"
+    tracker: str | None = None
+    key: str | None = None
     measure_budget: int | None = None
     prior_workloads: int = 0
     final_measure: bool = True
@@ -151,6 +156,12 @@ class MeasureSettings:
     def __post_init__(self) -> None:
         if self.glue not in GLUES:
             raise ValueError(f"glue={self.glue!r}: expected one of {GLUES}")
+        if self.backend == "rpc" and not (self.tracker and self.key):
+            raise ValueError("backend='rpc' needs tracker='HOST:PORT' and key='KEY' (the "
+                             "servers' key, e.g. 'spike-rv64gc_zbb'; tvm-mpq rpc status lists them)")
+        if self.backend != "rpc" and (self.tracker or self.key):
+            raise ValueError(f"tracker= / key= go with backend='rpc' (backend is "
+                             f"{self.backend!r})")
         _check_count(self, "measure_budget", 1, optional=True)
         _check_count(self, "prior_workloads", 0)
         _check_count(self, "final_eval_samples", 1, optional=True)

@@ -26,6 +26,16 @@ from tvm_mpq.tuner.costs import open_db
 __all__ = ["TuneState"]
 
 
+def _runner(config: TuneConfig) -> Runner:
+    """The runner of the config's backend (``"rpc"``: the tracker's servers under ``key``)."""
+    m = config.measure
+    if m.backend == "rpc":
+        from tvm_mpq.rpc.runner import RPCRunner
+
+        return RPCRunner(m.tracker, m.key)
+    return create_runner(m.backend)
+
+
 @dataclass
 class TuneState:
     """Inputs of a :func:`tvm_mpq.tune` run and its stages' outputs (None until produced).
@@ -85,8 +95,9 @@ class TuneState:
         )
 
         check_search_space(config.search.bits, config.search.variants)
-        runner = create_runner(config.measure.backend)
+        runner = _runner(config)
         profile = runner.check_profile(target)
+        runner.check_tools(profile)  # a missing tool / an unreachable tracker, before any stage
         if eval_data is None and eval_fn is None:
             raise ValueError("tune needs eval_data=(images, labels) or eval_fn to measure accuracy")
         if config.budgets.metric_mode == "min" and eval_fn is None:
