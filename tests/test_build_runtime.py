@@ -253,6 +253,29 @@ def _riscv_relax_lib(path: Path) -> None:
     ex.export_library(str(path), fcompile=cc.cross_compiler(BR.DEFAULT_CXX))
 
 
+def _check_run_remote(tracker: str, key: str) -> None:
+    """tvm_mpq.rpc.run_remote: a mixed w8a8 / w4a4 plan (integer glue) compiled for rv64gc,
+    exported, run through the Relax VM on the board: the host build's output, and the wall
+    time flagged as QEMU's."""
+    import torch
+
+    import tvm_mpq
+    from tvm_mpq.rpc.remote import run_remote
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_compile import SmallNet
+
+    torch.manual_seed(0)
+    m, x = SmallNet().eval(), torch.randn(16, 1, 12, 12)
+    plan = tvm_mpq.QuantPlan.uniform(m, w_bits=8, a_bits=8)
+    plan.set(plan.layers()[1], w_bits=4, a_bits=4)
+    cm = tvm_mpq.compile(m, x[:1], plan, "rv64gc", calib_data=x)
+    run = run_remote(cm, x[:1].numpy(), tracker=tracker, key=key, number=1, repeat=2,
+                     qemu_user=True)
+    assert run.max_abs_diff is not None and run.max_abs_diff <= 1e-5 * np.abs(run.output).max()
+    assert run.seconds > 0 and run.under_qemu and "not hardware latency" in run.describe()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAVE_CROSS and HAVE_QEMU), reason="needs riscv64-linux-gnu-g++ and qemu-user")
 def test_qemu_tracker_round_trip(built_runtime, tmp_path):
@@ -310,9 +333,11 @@ def test_qemu_tracker_round_trip(built_runtime, tmp_path):
             assert_outside_refused(sess, bad)
         assert outside.read_text() == "keep" and not (work / "x.bin").exists()
         del vm, sess
+        # third session: a mixed-precision model compiled by tvm_mpq, run through the board
+        _check_run_remote(f"127.0.0.1:{tracker.port}", key)
         lines = (tmp_path / "server.log").read_text().splitlines()
         starts = [ln for ln in lines if "] session from" in ln and not ln.endswith("finished")]
-        assert len(starts) == 2 and sum("load_module" in ln for ln in lines) == 2, lines
+        assert len(starts) == 3 and sum("load_module" in ln for ln in lines) == 3, lines
         server.terminate()  # SIGTERM: ends a session still open, removes its work dir, exits 0
         assert server.wait(timeout=20) == 0
         assert "stopped" in (tmp_path / "server.log").read_text()

@@ -395,7 +395,8 @@ def _link(entries: list[_Entry], prof: Profile, platform: str, d: str, max_instr
     elf = os.path.join(d, "run.elf")
     # unrelaxed: a kernel's count must not depend on the other kernels linked beside it
     ldflags = toolchain.bare_metal_ldflags(prof, HARNESS_DIR / "link.ld", gcc, relax=False)
-    _cc([gcc, *ldflags, "-o", elf, *harness, os.path.join(d, "cases.o"), os.path.join(d, "data.o"), *kobjs, "-lm"])
+    _cc([gcc, *ldflags, "-o", elf, *harness, os.path.join(d, "cases.o"),
+         os.path.join(d, "data.o"), *kobjs, "-lm"])
     return elf
 
 
