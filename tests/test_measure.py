@@ -620,3 +620,9 @@ def test_transient_failures_are_retried_a_bounded_number_of_times(tmp_path):
         rec = measure_many(req, "rv64gc", runner, db=db3, progress=False)[0]
     assert runner.calls == 1 and not rec.transient
     assert db3.kernel_costs("rv64gc", "spike", "instructions")[rec.kernel_key] == math.inf
+    # ... until the user asks for a retry of every failed record (tvm-mpq tune --retry-failed)
+    ok = measure_many([(wl, "int8", 4, 4)], "rv64gc", _FlakyRunner([]), db=db3, progress=False)
+    assert db3.forget_failed("rv64gc", "spike") == 1 and db3.forget_failed() == 0
+    assert [(r.key, r.instructions) for r in db3.records()] == [(ok[0].key, 1000)]
+    rec = measure_many(req, "rv64gc", runner, db=db3, progress=False)[0]
+    assert runner.calls == 2 and rec.status == "run_error"  # measured again (and trapped again)

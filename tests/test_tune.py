@@ -369,6 +369,27 @@ def test_changed_weights_or_data_invalidate_their_stages(finished, tmp_path, mon
     assert ran == STAGE_NAMES[1:2] + STAGE_NAMES[3:]
 
 
+def test_retry_failed_measures_again_and_searches_again(finished, tmp_path, monkeypatch):
+    """tvm-mpq tune --retry-failed: a kernel that failed for good is measured again, and every
+    stage built on the records (measure on) is recomputed; import and sensitivity are kept."""
+    from tvm_mpq.cli.tune import forget_failed_records
+    from tvm_mpq.measure.database import MeasurementDB, MeasureRecord
+
+    m, x, _, res = finished
+    kw = _copy(finished, tmp_path)
+    db = MeasurementDB(os.path.join(kw["workdir"], "measurements.sqlite"))
+    victim = next(r for r in db.records() if r.ok and r.variant == "int8")
+    db.put(MeasureRecord.from_dict({**victim.to_dict(), "status": "run_error",
+                                    "message": "trap: illegal instruction", "instructions": None,
+                                    "cycles": None}))
+    ran = _count_runs(monkeypatch)
+    forget_failed_records(kw["workdir"])
+    assert db.get(victim.key) is None
+    _same(res, tvm_mpq.tune(m, x[:1], "riscv", **kw))
+    assert ran == STAGE_NAMES[2:]
+    assert db.get(victim.key).instructions == victim.instructions
+
+
 def test_corrupt_checkpoints_are_set_aside(finished, tmp_path, monkeypatch):
     """An unreadable checkpoint is kept as .corrupt and its stage recomputed (no bare
     JSONDecodeError); the result is unchanged."""

@@ -88,6 +88,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--qat-beacons", type=int, default=0,
                    help="MOHAQ beacons: front plans fine-tuned with QAT (CPU-heavy; 0 = PTQ only)")
     p.add_argument("--qat-steps", type=int, default=300)
+    p.add_argument("--measure-budget", type=int, default=None,
+                   help="kernels in the initial measurement design (default: every distinct "
+                        "workload at every variant and bits); the cost model predicts the rest")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="measure again every kernel whose record in --out's database failed "
+                        "(a run that failed for good stays failed on resume otherwise)")
     p.add_argument("--prior-workloads", type=int, default=0,
                    help="also measure this many generic layer shapes for the cost model")
     p.add_argument("--repair-plans", type=int, default=8,
@@ -131,7 +137,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         pop_size=args.pop_size, generations=args.generations, active_rounds=args.active_rounds,
         sensitivity_samples=args.sens_samples, final_measure=not args.no_final,
         qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, repair_plans=args.repair_plans,
-        prior_workloads=args.prior_workloads, seed=args.seed, glue=args.glue,
+        prior_workloads=args.prior_workloads, measure_budget=args.measure_budget,
+        seed=args.seed, glue=args.glue,
         metric_mode=args.metric_mode)
 
 
@@ -159,6 +166,23 @@ def inputs_from_args(args: argparse.Namespace) -> Any:
                       f"the first {args.eval} {args.dataset} test images")
 
 
+def forget_failed_records(workdir: str) -> None:
+    """--retry-failed: drop the failed records of the workdir's database, and the
+    checkpoints of the measure stage and of every stage after it (they were built on those
+    records), so the kernels are measured again and the search runs on the new numbers."""
+    from tvm_mpq.tuner.checkpoint import Manifest
+    from tvm_mpq.tuner.costs import open_db
+    from tvm_mpq.tuner.stages import default_stages
+
+    if not os.path.exists(os.path.join(workdir, "measurements.sqlite")):
+        return
+    n = open_db(workdir).forget_failed()
+    print(f"[tvm-mpq] --retry-failed: {n} failed record(s) will be measured again")
+    if n:
+        names = [s.name for s in default_stages()]
+        Manifest(workdir).forget(names[names.index("measure"):])
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -181,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
         from tvm_mpq.zoo.fashion_mnist import calib_subset
 
         train = calib_subset(args.train, seed=args.seed + 1)
+    if args.retry_failed:
+        forget_failed_records(args.out)
     t0 = time.time()
     try:
         res = tvm_mpq.tune(ui.model, ui.example, args.target, calib_data=ui.calib,

@@ -393,6 +393,15 @@ class MeasurementDB:
             cur = self._conn.execute(f"DELETE FROM measurements WHERE {where}", list(asdict(k).values()))
         return cur.rowcount > 0
 
+    def forget_failed(self, profile: str | None = None, backend: str | None = None) -> int:
+        """Remove every record that holds no number (any failure status), so the next
+        campaign measures those kernels again; returns how many were removed."""
+        where, params = _filters(profile=profile, backend=backend)
+        cond = (where + " AND" if where else " WHERE") + " status != 'ok'"
+        with self._lock:
+            cur = self._conn.execute(f"DELETE FROM measurements{cond}", params)
+        return cur.rowcount
+
     # ---- reading ----
 
     def get(self, key: MeasureKey | tuple) -> MeasureRecord | None:
