@@ -348,3 +348,51 @@ def test_qemu_tracker_round_trip(built_runtime, tmp_path):
             server.wait(timeout=10)
         log.close()
         stop_tracker(tracker)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAVE_CROSS and HAVE_QEMU), reason="needs riscv64-linux-gnu-g++ and qemu-user")
+def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
+    """tune(backend="rpc") with a board key: every kernel cross-compiled, uploaded, checked
+    and timed on the (qemu-riscv64) board server; the chosen plan and baselines run there
+    whole; the report says the seconds are QEMU's."""
+    import torch
+
+    import tvm_mpq
+    from tvm_mpq.measure.database import MeasurementDB
+    from tvm_mpq.rpc.tracker import start_tracker, stop_tracker, tracker_status
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_compile import SmallNet
+
+    key = "qemu-board-rv64gc"
+    tracker = start_tracker(port=_free_port())
+    cmd, env = BR.qemu_user_command(built_runtime, f"127.0.0.1:{tracker.port}", key,
+                                    port=_free_port())
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 -- closed in finally
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while tracker_status("127.0.0.1", tracker.port).keys.get(key) is None:
+            assert server.poll() is None and time.time() < deadline
+            time.sleep(0.3)
+        torch.manual_seed(0)
+        m, x = SmallNet().eval(), torch.randn(32, 1, 12, 12)
+        y = m(x).argmax(1)
+        res = tvm_mpq.tune(m, target="riscv64", calib_data=x, eval_data=(x, y), backend="rpc",
+                           tracker=f"127.0.0.1:{tracker.port}", key=key, bits=[(8, 8), (4, 4)],
+                           variants=["int8"], pop_size=8, generations=3, active_rounds=0,
+                           repair_plans=0, compiled_eval=False, workdir=str(tmp_path / "wd"),
+                           progress=False)
+        assert res.cost_unit == "seconds" and "not hardware latency" in res.message
+        db = MeasurementDB(tmp_path / "wd" / "measurements.sqlite")
+        recs = db.records("rv64gc", key)
+        assert recs and all(r.ok and r.seconds > 0 for r in recs), [r.message for r in recs]
+        assert all(r.extra["board"]["under_qemu"] and "spread" in r.extra for r in recs)
+        assert res.best is not None and res.best.model_cost and res.best.model_cost > 0
+        assert res.baselines["fp32"].model_cost > 0
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        log.close()
+        stop_tracker(tracker)

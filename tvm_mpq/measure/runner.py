@@ -83,6 +83,8 @@ class Runner(ABC):
     backend: str
     unit: str
     bare_metal: bool = False
+    #: :meth:`time_model` measures whole compiled models (the final stage uses it)
+    times_models: bool = False
     platform: str | None = None
     default_profile: str = "rv64gc_zbb"
 
@@ -107,6 +109,17 @@ class Runner(ABC):
         Raises:
             ToolchainError: a tool is missing (nothing more is measured).
         """
+
+    @property
+    def unit_note(self) -> str:
+        """How to read this runner's costs, when the unit alone does not say (e.g. QEMU
+        wall time, which is not hardware latency); ``""`` otherwise."""
+        return ""
+
+    def time_model(self, compiled: Any, x: Any) -> float | None:
+        """Cost of one whole inference of a compiled model on this runner's machine, for
+        runners that run no bare-metal artifact (None: not measured)."""
+        return None
 
     def run_elf(self, elf: str, profile: Profile, max_instructions: int,
                 timeout_s: float) -> SimResult:

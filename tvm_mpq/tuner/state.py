@@ -27,12 +27,21 @@ __all__ = ["TuneState"]
 
 
 def _runner(config: TuneConfig) -> Runner:
-    """The runner of the config's backend (``"rpc"``: the tracker's servers under ``key``)."""
+    """The runner of the config's backend. ``"rpc"``: the tracker's servers under ``key``:
+    simulator hosts for a ``spike-<profile>`` / ``qemu-<profile>`` key, boards otherwise."""
+    from tvm_mpq.measure.runner import SIM_BACKENDS
+    from tvm_mpq.targets import PROFILES
+
     m = config.measure
     if m.backend == "rpc":
-        from tvm_mpq.rpc.runner import RPCRunner
+        prefix, _, rest = m.key.partition("-")
+        if prefix in SIM_BACKENDS and rest in PROFILES:
+            from tvm_mpq.rpc.runner import RPCRunner
 
-        return RPCRunner(m.tracker, m.key)
+            return RPCRunner(m.tracker, m.key)
+        from tvm_mpq.rpc.board_runner import BoardRunner
+
+        return BoardRunner(m.tracker, m.key)
     return create_runner(m.backend)
 
 

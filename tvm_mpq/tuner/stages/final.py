@@ -38,9 +38,12 @@ def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> N
             p.meets_constraints = False
             p.notes = (p.notes + f" does not fit: {why}").strip()
     try:
+        x1 = state.example_inputs[0][:1]
+        m_p, qp_p = load_qat(p.qat_dir) if p.qat_dir else (state.model, state.qparams(p.plan))
+        if state.runner.times_models and p.model_cost is None:  # e.g. a board: run it there
+            cm = mpq_compile(m_p, (x1,), p.plan, state.profile, qparams=qp_p, glue=state.glue)
+            p.model_cost = state.runner.time_model(cm, x1.numpy())
         if compiled_eval:
-            x1 = state.example_inputs[0][:1]
-            m_p, qp_p = load_qat(p.qat_dir) if p.qat_dir else (state.model, state.qparams(p.plan))
             cmb = mpq_compile(m_p, (torch.zeros(64, *x1.shape[1:]),), p.plan, "host",
                               qparams=qp_p, glue=state.glue)
             p.compiled_accuracy = state.accuracy_of(cmb.predict, state.n_eval)  # pads the last batch
@@ -48,7 +51,7 @@ def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> N
         log.warning("final measurement of %s failed: %s", p.label, e)
         p.notes += f" final measurement failed: {type(e).__name__}: {e}"
     if state.progress:
-        print(f"[tvm-mpq]   {p.label}: whole-model {p.model_cost} instructions, RAM "
+        print(f"[tvm-mpq]   {p.label}: whole-model {p.model_cost} {state.unit}, RAM "
               f"{p.ram_bytes}, flash {p.flash_bytes} bytes, compiled accuracy "
               f"{p.compiled_accuracy}", flush=True)
 
@@ -89,8 +92,9 @@ def outcome_message(state: TuneState) -> str:
     best, baselines, b = state.best, state.baselines, state.config.budgets
     if best is not None:
         ratios = _ratios(best, baselines, "measured_cost", ".2f") if best.measured_cost else []
-        return (f"best plan ({state.glue} glue): {best.measured_cost:.4g} {state.unit} "
-                f"({', '.join(ratios)})" if ratios else f"best plan found ({state.glue} glue)")
+        note = f" [{state.runner.unit_note}]" if state.runner.unit_note else ""
+        return (f"best plan ({state.glue} glue): {best.measured_cost:.4g} {state.unit}{note} "
+                f"({', '.join(ratios)})" if ratios else f"best plan found ({state.glue} glue){note}")
     closest = min(state.pareto, key=lambda p: p.drop if p.drop is not None else math.inf,
                   default=None)
     return ("no plan meets the constraints (max accuracy drop "

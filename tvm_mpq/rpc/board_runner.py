@@ -1,0 +1,158 @@
+"""Wall time on a riscv64 Linux board behind a TVM RPC tracker: :class:`BoardRunner`.
+
+Each kernel is built for the profile's riscv64 Linux target, exported as a shared library
+with the cross compiler, uploaded to a board server registered under the key (the
+``tvm_rpc`` of ``tvm-mpq rpc build-runtime``, on the board or under qemu-riscv64), checked
+once against the numpy reference there and timed with the runtime's time evaluator
+(:func:`~tvm_mpq.rpc.client.measure_on_board`: ``repeat`` timings of ``number`` calls; the
+median is the cost, the spread ``(max - min) / median`` is stored, and a measurement whose
+spread exceeds ``max_spread`` is repeated once with twice the repeats).
+
+Records are stored under the backend tag of the key (``board-rv64gc``), so every board key
+has its own records and its own cost model (one per device). Under QEMU (a key starting with
+``qemu``, or ``qemu_user=True``) the seconds are QEMU's wall time, which models no timing:
+the records and the tune report say so; never present them as hardware latency.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from tvm_mpq.measure.local_runner import LocalRunner, PreparedKernel, RunResult, TuneHooks
+from tvm_mpq.measure.runner import last_line
+from tvm_mpq.measure.toolchain import ToolchainError
+from tvm_mpq.rpc.tracker import DEFAULT_PORT, parse_addr, tracker_status
+from tvm_mpq.targets import Profile, get_profile
+
+__all__ = ["BoardRunner"]
+
+
+class BoardRunner(LocalRunner):
+    """The boards of one tracker key (see the module docstring).
+
+    Args:
+        tracker: ``"HOST:PORT"`` of the tracker; key: the boards' key.
+        number, repeat, min_repeat_ms: as in ``Module.time_evaluator``.
+        max_spread: a timing whose ``(max - min) / median`` exceeds it is repeated once.
+        qemu_user: the board is QEMU user mode (default: the key starts with ``qemu``).
+        cross_compiler: the riscv64 Linux C++ compiler that links the kernel libraries.
+    """
+
+    unit = "seconds"
+    times_models = True
+    max_chunk = 1  # one library, one session per kernel
+
+    def __init__(self, tracker: str | tuple[str, int], key: str, *, number: int = 10,
+                 repeat: int = 5, min_repeat_ms: int = 0, max_spread: float = 0.25,
+                 qemu_user: bool | None = None, session_timeout: float = 300.0,
+                 cross_compiler: str = "riscv64-linux-gnu-g++") -> None:
+        self.tracker_host, self.tracker_port = parse_addr(tracker, DEFAULT_PORT)
+        self.key, self.backend = key, key
+        self.number, self.repeat, self.min_repeat_ms = int(number), int(repeat), int(min_repeat_ms)
+        self.max_spread, self.session_timeout = float(max_spread), float(session_timeout)
+        self.under_qemu = key.startswith("qemu") if qemu_user is None else bool(qemu_user)
+        self.cross_compiler = cross_compiler
+
+    @property
+    def unit_note(self) -> str:
+        """How to read the seconds (said in the tune report)."""
+        return ("QEMU user-mode wall time: not hardware latency" if self.under_qemu
+                else f"wall time on the boards of key {self.key!r}")
+
+    def check_profile(self, profile: str | Profile) -> Profile:
+        prof = get_profile(profile)
+        if prof.is_host or prof.xlen != 64:
+            raise ValueError(f"a board server runs riscv64 Linux: profile {prof.name!r} cannot "
+                             "be measured on it (rv64gc, rv64gc_zbb, rv64gcv)")
+        return prof
+
+    def check_tools(self, profile: Profile) -> None:
+        """The cross compiler exists, the tracker answers and the key has a server."""
+        if shutil.which(self.cross_compiler) is None:
+            raise ToolchainError(f"{self.cross_compiler} not found: install "
+                                 "g++-riscv64-linux-gnu (scripts/setup.sh does)")
+        status = tracker_status(self.tracker_host, self.tracker_port)
+        ks = status.keys.get(self.key)
+        if ks is None or not ks.servers:
+            raise ValueError(f"no board server is registered under key {self.key!r} at tracker "
+                             f"{self.tracker_host}:{self.tracker_port} (docs/boards.md: start "
+                             "tvm_rpc server --tracker=... --key=...)")
+
+    def tune_hooks(self, kd: Any, variant: str, profile: Profile) -> TuneHooks:
+        raise ValueError("MetaSchedule tuning on a board is not supported yet (tune_trials=0)")
+
+    def run(self, kernels: list[PreparedKernel], profile: Profile,
+            timeout_s: float) -> list[RunResult]:
+        return [self._run_one(p, profile) for p in kernels]
+
+    def _session(self) -> Any:
+        from tvm import rpc
+
+        return rpc.connect_tracker(self.tracker_host, self.tracker_port).request(
+            self.key, session_timeout=self.session_timeout)
+
+    def _run_one(self, p: PreparedKernel, profile: Profile) -> RunResult:
+        import tvm
+        from tvm.support import cc
+
+        from tvm_mpq.schedules.build import build_kernel
+
+        sched = tvm.IRModule({"main": p.func}) if p.func is not None else None
+        with tempfile.TemporaryDirectory(prefix="tvm_mpq_board_") as d:
+            lib = os.path.join(d, "kernel.so")
+            try:
+                build_kernel(p.kd, profile.target("linux"), schedule=sched).export_library(
+                    lib, fcompile=cc.cross_compiler(self.cross_compiler))
+            except Exception as e:  # noqa: BLE001
+                return RunResult("build_error", f"{type(e).__name__}: {last_line(e)}")
+            try:
+                res = self._timed(lib, p)
+            except Exception as e:  # noqa: BLE001 - a lost session, a crash on the board
+                return RunResult("run_error", f"{type(e).__name__}: {last_line(e)}")
+        if isinstance(res, RunResult):
+            return res
+        p.extra = {**p.extra, "board": {"key": self.key, "tracker":
+                                        f"{self.tracker_host}:{self.tracker_port}",
+                                        "under_qemu": self.under_qemu},
+                   "spread": res["spread"], "results": res["results"],
+                   "number": res["number"], "repeat": res["repeat"]}
+        return RunResult("ok", numbers={"seconds": res["seconds"],
+                                        "seconds_std": res["seconds_std"]})
+
+    def _timed(self, lib: str, p: PreparedKernel) -> dict[str, Any] | RunResult:
+        from tvm_mpq.rpc.client import measure_on_board
+
+        repeat = self.repeat
+        for attempt in range(2):
+            res = measure_on_board(self._session(), lib, "kernel", p.args, number=self.number,
+                                   repeat=repeat, min_repeat_ms=self.min_repeat_ms,
+                                   return_outputs=attempt == 0)
+            if attempt == 0:
+                got = res["outputs"][-1]
+                bad = (int(np.count_nonzero(~np.isclose(got, p.expected, rtol=1e-5, atol=1e-6)))
+                       if got.dtype.kind == "f" else int(np.count_nonzero(got != p.expected)))
+                if bad:
+                    return RunResult("wrong_result",
+                                     f"{bad} of {got.size} outputs differ from the reference")
+                res.pop("outputs")
+            if res["spread"] <= self.max_spread:
+                break
+            repeat *= 2  # noisy: once more, with more repeats
+        return res
+
+    def time_model(self, compiled: Any, x: Any) -> float | None:
+        """Median wall seconds of one inference of ``compiled`` on a board of the key
+        (:func:`~tvm_mpq.rpc.remote.run_remote`, its output checked against the host
+        build); None when the board's output differs."""
+        from tvm_mpq.rpc.remote import run_remote
+
+        run = run_remote(compiled, x, tracker=(self.tracker_host, self.tracker_port),
+                         key=self.key, number=self.number, repeat=self.repeat,
+                         qemu_user=self.under_qemu)
+        scale = max(float(np.abs(run.output).max()), 1e-12)
+        return run.seconds if (run.max_abs_diff or 0.0) <= 1e-4 * scale else None
