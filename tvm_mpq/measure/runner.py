@@ -85,6 +85,8 @@ class Runner(ABC):
     bare_metal: bool = False
     #: :meth:`time_model` measures whole compiled models (the final stage uses it)
     times_models: bool = False
+    #: share of all (workload, variant, bits) kernels in tune()'s default measurement design
+    design_fraction: float = 1.0
     platform: str | None = None
     default_profile: str = "rv64gc_zbb"
 

@@ -45,6 +45,7 @@ class BoardRunner(LocalRunner):
 
     unit = "seconds"
     times_models = True
+    design_fraction = 0.25  # a board measures slowly: a quarter, then the cost model
     max_chunk = 1  # one library, one session per kernel
 
     def __init__(self, tracker: str | tuple[str, int], key: str, *, number: int = 10,

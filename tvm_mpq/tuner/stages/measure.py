@@ -7,6 +7,7 @@ passes are the glue's)."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -50,7 +51,10 @@ class MeasureStage(Stage):
 
         s, m = state.config.search, state.config.measure
         bits, variants, table = list(s.bits), list(s.variants), state.table
-        budget = m.measure_budget or len(table.distinct_workloads()) * (1 + len(variants) * len(bits))
+        full = len(table.distinct_workloads()) * (1 + len(variants) * len(bits))
+        # where every kernel is expensive to measure (a board), the default design is a
+        # fraction of them; the cost model predicts the rest, active learning adds the front's
+        budget = m.measure_budget or max(1, math.ceil(full * state.runner.design_fraction))
         design = initial_design(table, variants, bits, state.profile.name, budget, seed=s.seed)
         if m.prior_workloads > 0:
             from tvm_mpq.costmodel.prior import generic_workloads
