@@ -391,6 +391,14 @@ def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
         assert all(r.extra["board"]["under_qemu"] and "spread" in r.extra for r in recs)
         assert res.best is not None and res.best.model_cost and res.best.model_cost > 0
         assert res.baselines["fp32"].model_cost > 0
+        # the chosen plan's accuracy through the board's own outputs
+        from tvm_mpq.rpc.remote import RemoteModel
+
+        cm = res.compile()
+        with RemoteModel(cm, f"127.0.0.1:{tracker.port}", key) as board:
+            assert board.under_qemu
+            got = board.predict(x[:6].numpy())
+        np.testing.assert_allclose(got, cm.predict(x[:6].numpy()), rtol=1e-5, atol=1e-5)
     finally:
         server.kill()
         server.wait(timeout=10)

@@ -114,7 +114,10 @@ class BoardRunner(LocalRunner):
             try:
                 res = self._timed(lib, p)
             except Exception as e:  # noqa: BLE001 - a lost session, a crash on the board
-                return RunResult("run_error", f"{type(e).__name__}: {last_line(e)}")
+                # a lost connection is the run's failure (retried on resume), not the kernel's
+                lost = isinstance(e, OSError) or "RPC" in type(e).__name__
+                why = f"lost server (key {self.key}): " if lost else ""
+                return RunResult("run_error", f"{why}{type(e).__name__}: {last_line(e)}")
         if isinstance(res, RunResult):
             return res
         p.extra = {**p.extra, "board": {"key": self.key, "tracker":
