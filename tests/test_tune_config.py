@@ -256,3 +256,42 @@ def test_cli_model_sources(tmp_path):
                                ("nomodule_xyz:make", None, "cannot import 'nomodule_xyz'")):
         with pytest.raises(ValueError, match=msg):
             load_model(spec, weights)
+
+
+def test_cli_image_folder_data(tmp_path):
+    """--data DIR: ImageFolder classes in sorted order, floats in [0, 1], calibration and
+    evaluation split (or DIR/train + DIR/val); grayscale gives one channel; a size mismatch
+    is named."""
+    from PIL import Image
+
+    from tvm_mpq.cli.user_inputs import load_data
+
+    rng = np.random.default_rng(0)
+
+    def write(root, cls, n, size=(12, 10), mode="RGB"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(
+                root / cls / f"{i}.png")
+
+    flat = tmp_path / "flat"
+    for cls, n in (("cat", 5), ("ant", 4), ("bee", 3)):
+        write(flat, cls, n)
+    calib, (x, y), fn = load_data(str(flat), None, n_calib=4, n_eval=100)
+    assert fn is None and calib.shape == (4, 3, 10, 12) and x.shape == (8, 3, 10, 12)
+    assert calib.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert sorted(set(y.tolist())) == [0, 1, 2]  # ant, bee, cat
+    split = tmp_path / "split"
+    write(split / "train", "a", 3, mode="L")
+    write(split / "train", "b", 3, mode="L")
+    write(split / "val", "a", 2, mode="L")
+    write(split / "val", "b", 1, mode="L")
+    calib, (x, y), _ = load_data(str(split), None, n_calib=10, n_eval=10)
+    assert calib.shape == (6, 1, 10, 12) and x.shape == (3, 1, 10, 12)
+    assert sorted(y.tolist()) == [0, 0, 1]
+    write(flat, "ant", 1, size=(8, 8))  # overwrites ant/0.png with another size
+    with pytest.raises(ValueError, match="0.png is 8x8, the first image 12x10"):
+        load_data(str(flat), None, n_calib=40, n_eval=100)
+    with pytest.raises(ValueError, match="no class folders"):
+        load_data(str(tmp_path / "flat" / "ant"), None)

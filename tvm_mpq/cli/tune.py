@@ -49,8 +49,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--weights", default=None, help="state dict for --model package.module:factory")
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     p.add_argument("--data", default=None,
-                   help=".npz with calib, eval_x and eval_y (or eval_x and --metric) instead "
-                        "of --dataset; the input shape comes from calib")
+                   help=".npz with calib, eval_x and eval_y (or eval_x and --metric), or an "
+                        "ImageFolder directory (DIR/<class>/<image>, or DIR/train + DIR/val), "
+                        "instead of --dataset; the input shape comes from the data")
     p.add_argument("--metric", default=None,
                    help="package.module:function, function(forward, eval_x) -> float (higher "
                         "is better unless --metric-mode min) for --data without eval_y")
@@ -150,7 +151,8 @@ def inputs_from_args(args: argparse.Namespace) -> Any:
     if args.data and args.qat_beacons:
         raise ValueError("--qat-beacons needs training data: use the Python API's train_data")
     if args.data:
-        calib, eval_data, eval_fn = load_data(args.data, args.metric)
+        calib, eval_data, eval_fn = load_data(args.data, args.metric, args.calib, args.eval,
+                                              args.seed)
         return UserInputs(model, info, calib, eval_data, eval_fn, calib[:1],
                           f"{args.data} ({'its labels' if eval_data else args.metric})")
     if args.metric:

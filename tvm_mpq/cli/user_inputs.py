@@ -10,6 +10,11 @@
   ``eval_x`` + ``eval_y`` (labels: top-1 accuracy) or ``eval_x`` + ``--metric
   package.module:function`` (``function(forward, eval_x) -> float``, higher is better, a
   fraction like accuracy; ``forward`` maps a batch to the model's output).
+* ``--data DIR``: an ImageFolder-style directory, ``DIR/<class>/<image>`` (labels: the sorted
+  class folders), or ``DIR/train/<class>/...`` with ``DIR/val`` (or ``DIR/test``). Images
+  (PNG, JPEG, ...) of one size, as float in [0, 1] (1 channel if the first image is
+  grayscale, else RGB; normalisation belongs in the model); ``--calib`` of them calibrate
+  (from ``train`` when there is one), ``--eval`` evaluate.
 """
 
 from __future__ import annotations
@@ -89,10 +94,81 @@ def load_model(spec: str, weights: str | None) -> tuple[Any, dict[str, Any]]:
     return model.eval(), {"model": spec, "weights": weights}
 
 
-def load_data(path: str, metric: str | None) -> tuple[Any, Any, Any]:
-    """``(calib, eval_data, eval_fn)`` of a ``--data`` file (see the module docstring)."""
+_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _image_files(root: str, classes: list[str] | None = None) -> tuple[list[tuple[str, int]],
+                                                                       list[str]]:
+    classes = classes or sorted(d for d in os.listdir(root)
+                                if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(f"--data {root}: no class folders (expected DIR/<class>/<image>)")
+    files = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
+             if os.path.isdir(os.path.join(root, c))
+             for f in sorted(os.listdir(os.path.join(root, c))) if f.lower().endswith(_IMAGE_EXT)]
+    if not files:
+        raise ValueError(f"--data {root}: no images in its class folders ({', '.join(_IMAGE_EXT)})")
+    return files, classes
+
+
+def _read_images(files: list[tuple[str, int]], mode: str) -> tuple[Any, Any]:
     import numpy as np
     import torch
+    from PIL import Image
+
+    arrays, size = [], None
+    for path, _ in files:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+        if size is None:
+            size = a.shape
+        elif a.shape != size:
+            raise ValueError(f"--data: {path} is {a.shape[1]}x{a.shape[0]}, the first image "
+                             f"{size[1]}x{size[0]}: give images of one size (resize them first)")
+        arrays.append(a if a.ndim == 3 else a[..., None])
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor([c for _, c in files], dtype=torch.long)
+
+
+def load_image_folder(root: str, n_calib: int, n_eval: int, seed: int = 0) -> tuple[Any, Any]:
+    """``(calib, (eval_x, eval_y))`` of an ImageFolder-style directory (module docstring)."""
+    import random
+
+    from PIL import Image
+
+    split = next((d for d in ("val", "test") if os.path.isdir(os.path.join(root, d))), None)
+    if os.path.isdir(os.path.join(root, "train")) and split:
+        train, classes = _image_files(os.path.join(root, "train"))
+        held, _ = _image_files(os.path.join(root, split), classes)
+    else:
+        train, _ = _image_files(root)
+        random.Random(seed).shuffle(train)
+        if len(train) < 2:
+            raise ValueError(f"--data {root}: {len(train)} image(s); calibration and "
+                             "evaluation need at least 2")
+        k = min(n_calib, len(train) // 2)
+        train, held = train[:k], train[k:]
+    random.Random(seed).shuffle(train)
+    with Image.open(train[0][0]) as im:
+        mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
+    calib, _ = _read_images(train[:n_calib], mode)
+    x, y = _read_images(held[:n_eval], mode)
+    return calib, (x, y)
+
+
+def load_data(path: str, metric: str | None, n_calib: int = 256, n_eval: int = 1000,
+              seed: int = 0) -> tuple[Any, Any, Any]:
+    """``(calib, eval_data, eval_fn)`` of a ``--data`` file or image folder (see the module
+    docstring)."""
+    import numpy as np
+    import torch
+
+    if os.path.isdir(path):
+        calib, (x, y) = load_image_folder(path, n_calib, n_eval, seed)
+        if metric:
+            fn = resolve(metric, "--metric")
+            return calib, None, lambda forward: float(fn(forward, x))
+        return calib, (x, y), None
 
     try:
         arrays = dict(np.load(path, allow_pickle=False))
