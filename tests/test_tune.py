@@ -662,3 +662,28 @@ def test_cli_tunes_a_user_model_on_user_data(tmp_path, monkeypatch, capsys):
     res2 = tvm_mpq.load_result(str(wd))
     assert res2.best is not None and set(res2.best.plan.layers()) == set(res.best.plan.layers())
     assert "user.pt2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_tune_trials_tune_every_kernel_alike_and_compiles_use_them(tmp_path):
+    """tune(tune_trials=N): every measured kernel (the baselines' included) is tuned with the
+    same MetaSchedule budget, the search prices the tuned records, and the result compiles
+    with the tuned schedules (their output equal to the default-schedule build's)."""
+    from tvm_mpq.measure.database import MeasurementDB
+
+    torch.manual_seed(0)
+    m, x = SmallNet().eval(), torch.randn(32, 1, 12, 12)
+    y = m(x).argmax(1)
+    res = tvm_mpq.tune(m, target="host", calib_data=x, eval_data=(x, y), backend="host",
+                       bits=[(8, 8)], variants=["int8"], tune_trials=2, pop_size=8,
+                       generations=2, active_rounds=0, repair_plans=0,
+                       workdir=str(tmp_path), progress=False)
+    db = MeasurementDB(tmp_path / "measurements.sqlite")
+    recs = db.records("host", "host")
+    assert recs and {r.schedule for r in recs} == {"tuned2"}
+    assert all(r.ok for r in recs), [r.message for r in recs]
+    assert res.settings["tune_trials"] == 2
+    cm = res.compile(res.baselines["int8"].plan)
+    assert cm.sites and all(s.scheduled for s in cm.sites)
+    default = tvm_mpq.compile(m, x[:1], res.baselines["int8"].plan, "host", calib_data=x)
+    np.testing.assert_array_equal(cm(x[:1]), default(x[:1]))

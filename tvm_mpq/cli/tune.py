@@ -92,6 +92,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--measure-budget", type=int, default=None,
                    help="kernels in the initial measurement design (default: every distinct "
                         "workload at every variant and bits); the cost model predicts the rest")
+    p.add_argument("--tune-trials", type=int, default=0,
+                   help="MetaSchedule trials per measured kernel, the same for every kernel and "
+                        "baseline (0: default schedules); compiles use the tuned schedules")
     p.add_argument("--retry-failed", action="store_true",
                    help="measure again every kernel whose record in --out's database failed "
                         "(a run that failed for good stays failed on resume otherwise)")
@@ -139,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         sensitivity_samples=args.sens_samples, final_measure=not args.no_final,
         qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, repair_plans=args.repair_plans,
         prior_workloads=args.prior_workloads, measure_budget=args.measure_budget,
+        tune_trials=args.tune_trials,
         seed=args.seed, glue=args.glue,
         metric_mode=args.metric_mode)
 

@@ -422,8 +422,10 @@ class MeasurementDB:
         return self._read(lambda: [_from_row(r) for r in self._conn.execute(
             f"SELECT * FROM measurements{where} ORDER BY {', '.join(_KEY_COLS)}", params)])
 
-    def kernel_costs(self, profile: str, backend: str, unit: str) -> dict[KernelKey, float]:
-        """Measured cost per kernel of the default schedules on ``profile``/``backend``, in
+    def kernel_costs(self, profile: str, backend: str, unit: str,
+                     schedule: str = "default") -> dict[KernelKey, float]:
+        """Measured cost per kernel of ``schedule`` (default: the default schedules; or e.g.
+        ``"tuned64"``) on ``profile``/``backend``, in
         ``unit`` (``"instructions"`` or ``"seconds"``); ``math.inf`` for a kernel whose
         measurement failed for good (:data:`FAILED_FOR_GOOD`: wrong result, build or run
         error), which the search must not pick and a compiled model must not run. Kernels
@@ -432,7 +434,7 @@ class MeasurementDB:
         if unit not in ("instructions", "seconds"):
             raise ValueError(f"unknown cost unit {unit!r}; expected 'instructions' or 'seconds'")
         out: dict[KernelKey, float] = {}
-        for r in self.records(profile, backend, schedule="default"):
+        for r in self.records(profile, backend, schedule=schedule):
             key = r.kernel_key
             v = getattr(r, unit)
             if r.ok and v is not None:

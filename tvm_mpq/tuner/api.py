@@ -91,6 +91,12 @@ def tune(
               seconds), or a :class:`~tvm_mpq.measure.runner.Runner`.
             * ``measure_budget`` [None]: kernels in the initial measurement design (default:
               every distinct workload at every (variant, bits) -- exhaustive for small nets).
+            * ``tune_trials`` [0]: MetaSchedule trials per measured kernel, the same budget for
+              every kernel the search may pick and every baseline's (fp32 included); costs
+              are the tuned records', compiles use the tuned schedules (0: default ones).
+            * ``backend="rpc"`` with ``tracker="HOST:PORT"`` and ``key``: the servers of the
+              key at the tracker measure (simulator hosts for ``spike-<profile>`` /
+              ``qemu-<profile>`` keys, boards by wall time otherwise; docs/boards.md).
             * ``prior_workloads`` [0]: also measure this many model-independent layer shapes
               (:func:`tvm_mpq.costmodel.prior.generic_workloads`, every variant and bits), so
               the cost model sees shapes beyond the model's own (a few minutes on Spike for 24).

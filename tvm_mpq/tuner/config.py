@@ -129,6 +129,10 @@ class MeasureSettings:
             kernel measurement fans out to them (:class:`~tvm_mpq.rpc.runner.RPCRunner`).
         measure_budget: kernels in the initial design (default: every distinct workload at
             every variant and bits).
+        tune_trials: MetaSchedule trials per measured kernel (0: default schedules). Every
+            kernel the search may pick, the baselines' included, gets the same budget; the
+            costs are the tuned ones and every compile of the run uses the tuned schedules
+            (:func:`tvm_mpq.measure.tuned.tuned_schedule_provider`).
         prior_workloads: model-independent layer shapes also measured for the cost model.
         final_measure: run the chosen plan and the baselines end to end (standalone artifact)
             and through the compiled model.
@@ -147,6 +151,7 @@ class MeasureSettings:
     tracker: str | None = None
     key: str | None = None
     measure_budget: int | None = None
+    tune_trials: int = 0
     prior_workloads: int = 0
     final_measure: bool = True
     compiled_eval: bool = True
@@ -163,6 +168,7 @@ class MeasureSettings:
             raise ValueError(f"tracker= / key= go with backend='rpc' (backend is "
                              f"{self.backend!r})")
         _check_count(self, "measure_budget", 1, optional=True)
+        _check_count(self, "tune_trials", 0)
         _check_count(self, "prior_workloads", 0)
         _check_count(self, "final_eval_samples", 1, optional=True)
 

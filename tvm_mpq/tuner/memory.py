@@ -48,7 +48,8 @@ def standalone_point(state: Any, p: PlanPoint, directory: str) -> None:
     try:
         x1 = state.example_inputs[0][:1]
         m_p, qp_p = load_qat(p.qat_dir) if p.qat_dir else (state.model, state.qparams(p.plan))
-        cm1 = mpq_compile(m_p, (x1,), p.plan, state.profile, qparams=qp_p, glue=state.glue)
+        cm1 = mpq_compile(m_p, (x1,), p.plan, state.profile, qparams=qp_p, glue=state.glue,
+                          schedule_for=state.schedule_for)
         art = export_standalone(cm1, directory)
         p.standalone_dir = art.directory
         r = run_standalone(art, x1.numpy(), backend=state.runner)

@@ -140,7 +140,21 @@ class TuneResult:
         model, qp = self._model_for(plan)
         kw: dict[str, Any] = {"qparams": qp} if qp is not None else {"calib_data": self._calib}
         return mpq_compile(model, self._example_inputs, plan, target or self.profile,
-                           glue=glue, integer_io=integer_io, **kw)
+                           glue=glue, integer_io=integer_io,
+                           schedule_for=self._tuned_schedules(target), **kw)
+
+    def _tuned_schedules(self, target: Any) -> Any:
+        """The run's tuned schedules (``tune_trials``) for its own target, else None."""
+        from tvm_mpq.targets import get_profile
+
+        trials = int(self.settings.get("tune_trials", 0) or 0)
+        if trials <= 0 or self.workdir is None or (
+                target is not None and get_profile(target).name != self.profile):
+            return None
+        from tvm_mpq.measure.tuned import tuned_schedule_provider
+        from tvm_mpq.tuner.costs import open_db
+
+        return tuned_schedule_provider(open_db(self.workdir), self.profile, self.backend, trials)
 
     def reference(self, compiled) -> torch.nn.Module:
         """The torch reference that a model from :meth:`compile` equals: ``fake_quant`` of

@@ -230,12 +230,30 @@ class TuneState:
 
         return self.accuracy_of(self.forward(full_plan(plan, self.model)), self.n_eval)
 
+    @property
+    def schedule(self) -> str:
+        """Schedule tag of the run's kernels: ``"default"`` or ``"tuned<tune_trials>"``."""
+        from tvm_mpq.measure.database import schedule_tag
+
+        return schedule_tag(self.config.measure.tune_trials)
+
+    @property
+    def schedule_for(self) -> Any:
+        """The compiles' schedule provider: the tuned schedules (None: the defaults)."""
+        trials = self.config.measure.tune_trials
+        if trials <= 0:
+            return None
+        from tvm_mpq.measure.tuned import tuned_schedule_provider
+
+        return tuned_schedule_provider(self.db, self.profile.name, self.runner.backend, trials)
+
     def measure(self, queries: Sequence[Any]) -> None:
         """Measure the kernels of ``queries`` the database does not have yet (through the
-        runner, into the workdir's database)."""
+        runner, into the workdir's database; tuned first with ``tune_trials``)."""
         from tvm_mpq.measure.campaign import measure_many
 
-        reqs = list({q.key(): q.request() for q in queries}.values())
+        trials = self.config.measure.tune_trials
+        reqs = list({q.key(): (*q.request(), trials) for q in queries}.values())
         if reqs:
             measure_many(reqs, self.profile.name, self.runner, db=self.db,
                          progress=self.progress, work_dir=os.path.join(self.workdir, "kernels"))
@@ -243,4 +261,5 @@ class TuneState:
     def measured_costs(self) -> dict[Any, float]:
         """Measured cost per kernel key now in the database (``inf``: failed for good, see
         :meth:`~tvm_mpq.measure.database.MeasurementDB.kernel_costs`)."""
-        return self.db.kernel_costs(self.profile.name, self.runner.backend, self.unit)
+        return self.db.kernel_costs(self.profile.name, self.runner.backend, self.unit,
+                                    self.schedule)

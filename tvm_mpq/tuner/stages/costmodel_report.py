@@ -33,7 +33,7 @@ class CostModelReportStage(Stage):
         recs = state.db.records(state.profile.name, state.runner.backend, status="ok")
         report: dict[str, Any]
         try:
-            rep = evaluate_holdout(recs, groups="workload")
+            rep = evaluate_holdout(recs, groups="workload", schedule=state.schedule)
             report = {"mape": rep.mape, "within_10pct": rep.within_10pct,
                       "spearman": rep.spearman, "spearman_within": rep.spearman_within,
                       "n": rep.n, "n_folds": rep.n_folds, "groups": rep.groups,

@@ -41,7 +41,8 @@ def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> N
         x1 = state.example_inputs[0][:1]
         m_p, qp_p = load_qat(p.qat_dir) if p.qat_dir else (state.model, state.qparams(p.plan))
         if state.runner.times_models and p.model_cost is None:  # e.g. a board: run it there
-            cm = mpq_compile(m_p, (x1,), p.plan, state.profile, qparams=qp_p, glue=state.glue)
+            cm = mpq_compile(m_p, (x1,), p.plan, state.profile, qparams=qp_p, glue=state.glue,
+                             schedule_for=state.schedule_for)
             p.model_cost = state.runner.time_model(cm, x1.numpy())
         if compiled_eval:
             cmb = mpq_compile(m_p, (torch.zeros(64, *x1.shape[1:]),), p.plan, "host",

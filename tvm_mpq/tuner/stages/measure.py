@@ -32,7 +32,7 @@ class MeasureStage(Stage):
         return {"profile": state.profile.name, "backend": state.runner.backend, "bits": s.bits,
                 "variants": s.variants, "seed": s.seed, "budget": m.measure_budget,
                 "prior": m.prior_workloads, "kernels": KERNELS_REVISION, "passes": PASSES_REVISION,
-                "glue": m.glue}
+                "glue": m.glue, **({"tune_trials": m.tune_trials} if m.tune_trials else {})}
 
     def load(self, state: TuneState, workdir: str) -> bool:
         d = read_json(stage_file(workdir, self.name), "measurement checkpoint")

@@ -136,7 +136,7 @@ class SearchStage(Stage):
         cm = _load_model(cm_path) if os.path.exists(meas_path) else None
         measured = _load_measured(meas_path) if cm is not None else None
         if cm is None or measured is None:
-            cm = CostModel(seed=state.config.search.seed).fit(
+            cm = CostModel(seed=state.config.search.seed, schedule=state.schedule).fit(
                 state.db.records(state.profile.name, state.runner.backend, status="ok"))
             measured = state.measured_costs()
             cm.save(cm_path)
