@@ -240,7 +240,12 @@ def _tiny_table():
 def test_integer_glue_passes_are_measured(tmp_path, monkeypatch, profile):
     """The integer glue's passes: each a real run checked against numpy, the fp32 layer's
     priced in its graph context, cached per glue and context (switching never reuses)."""
-    from tvm_mpq.measure.overhead import FP32_SUFFIX, LayerContext, measure_qdq_overhead
+    from tvm_mpq.measure.overhead import (
+        FP32_SUFFIX,
+        PASSES_REVISION,
+        LayerContext,
+        measure_qdq_overhead,
+    )
     from tvm_mpq.schedules.workload import workload_from_layer
     from tvm_mpq.targets import get_profile
 
@@ -272,7 +277,7 @@ def test_integer_glue_passes_are_measured(tmp_path, monkeypatch, profile):
     assert counter.cases > n_cases and flt[conv_k] != got[conv_k]
     with open(path) as f:
         saved = json.load(f)
-    assert saved["passes_revision"] == 3 and set(saved["costs"]) == {"integer", "float"}
+    assert saved["passes_revision"] == PASSES_REVISION and set(saved["costs"]) == {"integer", "float"}
 
 
 # ---- measure -------------------------------------------------------------------------------

@@ -413,8 +413,10 @@ def test_tune_through_the_tracker_equals_local_spike(cluster, tmp_path):
     assert remote.best.plan.to_dict() == local.best.plan.to_dict()
     assert remote.best.cost == local.best.cost
     assert remote.settings["backend"] == "rpc" and remote.settings["key"] == REAL_KEY
-    for bad, err, msg in ((dict(key="spike-nosuchkey"), ValueError,
-                           "no server is registered under key 'spike-nosuchkey'"),
+    for bad, err, msg in ((dict(key="spike-rv64gcv"), ValueError,
+                           "no server is registered under key 'spike-rv64gcv'"),
+                          (dict(key="board-rv64gc"), ValueError,
+                           "no board server is registered under key 'board-rv64gc'"),
                           (dict(tracker=f"127.0.0.1:{_free_port()}"), T.TrackerUnreachableError, ""),
                           (dict(tracker=None), ValueError, "backend='rpc' needs tracker")):
         args = dict(backend="rpc", tracker=tracker, key=REAL_KEY) | bad
