@@ -389,6 +389,8 @@ def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
         recs = db.records("rv64gc", key)
         assert recs and all(r.ok and r.seconds > 0 for r in recs), [r.message for r in recs]
         assert all(r.extra["board"]["under_qemu"] and "spread" in r.extra for r in recs)
+        dev = recs[0].extra["device"]  # reported by the board server itself
+        assert dev["machine"] == "riscv64" and dev["tvm_version"].startswith("0.27")
         assert res.best is not None and res.best.model_cost and res.best.model_cost > 0
         assert res.baselines["fp32"].model_cost > 0
         # the chosen plan's accuracy through the board's own outputs

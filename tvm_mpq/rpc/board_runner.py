@@ -29,7 +29,19 @@ from tvm_mpq.measure.toolchain import ToolchainError
 from tvm_mpq.rpc.tracker import DEFAULT_PORT, parse_addr, tracker_status
 from tvm_mpq.targets import Profile, get_profile
 
-__all__ = ["BoardRunner"]
+__all__ = ["BoardRunner", "server_info"]
+
+
+def server_info(session: Any) -> dict[str, Any]:
+    """What the board server reports about itself (``tvm_mpq.server_info`` of our
+    ``tvm_rpc``: uname fields and TVM runtime version); a server without it (TVM's own
+    ``tvm_rpc``) is recorded as unknown."""
+    import json
+
+    try:
+        return json.loads(session.get_function("tvm_mpq.server_info")())
+    except Exception as e:  # noqa: BLE001 - another server: no identity to record
+        return {"server": f"unknown (no tvm_mpq.server_info: {type(e).__name__})"}
 
 
 class BoardRunner(LocalRunner):
@@ -133,7 +145,10 @@ class BoardRunner(LocalRunner):
 
         repeat = self.repeat
         for attempt in range(2):
-            res = measure_on_board(self._session(), lib, "kernel", p.args, number=self.number,
+            sess = self._session()
+            if attempt == 0:
+                p.extra = {**p.extra, "device": server_info(sess)}
+            res = measure_on_board(sess, lib, "kernel", p.args, number=self.number,
                                    repeat=repeat, min_repeat_ms=self.min_repeat_ms,
                                    return_outputs=attempt == 0)
             if attempt == 0:

@@ -18,9 +18,11 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/extra/module.h>
+#include <tvm/runtime/base.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -203,7 +205,21 @@ std::string Confine(const std::string& name) {
   return f;
 }
 
+/*! \brief What this server runs on, for the client's measurement records: the kernel's
+ * uname fields and the TVM runtime version (JSON). */
+std::string ServerInfo() {
+  struct utsname u {};
+  uname(&u);
+  std::ostringstream os;
+  os << "{\"server\": \"tvm-mpq tvm_rpc\", \"tvm_version\": \"" << TVM_VERSION
+     << "\", \"sysname\": \"" << u.sysname << "\", \"release\": \"" << u.release
+     << "\", \"machine\": \"" << u.machine << "\", \"nodename\": \"" << u.nodename << "\"}";
+  return os.str();
+}
+
 void RegisterServerEnv() {
+  Function::SetGlobal("tvm_mpq.server_info", Function::FromTyped([]() { return ServerInfo(); }),
+                      true);
   Function::SetGlobal("tvm.rpc.server.workpath",
                       Function::FromTyped([](std::string name) { return Confine(name); }), true);
   Function::SetGlobal("tvm.rpc.server.load_module", Function::FromTyped([](std::string name) {
