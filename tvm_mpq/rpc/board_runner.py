@@ -151,6 +151,7 @@ class BoardRunner(LocalRunner):
             res = measure_on_board(sess, lib, "kernel", p.args, number=self.number,
                                    repeat=repeat, min_repeat_ms=self.min_repeat_ms,
                                    return_outputs=attempt == 0)
+            del sess  # close the session now: a board serves one at a time
             if attempt == 0:
                 got = res["outputs"][-1]
                 bad = (int(np.count_nonzero(~np.isclose(got, p.expected, rtol=1e-5, atol=1e-6)))
