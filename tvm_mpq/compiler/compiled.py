@@ -114,15 +114,7 @@ class CompiledModel:
         """Outputs for many inputs, run in chunks of the compiled batch size."""
         if isinstance(images, torch.Tensor):
             images = images.detach().cpu().numpy()
-        b = self.input_shape[0]
-        outs = []
-        for i in range(0, len(images), b):
-            chunk = images[i:i + b]
-            n = len(chunk)
-            if n < b:  # pad the last chunk to the compiled batch
-                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(self(chunk)[:n])
-        return np.concatenate(outs)
+        return predict_in_batches(self, images, self.input_shape[0])
 
     def export_library(self, path: str, cross_compiler: str = "riscv64-linux-gnu-g++") -> str:
         """Build for the profile's riscv Linux target and write a Relax VM shared library.
@@ -145,6 +137,20 @@ class CompiledModel:
         from tvm_mpq.deploy import export_standalone
 
         return export_standalone(self, directory, **kwargs)
+
+
+def predict_in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                       batch: int) -> np.ndarray:
+    """``run`` (a model compiled for ``batch`` inputs) over many inputs: chunks of ``batch``,
+    the last one zero-padded and its padding's outputs dropped."""
+    outs = []
+    for i in range(0, len(images), batch):
+        chunk = images[i:i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(run(chunk)[:n])
+    return np.concatenate(outs)
 
 
 def compile(  # noqa: A001 - the public name the API promises (tvm_mpq.compile)

@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq.measure.local_runner import LocalRunner, PreparedKernel, RunResult, TuneHooks
+from tvm_mpq.measure.local_runner import (
+    LocalRunner,
+    PreparedKernel,
+    RunResult,
+    TuneHooks,
+    count_mismatches,
+)
 from tvm_mpq.measure.runner import last_line
 from tvm_mpq.targets import Profile, get_profile
 
@@ -62,10 +68,7 @@ class HostRunner(LocalRunner):
             bufs = [tvm.runtime.tensor(a) for a in p.args]
             lib["kernel"](*bufs)
             got = bufs[-1].numpy()
-            if got.dtype.kind == "f":
-                bad = int(np.count_nonzero(~np.isclose(got, p.expected, rtol=1e-5, atol=1e-6)))
-            else:
-                bad = int(np.count_nonzero(got != p.expected))
+            bad = count_mismatches(got, p.expected)
             if bad:
                 return RunResult("wrong_result",
                                  f"{bad} of {got.size} outputs differ from the reference")

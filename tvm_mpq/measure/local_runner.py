@@ -80,6 +80,14 @@ class TuneHooks:
     validator: Any = None
 
 
+def count_mismatches(got: np.ndarray, expected: np.ndarray) -> int:
+    """Outputs of a run that differ from the reference: exact for integer kernels, within
+    float rounding (rtol 1e-5, atol 1e-6) for fp32 ones."""
+    if got.dtype.kind == "f":
+        return int(np.count_nonzero(~np.isclose(got, expected, rtol=1e-5, atol=1e-6)))
+    return int(np.count_nonzero(got != expected))
+
+
 def prepare_kernel(req: MeasureRequest, profile: Profile, seed: int,
                    started: str | None = None) -> PreparedKernel:
     """Kernel, arguments and expected output of ``req`` on random full-range inputs."""

@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from tvm_mpq.measure.local_runner import LocalRunner, PreparedKernel, RunResult, TuneHooks
+from tvm_mpq.measure.local_runner import (
+    LocalRunner,
+    PreparedKernel,
+    RunResult,
+    TuneHooks,
+    count_mismatches,
+)
 from tvm_mpq.measure.runner import last_line
 from tvm_mpq.measure.toolchain import ToolchainError
 from tvm_mpq.rpc.tracker import DEFAULT_PORT, parse_addr, tracker_status
@@ -154,8 +160,7 @@ class BoardRunner(LocalRunner):
             del sess  # close the session now: a board serves one at a time
             if attempt == 0:
                 got = res["outputs"][-1]
-                bad = (int(np.count_nonzero(~np.isclose(got, p.expected, rtol=1e-5, atol=1e-6)))
-                       if got.dtype.kind == "f" else int(np.count_nonzero(got != p.expected)))
+                bad = count_mismatches(got, p.expected)
                 if bad:
                     return RunResult("wrong_result",
                                      f"{bad} of {got.size} outputs differ from the reference")

@@ -96,16 +96,9 @@ class RemoteModel:
 
     def predict(self, images: Any) -> np.ndarray:
         """Outputs for many inputs through the board, in chunks of the compiled batch."""
-        b = self.compiled.input_shape[0]
-        images = np.asarray(images)
-        outs = []
-        for i in range(0, len(images), b):
-            chunk = images[i:i + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(self(chunk)[:n])
-        return np.concatenate(outs)
+        from tvm_mpq.compiler.compiled import predict_in_batches
+
+        return predict_in_batches(self, np.asarray(images), self.compiled.input_shape[0])
 
     def time(self, x: Any, number: int = 5, repeat: int = 3,
              min_repeat_ms: int = 0) -> tuple[float, float, list[float]]:
