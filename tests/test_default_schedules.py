@@ -14,10 +14,12 @@ from tvm_mpq.schedules.default_schedules import (
     bitserial_is_tiled,
     bitserial_tile,
     default_schedule,
+    direct_tile,
     fit_tile,
     swar_tile,
 )
 from tvm_mpq.schedules.ms_tune import reference_output, validation_inputs
+from tvm_mpq.schedules.swar import swar_kernel_lanes
 from tvm_mpq.schedules.workload import DenseWorkload
 
 REF_LAYER = Conv2dWorkload.make((1, 64, 28, 28), (64, 64, 3, 3), 1, 1)
@@ -76,8 +78,13 @@ def test_register_tiles_fit_the_workload(case) -> None:
     t = bitserial_tile(wl, wb, ab)
     assert wl.kg % t.kt == 0 and wl.ow % t.owt == 0
     assert t.k_outer == t.unroll_ry == (plane_accumulators(wb, ab) > 3 and wl.kh * wl.kw > 1)
-    kt, owt = swar_tile(wl)
-    assert wl.kg % kt == 0 and wl.ow % owt == 0 and kt <= 4 and owt <= 4
+    layout, lanes, _ = swar_kernel_lanes(wl, wb, ab)
+    cols = wl.ow if layout == "channels" else -(-wl.ow // lanes)  # packed words per row
+    kt, owt = swar_tile(wl, wb, ab)
+    assert wl.kg % kt == 0 and cols % owt == 0 and kt <= 4 and owt <= 14
+    for variant in ("fp32", "int8", "unpack"):
+        kt, owt = direct_tile(wl, variant)
+        assert wl.kg % kt == 0 and wl.ow % owt == 0 and kt * owt <= 16
 
 
 def test_bitserial_is_tiled_only_where_measured_faster() -> None:
@@ -216,3 +223,32 @@ def test_tune_survives_foreign_log_handlers(tmp_path):
             ms_log.removeHandler(h)
         for h in saved:
             ms_log.addHandler(h)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(), st.sampled_from(["channels", "pixels"]))
+def test_swar_layouts_default_schedule_bit_exact_host(case, layout) -> None:
+    """Both swar layouts, forced whatever swar_layout would pick, are bit-exact under their
+    default schedule: ragged last lanes, strides, groups, depthwise, 1-bit bipolar weights."""
+    from tvm_mpq.schedules.swar import conv2d_swar
+
+    wl, (wb, ab), pad_value = case
+    kd = conv2d_swar(wl, wb, ab, pad_value=pad_value, layout=layout)
+    assert kd.attrs["layout"] == layout
+    _check_host(kd)
+
+
+@settings(max_examples=200, deadline=None)
+@given(conv_cases())
+def test_pixel_lanes_hold_every_sum(case) -> None:
+    """A pixel lane (width S, bias 2^(S-1)) holds the largest |sum| the layer can produce,
+    P lanes fit a 64-bit word, and no lane is left without an output column."""
+    from tvm_mpq.schedules.swar import pixel_lanes
+
+    wl, (wb, ab), _ = case
+    p, s = pixel_lanes(wl, wb, ab)
+    maxw = 1 if wb == 1 else 1 << (wb - 1)
+    assert wl.cg * wl.kh * wl.kw * maxw * ((1 << ab) - 1) < 1 << (s - 1)
+    assert p * s <= 64 or p == 1
+    q = -(-wl.ow // p)
+    assert (p - 1) * q < wl.ow <= p * q

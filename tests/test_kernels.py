@@ -206,7 +206,7 @@ def test_bitplanes_reconstruct(bits, length, word_bits, seed):
        st.sampled_from([1, 2, 4, 8]))
 def test_swar_lanes_never_carry(cg, kh, w_bits, a_bits):
     """The lane choice keeps a whole output's packed sum inside its lane."""
-    from tvm_mpq.schedules.conv2d import swar_lanes
+    from tvm_mpq.schedules.swar import swar_lanes
 
     wl = Conv2dWorkload.make((1, cg, kh + 2, kh + 2), (2, cg, kh, kh), 1, 0)
     p, s = swar_lanes(wl, w_bits, a_bits)

@@ -28,7 +28,7 @@ import numpy as np
 from tvm_mpq.costmodel.query import VARIANT_ORDER, CostQuery
 from tvm_mpq.costmodel.terms import conv_view, inner_extent, reduction_unrolled, stage_counts
 from tvm_mpq.quant.plan import FP32
-from tvm_mpq.schedules.conv2d import swar_lanes
+from tvm_mpq.schedules.swar import swar_kernel_lanes
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload, Workload
 from tvm_mpq.targets import get_profile
 
@@ -61,7 +61,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "cg_le_8", "cg_le_16", "cg_le_32", "cg_le_64",
     "log_pack_out", "log_pack_per_mac", "log_pop_per_mac", "log_acc_per_mac",
     "log_unpack_per_mac", "log_inner_extent", "inner_unrolled", "log_tile_outs", "pack_blocked",
-    "reduction_unrolled", "ow_unrolled",
+    "log_dir_load_per_mac", "swar_pixel_lanes",
 )
 
 
@@ -120,9 +120,9 @@ def _row(q: CostQuery) -> list[float]:
         in_b, w_b = 1.0, 1.0
     elif q.variant == "unpack":
         in_b, w_b = 1.0, wb / 8
-    elif q.variant == "swar":  # lanes of 64 / P bits each
-        lane_bytes = 8.0 / swar_lanes(cv, q.w_bits, q.a_bits)[0]
-        in_b, w_b = lane_bytes, lane_bytes
+    elif q.variant == "swar":  # lanes of 64 / P bits each; pixel lanes keep int8 weights
+        layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits)
+        in_b, w_b = 8.0 / lanes, (1.0 if layout == "pixels" else 8.0 / lanes)
     else:
         in_b, w_b = ab / 8, wb / 8
     words = math.ceil(cv.cg / word_bits)
@@ -149,7 +149,7 @@ def _structure_feats(q: CostQuery, cv: Conv2dWorkload, t: dict[str, float],
     """The loop-structure features: the stage counts ``t`` summarised per MAC."""
     macs = float(max(cv.macs, 1))
     pack = t["pk_blk_out"] + t["pk_g_planes"]
-    tiles = t["bs_tiles"] + t["swar_tiles"]
+    tiles = t["bs_tiles"] + t["swar_tiles"] + t["dir_tiles"]
     tile = t["out"] / tiles if tiles > 0 else 1.0  # outputs per register tile
     return [
         float(t["pad"] > 0), _log(t["pad"]), t["pad"] / macs, _log(t["out"]) - _log(macs),
@@ -162,8 +162,8 @@ def _structure_feats(q: CostQuery, cv: Conv2dWorkload, t: dict[str, float],
         _log(inner_extent(q, cv, word_bits)),
         float(reduction_unrolled(q.variant, inner_extent(q, cv, word_bits))),
         math.log2(tile), float(t["pk_blk_out"] > 0),
-        float(t["macs_unrolled"] + t["macs_unrolled_ow"] + t["macs_unrolled_ohow"] > 0),
-        float(t["macs_unrolled_ow"] + t["macs_unrolled_ohow"] > 0),
+        math.log2(max(t["dir_wload"] + t["dir_aload"], 1.0) / macs),
+        float(t["swar_extract"] > 0),
     ]
 
 

@@ -24,9 +24,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from tvm_mpq.costmodel.query import CostQuery
-from tvm_mpq.schedules.conv2d import grouped_planes, pixel_block, plane_accumulators, swar_lanes
-from tvm_mpq.schedules.default_schedules import bitserial_is_tiled, bitserial_tile, swar_tile
+from tvm_mpq.schedules.conv2d import grouped_planes, pixel_block, plane_accumulators
+from tvm_mpq.schedules.default_schedules import (
+    bitserial_is_tiled,
+    bitserial_tile,
+    direct_tile,
+    swar_tile,
+)
 from tvm_mpq.schedules.registry import dense_as_conv
+from tvm_mpq.schedules.swar import swar_kernel_lanes
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload, Workload
 from tvm_mpq.targets import get_profile
 
@@ -55,15 +61,8 @@ ANALYTIC_TERMS: tuple[str, ...] = (
     "pad_inside",
     "pad_rows",
     "pad_planes",
-    # plain direct lowering (fp32 / int8 / unpack)
+    # direct lowering (fp32 / int8 / unpack)
     "macs",          # multiply-accumulates
-    "inner_trips",   # trips of the innermost rolled reduction loop (0: reduction unrolled)
-    "macs_unrolled",  # MACs of a reduction LLVM fully unrolls (rx, ry, rc) ...
-    "macs_unrolled_ow",  # ... and the ow loop around the unrolled reduction unrolled as well
-    "out_unrolled",  # output elements of the kernels counted in macs_unrolled
-    "out_unrolled_ow",  # ... in macs_unrolled_ow
-    "macs_unrolled_ohow",  # ... and the oh loop as well
-    "out_unrolled_ohow",
     "unpack",        # sub-byte weights unpacked (unpack, w_bits < 8), innermost loop over c
     "unpack_unrolled",  # the same when LLVM unrolls the innermost loop (kw, or few channels)
     # bitserial, register-tiled schedule (bitserial_tile's kt x owt tiles)
@@ -95,6 +94,12 @@ ANALYTIC_TERMS: tuple[str, ...] = (
     "swar_pack_words",  # packed activation words
     "swar_asum",     # adds of the activation window sums (over the padded input)
     "swar_asum_out",  # activation window sums
+    "swar_extract",  # outputs read back from pixel lanes (shift, mask, unbias)
+    # fp32 / int8 / unpack: direct_tile's kt x owt register tiles (rx unrolled)
+    "dir_wload",     # weights loaded (once per tile and tap)
+    "dir_aload",     # activations loaded (the tile's columns, shared across rx, per row)
+    "dir_red",       # reduction loop iterations (tiles * cg * kh)
+    "dir_tiles",     # output tiles
 )
 
 #: Rough LLVM IR size of one multiply-accumulate and LLVM's full-unroll budget: a loop of
@@ -103,11 +108,6 @@ ANALYTIC_TERMS: tuple[str, ...] = (
 #: (2.2-5 instructions per MAC), rolled from 48 (6.0 fp32, 7.0 int8 per MAC).
 _MAC_BODY = {"fp32": 8, "int8": 8, "unpack": 8, "bitserial": 6, "swar": 4}
 _UNROLL_BUDGET = 300
-#: Most MACs of a fully unrolled ow loop (and oh x ow nest) around an unrolled reduction:
-#: 1x1 with 7 x 8, 4 x 16, 2 x 32 channels and 3x3 depthwise with ow <= 7 unroll the ow loop;
-#: 2 x 2 x 32 channels and 2 x 2 depthwise outputs unroll both (rv64 code, LLVM 20).
-_OW_UNROLL_MACS = 64
-_OHOW_UNROLL_MACS = 128
 #: Rough IR size of one sub-byte weight unpack (load, shift, mask, sign-extend, store): its
 #: innermost loop is unrolled up to 24 channels (~2 instructions a weight), rolled from 32 (~12).
 _UNPACK_BODY = 12
@@ -127,7 +127,8 @@ def inner_extent(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> int:
     if cv.kw > 1:
         return cv.kw
     if q.variant == "swar":
-        return math.ceil(cv.cg / swar_lanes(cv, q.w_bits, q.a_bits)[0])
+        layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits)
+        return cv.cg if layout == "pixels" else math.ceil(cv.cg / lanes)
     return math.ceil(cv.cg / word_bits) if q.variant == "bitserial" else cv.cg
 
 
@@ -135,33 +136,6 @@ def reduction_unrolled(variant: str, inner: int) -> bool:
     """Whether LLVM fully unrolls an innermost reduction loop of ``inner`` iterations of
     ``variant``'s multiply-accumulate (a size budget, measured on Spike)."""
     return inner * _MAC_BODY[variant] <= _UNROLL_BUDGET
-
-
-def _inner_trips(q: CostQuery, cv: Conv2dWorkload) -> float:
-    """Trips of the innermost reduction loop LLVM leaves rolled in the plain direct lowering
-    (the loops inside it, innermost first among rx, ry, rc, are unrolled); 0 if none is."""
-    size, inside = _MAC_BODY[q.variant], 1
-    for extent in (cv.kw, cv.kh, cv.cg):
-        if size * extent > _UNROLL_BUDGET:
-            return float(cv.macs) / inside
-        size, inside = size * extent, inside * extent
-    return 0.0
-
-
-def _direct_unroll(q: CostQuery, cv: Conv2dWorkload) -> int:
-    """How far LLVM fully unrolls the plain direct lowering (fp32 / int8 / unpack), from the
-    innermost loop outwards: 0 the reduction stays rolled, 1 the whole reduction (rx, ry, rc)
-    is unrolled, 2 the ow loop around it too, 3 the oh loop as well (checked on the
-    generated RISC-V code: multiplies in the kernel = MACs of the unrolled nest)."""
-    size = _MAC_BODY[q.variant]
-    for extent in (cv.kw, cv.kh, cv.cg):
-        size *= extent
-        if size > _UNROLL_BUDGET:
-            return 0
-    red = cv.cg * cv.kh * cv.kw
-    if cv.ow * red > _OW_UNROLL_MACS:
-        return 1
-    return 3 if cv.oh * cv.ow * red <= _OHOW_UNROLL_MACS else 2
 
 
 def stage_counts(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> dict[str, float]:
@@ -251,37 +225,47 @@ def _packing_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload, wbits
 
 
 def _swar_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload) -> None:
-    """The swar kernel: register tiles of packed multiply-adds, lane packing, window sums."""
-    lanes = swar_lanes(cv, q.w_bits, q.a_bits)[0]
-    nwp = math.ceil(cv.cg / lanes)
+    """The swar kernel: register tiles of packed multiply-adds, lane packing, and the window
+    sums (channel lanes) or the lane extraction (pixel lanes)."""
+    layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits)
     taps = cv.kh * cv.kw
-    kt, owt = swar_tile(cv)
-    tiles = float(cv.n * (cv.k // kt) * cv.oh * (cv.ow // owt))
-    t["swar_words"] = t["out"] * taps * nwp
-    t["swar_wload"] = tiles * kt * taps * nwp
-    t["swar_aload"] = tiles * owt * taps * nwp
-    t["swar_red"] = tiles * taps * nwp
+    kt, owt = swar_tile(cv, q.w_bits, q.a_bits)
+    if layout == "pixels":  # one word per (channel, tap) for P columns
+        cols = math.ceil(cv.ow / lanes)
+        tiles = float(cv.n * (cv.k // kt) * cv.oh * (cols // owt))
+        steps = float(taps * cv.cg)
+        t["swar_pack_words"] = float(cv.n * cv.c * cv.hp * ((cols - 1) * cv.stride[1] + cv.kw))
+        t["swar_extract"] = t["out"]
+        t["swar_words"] = float(cv.n * cv.k * cv.oh * cols) * steps
+    else:
+        nwp = math.ceil(cv.cg / lanes)
+        tiles = float(cv.n * (cv.k // kt) * cv.oh * (cv.ow // owt))
+        steps = float(taps * nwp)
+        t["swar_pack_words"] = float(cv.n * cv.groups * cv.hp * cv.wp * nwp)
+        t["swar_asum_out"] = float(cv.n * cv.groups * cv.oh * cv.ow)
+        t["swar_asum"] = t["swar_asum_out"] * taps * cv.cg  # adds over the padded input
+        t["swar_words"] = t["out"] * steps
+    t["swar_wload"] = tiles * kt * steps
+    t["swar_aload"] = tiles * owt * steps
+    t["swar_red"] = tiles * steps
     t["swar_tiles"] = tiles
-    t["swar_pack_words"] = float(cv.n * cv.groups * cv.hp * cv.wp * nwp)
     t["swar_pack"] = t["swar_pack_words"] * lanes
-    t["swar_asum_out"] = float(cv.n * cv.groups * cv.oh * cv.ow)
-    t["swar_asum"] = t["swar_asum_out"] * taps * cv.cg  # adds over the padded input
 
 
 def _direct_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload) -> None:
-    """The plain direct lowering (fp32 / int8 / unpack).
+    """The register-tiled direct lowering of fp32 / int8 / unpack (:func:`direct_tile`).
 
-    Every MAC costs its loads, multiply and add; a rolled innermost loop adds its overhead
-    per trip (1x1: per channel; 3x3 with rx unrolled: per (channel, kernel row)). Fully
-    unrolled reductions (and the output loops LLVM unrolls around them) get their own
-    per-MAC and per-output extras: spills, hoisted weights.
+    Every MAC costs its multiply and add; per tile and reduction step (channel, kernel row)
+    the tile's kt x kw weights and owt + kw - 1 activation columns are loaded once.
     """
+    kt, owt = direct_tile(cv, q.variant)
+    tiles = float(cv.n * (cv.k // kt) * cv.oh * (cv.ow // owt))
+    steps = float(cv.cg * cv.kh)
     t["macs"] = float(cv.macs)
-    t["inner_trips"] = _inner_trips(q, cv)
-    level = _direct_unroll(q, cv)
-    if level:
-        suffix = ("", "_ow", "_ohow")[level - 1]
-        t["macs_unrolled" + suffix], t["out_unrolled" + suffix] = float(cv.macs), t["out"]
+    t["dir_tiles"] = tiles
+    t["dir_red"] = tiles * steps
+    t["dir_wload"] = tiles * steps * kt * cv.kw
+    t["dir_aload"] = tiles * steps * ((owt - 1) * cv.stride[1] + cv.kw)
     if q.variant == "unpack" and q.w_bits < 8:
         inner = cv.kw if cv.kw > 1 else cv.cg
         unrolled = inner * _UNPACK_BODY <= _UNROLL_BUDGET

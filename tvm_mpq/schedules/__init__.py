@@ -10,8 +10,10 @@ bit-exact against the numpy reference in :mod:`.reference`.
 #: packing, grouped plane accumulators, rocket-rv64 scheduling model. 3: bitserial tiles on
 #: scalar cores without popcount too. 4 (never released in a result): a local-buffer
 #: workaround for the swar miscompile fixed in 5. 5: swar window sums from the padded input
-#: (the packed form was miscompiled by TVM 0.27 for small windows).
-KERNELS_REVISION = 5
+#: (the packed form was miscompiled by TVM 0.27 for small windows). 6: register-tiled
+#: default schedules for fp32 / int8 / unpack (``default_schedules.direct_tile``); swar packs
+#: output columns where that fills more lanes (``swar.swar_layout``).
+KERNELS_REVISION = 6
 
 from tvm_mpq.schedules.build import build_kernel, resolve_target  # noqa: E402
 from tvm_mpq.schedules.host_run import run_conv2d, run_dense  # noqa: E402

@@ -16,7 +16,8 @@ from tvm_mpq.schedules.packing import n_words, pack_bitplanes, pack_subbyte, wei
 from tvm_mpq.schedules.workload import Conv2dWorkload
 
 
-def _pad(data: te.Tensor, wl: Conv2dWorkload, pad_value, name: str = "pad") -> te.Tensor:
+def pad_te(data: te.Tensor, wl: Conv2dWorkload, pad_value, name: str = "pad") -> te.Tensor:
+    """``data`` padded as ``wl`` says, with ``pad_value`` (the input itself when unpadded)."""
     t, left, _, _ = wl.padding
     if not any(wl.padding):
         return data
@@ -54,7 +55,7 @@ def conv2d_fp32(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8, pad_value:
     """Float baseline: float32 input and weight, float32 accumulation."""
     x = te.placeholder(wl.input_shape, "float32", "x")
     w = te.placeholder(wl.weight_shape, "float32", "w")
-    out = _direct(wl, _pad(x, wl, float(pad_value)), w, "float32", "conv2d_fp32")
+    out = _direct(wl, pad_te(x, wl, float(pad_value)), w, "float32", "conv2d_fp32")
     return KernelDef(wl, "fp32", w_bits, a_bits, [x, w, out],
                      prepare_weight=lambda a: a.astype(np.float32),
                      prepare_input=lambda a: a.astype(np.float32), pad_value=pad_value)
@@ -65,7 +66,7 @@ def conv2d_int8(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8, pad_value:
     """uint8 activations x int8 weights -> int32 (any bits <= 8 stored as bytes)."""
     x = te.placeholder(wl.input_shape, "uint8", "x")
     w = te.placeholder(wl.weight_shape, "int8", "w")
-    out = _direct(wl, _pad(x, wl, pad_value), w, "int32", "conv2d_int8")
+    out = _direct(wl, pad_te(x, wl, pad_value), w, "int32", "conv2d_int8")
     return KernelDef(wl, "int8", w_bits, a_bits, [x, w, out],
                      prepare_weight=lambda a: a.astype(np.int8),
                      prepare_input=lambda a: a.astype(np.uint8), pad_value=pad_value)
@@ -104,7 +105,7 @@ def conv2d_unpack(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int =
             return decode_subbyte(field, w_bits).astype("int8")
 
         wu = te.compute(wl.weight_shape, unpack, name="w_unpack")
-    out = _direct(wl, _pad(x, wl, pad_value), wu, "int32", "conv2d_unpack")
+    out = _direct(wl, pad_te(x, wl, pad_value), wu, "int32", "conv2d_unpack")
 
     def prep_w(a: np.ndarray) -> np.ndarray:
         if w_bits == 8:
@@ -398,103 +399,3 @@ def _bitserial_grouped(wl, w_bits, a_bits, pad_value, word_bits, x, wp, apack, g
 
     out = te.compute(wl.output_shape, combine, name="conv2d_bitserial")
     return _bitserial_kdef(wl, w_bits, a_bits, pad_value, word_bits, x, wp, out)
-
-
-def swar_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> tuple[int, int]:
-    """(lanes P, lane width S) of the SWAR packed-multiply kernel for ``wl`` at these bits.
-
-    Activations a in [0, 2^A) and offset weights w' = w + 2^(W-1) in [0, 2^W) (1-bit: bipolar
-    w = 2w' - 1) are packed P per 64-bit word, S bits apart, the weights in reverse lane order:
-    the 64-bit product then holds sum_i a_i * w'_i in lane P-1. Summing T such products per
-    output (T = kh * kw * ceil(cg / P)) never carries out of a lane while
-    T * P * max(a) * max(w') < 2^S, and the lane must fit: P * S <= 64. The most lanes that
-    satisfy both win (ULPPACK, Won et al., MLSys 2022, on plain 64-bit integer multiplies).
-    """
-    maxprod = ((1 << a_bits) - 1) * ((1 << w_bits) - 1)
-    for p in range(8, 0, -1):
-        s = 64 // p
-        t = wl.kh * wl.kw * -(-wl.cg // p)
-        if t * p * maxprod < (1 << s) or p == 1:
-            return p, s
-    raise AssertionError("unreachable")
-
-
-def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0,
-                **_) -> KernelDef:
-    """SWAR packed-multiply conv: P channels per 64-bit word, one ``mul`` = P MACs.
-
-    For cores without popcount or vector units (rv64gc): the arithmetic of ``bitserial``
-    needs a popcount (~15 instructions without Zbb), that of ``int8`` one multiply per MAC.
-    Here one 64-bit multiply + add does P MACs (:func:`swar_lanes`: 2 at w8a8, 3-4 at w4a4,
-    4-5 at w2a2, 6+ at w1a1). Weights are pre-packed (k, kh, kw, words) with reversed lanes;
-    activations are padded (with ``pad_value``) and packed in the kernel; the zero point of
-    the offset weights is removed with the window sum of the activations (per group and
-    pixel, shared by every output channel of the group).
-    """
-    p, s = swar_lanes(wl, w_bits, a_bits)
-    nwp = -(-wl.cg // p)
-    u64 = "uint64"
-    x = te.placeholder(wl.input_shape, "uint8", "x")
-    wpk = te.placeholder((wl.k, wl.kh, wl.kw, nwp), u64, "w_packed")
-    xp = _pad(x, wl, pad_value)
-    i = te.reduce_axis((0, p), "i")
-
-    def pack(nn, g, hh, ww, j):
-        c = j * p + i
-        lane = xp[nn, tvm.te.min(g * wl.cg + c, wl.c - 1), hh, ww].astype(u64)
-        if nwp * p != wl.cg:  # ragged last word: lanes past cg are zero
-            lane = tvm.tirx.if_then_else(c < wl.cg, lane, tvm.tirx.const(0, u64))
-        return te.sum(lane << (i * s).astype(u64), axis=i)
-
-    apk = te.compute((wl.n, wl.groups, wl.hp, wl.wp, nwp), pack, name="swar_pack")
-    sh, sw = wl.stride
-    ry = te.reduce_axis((0, wl.kh), "ry")
-    rx = te.reduce_axis((0, wl.kw), "rx")
-    rj = te.reduce_axis((0, nwp), "rj")
-
-    def grp(k):
-        return 0 if wl.groups == 1 else k // wl.kg
-
-    acc = te.compute(
-        (wl.n, wl.k, wl.oh, wl.ow),
-        lambda n, k, oh, ow: te.sum(apk[n, grp(k), oh * sh + ry, ow * sw + rx, rj]
-                                    * wpk[k, ry, rx, rj], axis=[ry, rx, rj]),
-        name="swar_acc")
-    # window sum of the activations per (group, pixel), from the padded input (not from the
-    # packed words times a word of ones: that form, with TVM 0.27's CSE and storage rewrite,
-    # was miscompiled for small windows)
-    ry2 = te.reduce_axis((0, wl.kh), "ry2")
-    rx2 = te.reduce_axis((0, wl.kw), "rx2")
-    rc2 = te.reduce_axis((0, wl.cg), "rc2")
-    asum = te.compute(
-        (wl.n, wl.groups, wl.oh, wl.ow),
-        lambda n, g, oh, ow: te.sum(xp[n, g * wl.cg + rc2, oh * sh + ry2, ow * sw + rx2]
-                                    .astype("int32"), axis=[rc2, ry2, rx2]),
-        name="swar_asum")
-    shift = tvm.tirx.const(s * (p - 1), u64)
-
-    def lane(v):  # the top lane (one lane of 64 bits when P = 1: nothing to mask)
-        return ((v >> shift) & tvm.tirx.const((1 << s) - 1, u64) if s < 64 else v).astype("int32")
-
-    def out(n, k, oh, ow):
-        dot = lane(acc[n, k, oh, ow])
-        total = asum[n, grp(k), oh, ow]
-        if w_bits == 1:
-            return dot * 2 - total
-        return dot - total * (1 << (w_bits - 1))
-
-    res = te.compute(wl.output_shape, out, name="conv2d_swar")
-
-    def prep_w(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a, np.int64)
-        off = (a + 1) // 2 if w_bits == 1 else a + (1 << (w_bits - 1))  # w' in [0, 2^W)
-        lanes = np.zeros((wl.k, nwp * p, wl.kh, wl.kw), np.uint64)  # channels past cg: 0
-        lanes[:, :wl.cg] = off.astype(np.uint64)
-        shifts = (s * (p - 1 - np.arange(p))).astype(np.uint64)  # reversed lane order
-        words = np.bitwise_or.reduce(
-            lanes.reshape(wl.k, nwp, p, wl.kh, wl.kw) << shifts[:, None, None], axis=2)
-        return np.ascontiguousarray(words.transpose(0, 2, 3, 1))  # (k, kh, kw, nwp)
-
-    return KernelDef(wl, "swar", w_bits, a_bits, [x, wpk, res], prepare_weight=prep_w,
-                     prepare_input=lambda a: a.astype(np.uint8), pad_value=pad_value,
-                     attrs={"lanes": p, "lane_bits": s})

@@ -9,10 +9,10 @@ and the packing reads 2-8 pixels per load and transposes bit slices (``_schedule
 Tile sizes come from instruction counts on Spike (see :func:`bitserial_tile`); which targets
 get the tiles, from :func:`bitserial_is_tiled`. docs/kernels.md has the design.
 
-int8 / unpack / fp32 keep the plain lowering: the same register tiling (``_schedule_direct``)
-was measured slower on rv64gc (LLVM schedules all loads and multiplies of the unrolled
-body first and spills), so it is kept only as an explicit option. ``swar`` (one 64-bit
-multiply per P packed MACs) uses it: 4x4 tiles, 1.5-1.7x fewer instructions than plain.
+fp32 / int8 / unpack / swar: a register tile of kt x owt accumulators (``_schedule_direct``)
+around the reduction, the kernel columns unrolled; the tile per layer class comes from
+instruction counts on Spike (:func:`direct_tile`, :func:`swar_tile`). Larger tiles lose:
+LLVM hoists every load of the unrolled body and spills.
 
 Every schedule falls back to ``None`` (the plain lowering) when a primitive fails, so any
 valid workload still compiles.
@@ -94,9 +94,65 @@ def bitserial_tile(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> BitserialTil
     return tile
 
 
-def swar_tile(wl: Conv2dWorkload) -> tuple[int, int]:
+def swar_tile(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8,
+              layout: str | None = None) -> tuple[int, int]:
     """``(kt, owt)``: the k x ow register tile of 64-bit accumulators the default swar schedule
-    uses for ``wl`` (4 x 4 where the extents allow)."""
+    uses for ``wl`` at these bits (ow counts packed words in the pixel layout; ``layout``
+    None: the one :func:`~tvm_mpq.schedules.swar.swar_layout` picks).
+
+    Channel lanes: 4 x 4 where the extents allow. Pixel lanes (Spike, rv64gc_zbb,
+    instructions per MAC): depthwise 3x3 1 x 7 words (w4a4 1.89; 4 x 4 1.97); 3x3 conv
+    4 x 2 (w8a8 1.54, 4 x 7 spills: 2.2); pointwise 4 x 4 at 2 lanes (w8a8 1.81), else
+    1 x 14 (w4a4 1.07 vs 1.18).
+    """
+    from tvm_mpq.schedules.swar import pixel_lanes, swar_layout
+
+    layout = layout or swar_layout(wl, w_bits, a_bits)
+    if layout == "channels":
+        return fit_tile(wl.kg, 4), fit_tile(wl.ow, 4)
+    lanes = pixel_lanes(wl, w_bits, a_bits)[0]
+    cols = -(-wl.ow // lanes)
+    if wl.groups > 1 and wl.kg == 1:
+        return 1, fit_tile(cols, 7)
+    if wl.kh * wl.kw > 1:
+        return fit_tile(wl.kg, 4), fit_tile(cols, 2)
+    return (fit_tile(wl.kg, 4), fit_tile(cols, 4)) if lanes <= 2 else (1, fit_tile(cols, 14))
+
+
+def _schedule_swar(kd: KernelDef) -> tvm.IRModule:
+    """The swar kernel: register-tiled packed multiply-adds; with pixel lanes also the lane
+    extraction (one accumulator load for its P outputs) and the packing (lanes unrolled)."""
+    wl = _conv_workload(kd)
+    kt, owt = swar_tile(wl, kd.w_bits, kd.a_bits, kd.attrs.get("layout"))
+    mod = _schedule_direct(kd, kt=kt, owt=owt, block="swar_acc")
+    if kd.attrs.get("layout") != "pixels":
+        return mod
+    sch = s_tir.Schedule(mod)
+    cols = -(-wl.ow // kd.attrs["lanes"])
+    out = sch.get_sblock(kd.output.op.name)
+    *_, ow = sch.get_loops(out)
+    lane, col = sch.split(ow, [None, cols])
+    sch.reorder(col, lane)
+    sch.unroll(lane)
+    sch.unroll(sch.get_loops(sch.get_sblock("swar_pack"))[-1])
+    return sch.mod
+
+
+def direct_tile(wl: Conv2dWorkload, variant: str) -> tuple[int, int]:
+    """``(kt, owt)``: the k x ow register tile of the default fp32 / int8 / unpack schedule.
+
+    Measured on Spike (rv64gc_zbb, rv64gc and rv32imc give the same choice; instructions per
+    MAC, plain lowering -> tile): 3x3 conv 1x64x28x28 -> 64 fp32 3.56 -> 1.53 (4x4), int8
+    4.34 -> 2.76 (2x4; 4x4 spills: 3.36); pointwise 64 -> 32 fp32 7.1 -> 1.79, int8 7.1 ->
+    2.86 (4x4); depthwise 3x3 fp32 2.90 -> 2.19, int8 3.68 -> 2.96 (1 x 7 columns); dense
+    256 -> 64 fp32 6.0 -> 2.9, int8 7.0 -> 3.5 (8 output features).
+    """
+    if wl.groups > 1 and wl.kg == 1:  # depthwise: one output channel per group
+        return 1, fit_tile(wl.ow, 7)
+    if wl.oh * wl.ow == 1:  # dense (a 1x1 conv on a 1x1 map): tile the output features
+        return fit_tile(wl.kg, 8), 1
+    if wl.kh * wl.kw > 1 and variant != "fp32":  # integer 3x3: 4x4 runs out of registers
+        return fit_tile(wl.kg, 2), fit_tile(wl.ow, 4)
     return fit_tile(wl.kg, 4), fit_tile(wl.ow, 4)
 
 
@@ -335,10 +391,12 @@ def default_schedule(kd: KernelDef, target: Any = None) -> tvm.IRModule | None:
         if kd.variant == "bitserial" and bitserial_is_tiled(kd.w_bits, kd.a_bits, target):
             return _schedule_bitserial(kd)
         if kd.variant == "swar":
-            # 4x4 (k x ow) tile of 64-bit accumulators: measured on rv64gc (Spike) 1.5-1.7x
-            # fewer instructions than the plain lowering (conv3x3_64_28 w4a4 46.9M -> 30.3M)
-            kt, owt = swar_tile(_conv_workload(kd))
-            return _schedule_direct(kd, kt=kt, owt=owt, block="swar_acc")
+            # measured on rv64gc (Spike) 1.5-1.7x fewer instructions than the plain lowering
+            # (conv3x3_64_28 w4a4 channel lanes 46.9M -> 30.3M)
+            return _schedule_swar(kd)
+        if kd.variant in ("fp32", "int8", "unpack"):
+            kt, owt = direct_tile(_conv_workload(kd), kd.variant)
+            return _schedule_direct(kd, kt=kt, owt=owt)
     except Exception as e:  # noqa: BLE001 - any primitive failing means: plain lowering
         log.debug("default schedule for %s failed, using the plain lowering: %s",
                   kd.describe(), e)

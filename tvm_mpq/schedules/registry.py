@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from tvm_mpq.schedules import conv2d
+from tvm_mpq.schedules import conv2d, swar
 from tvm_mpq.schedules.kernel import KernelDef
 from tvm_mpq.schedules.reference import check_bits
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload, Workload
@@ -16,7 +16,7 @@ _CONV = {
     "int8": conv2d.conv2d_int8,
     "bitserial": conv2d.conv2d_bitserial,
     "unpack": conv2d.conv2d_unpack,
-    "swar": conv2d.conv2d_swar,
+    "swar": swar.conv2d_swar,
 }
 
 
