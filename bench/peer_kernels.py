@@ -13,9 +13,11 @@ to int8 included. Layers (NHWC for the library, NCHW for ours):
 * dense: 1x1024 -> 256 (``muriscv_nn_fully_connected_s8``)
 
 Ours: the fastest of our variants (int8, swar, bitserial, unpack; default schedules) at each
-bits pair, measured by ``measure_many`` (cached in ``--out``), int32 accumulators: OUR
-REQUANTIZATION IS NOT INCLUDED in these counts (the integer glue's epilogue is priced per
-layer by ``tune()``, see docs/results.md), the library's is. Ratio = library / ours (> 1:
+bits pair, measured by ``measure_many`` (cached in ``--out``), **plus our requantization**:
+the int32 -> uint8 epilogue the compiler emits after each quantized layer
+(``tvm_mpq.measure.overhead.requantize_case``: per-channel dyadic rescale in the profile's
+form, ReLU folded into the clamp), measured on the same simulator over the layer's output.
+Both sides therefore go from int8 inputs to int8 outputs. Ratio = library / ours (> 1:
 ours needs fewer instructions).
 
     python bench/peer_kernels.py --muriscv-nn ~/src/muriscv-nn --profiles rv64gc_zbb rv32imc
@@ -192,6 +194,23 @@ def our_counts(profile: str, out: str) -> dict[tuple[str, int, int], tuple[int, 
     return best
 
 
+def requant_counts(profile: str, out: str) -> dict[str, int]:
+    """Instructions of our requantize epilogue over each layer class's output (one call)."""
+    import numpy as np
+
+    from tvm_mpq.measure.baremetal import run_kernels
+    from tvm_mpq.measure.overhead import requantize_case
+    from tvm_mpq.targets import get_profile
+
+    prof = get_profile(profile)
+    rng = np.random.default_rng(0)
+    cases = {n: requantize_case(f"rq_{n}", tuple(wl.output_shape), prof.xlen, rng)
+             for n, wl in our_workloads().items()}
+    runs = run_kernels(list(cases.values()), prof, "spike",
+                       workdir=os.path.join(out, f"requant_{profile}"))
+    return {n: r.instructions for n, r in zip(cases, runs, strict=True) if r.status == "ok"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--muriscv-nn", default=None, help="muRISCV-NN source tree (Include/, Source/)")
@@ -205,18 +224,21 @@ def main() -> None:
         sys.exit(0)
     from tvm_mpq.targets import get_profile
 
-    print("| profile | layer | library (int8 req.) | ours w8a8 | ratio | ours w4a4 | ratio "
-          "| ours w2a2 | ratio | library s4 weights |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| profile | layer | library (int8 req.) | our requant | ours w8a8 | ratio | ours w4a4 "
+          "| ratio | ours w2a2 | ratio | library s4 weights |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.profiles:
         prof = get_profile(name)
         lib = library_counts(src, prof, args.out)
         ours = our_counts(name, args.out)
+        rq = requant_counts(name, args.out)
         for layer, (s8, s4) in LIBRARY.items():
             ref = lib.get(s8)
-            cells = [name, layer, f"{ref:,}" if ref else "failed"]
+            cells = [name, layer, f"{ref:,}" if ref else "failed", f"{rq[layer]:,}"
+                     if layer in rq else "failed"]
             for w, a in BITS:
                 n, v = ours.get((layer, w, a), (None, "-"))
+                n = n + rq[layer] if n and layer in rq else None
                 ok = n and ref
                 mark = "" if not ok else (" ok" if ref / n >= GOALS[(w, a)] else " (goal "
                                           f"{GOALS[(w, a)]}x)")

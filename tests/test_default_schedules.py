@@ -225,30 +225,31 @@ def test_tune_survives_foreign_log_handlers(tmp_path):
             ms_log.addHandler(h)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(conv_cases(), st.sampled_from(["channels", "pixels"]))
-def test_swar_layouts_default_schedule_bit_exact_host(case, layout) -> None:
-    """Both swar layouts, forced whatever swar_layout would pick, are bit-exact under their
-    default schedule: ragged last lanes, strides, groups, depthwise, 1-bit bipolar weights."""
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(), st.sampled_from(["channels", "pixels"]), st.sampled_from([64, 32]))
+def test_swar_layouts_default_schedule_bit_exact_host(case, layout, word_bits) -> None:
+    """Both swar layouts on 64- and 32-bit words, forced whatever swar_layout would pick, are
+    bit-exact under their default schedule: ragged last lanes, strides, groups, depthwise,
+    1-bit bipolar weights."""
     from tvm_mpq.schedules.swar import conv2d_swar
 
     wl, (wb, ab), pad_value = case
-    kd = conv2d_swar(wl, wb, ab, pad_value=pad_value, layout=layout)
+    kd = conv2d_swar(wl, wb, ab, pad_value=pad_value, layout=layout, word_bits=word_bits)
     assert kd.attrs["layout"] == layout
     _check_host(kd)
 
 
 @settings(max_examples=200, deadline=None)
-@given(conv_cases())
-def test_pixel_lanes_hold_every_sum(case) -> None:
+@given(conv_cases(), st.sampled_from([64, 32]))
+def test_pixel_lanes_hold_every_sum(case, word_bits) -> None:
     """A pixel lane (width S, bias 2^(S-1)) holds the largest |sum| the layer can produce,
-    P lanes fit a 64-bit word, and no lane is left without an output column."""
+    P lanes fit a word, and no lane is left without an output column."""
     from tvm_mpq.schedules.swar import pixel_lanes
 
     wl, (wb, ab), _ = case
-    p, s = pixel_lanes(wl, wb, ab)
+    p, s = pixel_lanes(wl, wb, ab, word_bits)
     maxw = 1 if wb == 1 else 1 << (wb - 1)
     assert wl.cg * wl.kh * wl.kw * maxw * ((1 << ab) - 1) < 1 << (s - 1)
-    assert p * s <= 64 or p == 1
+    assert p * s <= word_bits or p == 1
     q = -(-wl.ow // p)
     assert (p - 1) * q < wl.ow <= p * q

@@ -120,9 +120,9 @@ def _row(q: CostQuery) -> list[float]:
         in_b, w_b = 1.0, 1.0
     elif q.variant == "unpack":
         in_b, w_b = 1.0, wb / 8
-    elif q.variant == "swar":  # lanes of 64 / P bits each; pixel lanes keep int8 weights
-        layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits)
-        in_b, w_b = 8.0 / lanes, (1.0 if layout == "pixels" else 8.0 / lanes)
+    elif q.variant == "swar":  # lanes of word / P bits each; pixel lanes keep int8 weights
+        layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits, int(word_bits))
+        in_b, w_b = word_bits / 8 / lanes, (1.0 if layout == "pixels" else word_bits / 8 / lanes)
     else:
         in_b, w_b = ab / 8, wb / 8
     words = math.ceil(cv.cg / word_bits)

@@ -127,7 +127,7 @@ def inner_extent(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> int:
     if cv.kw > 1:
         return cv.kw
     if q.variant == "swar":
-        layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits)
+        layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits, int(word_bits))
         return cv.cg if layout == "pixels" else math.ceil(cv.cg / lanes)
     return math.ceil(cv.cg / word_bits) if q.variant == "bitserial" else cv.cg
 
@@ -161,7 +161,7 @@ def stage_counts(q: CostQuery, cv: Conv2dWorkload, word_bits: float) -> dict[str
         _bitserial_counts(t, q, cv, int(word_bits))
         _packing_counts(t, q, cv, int(word_bits))
     elif q.variant == "swar":
-        _swar_counts(t, q, cv)
+        _swar_counts(t, q, cv, int(word_bits))
     else:
         _direct_counts(t, q, cv)
     return t
@@ -224,12 +224,12 @@ def _packing_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload, wbits
         t["pk_pad"] = float(cv.n * cv.groups * cv.hp * cv.wp * nw * ab)
 
 
-def _swar_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload) -> None:
+def _swar_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload, wbits: int) -> None:
     """The swar kernel: register tiles of packed multiply-adds, lane packing, and the window
     sums (channel lanes) or the lane extraction (pixel lanes)."""
-    layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits)
+    layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits, wbits)
     taps = cv.kh * cv.kw
-    kt, owt = swar_tile(cv, q.w_bits, q.a_bits)
+    kt, owt = swar_tile(cv, q.w_bits, q.a_bits, layout, wbits)
     if layout == "pixels":  # one word per (channel, tap) for P columns
         cols = math.ceil(cv.ow / lanes)
         tiles = float(cv.n * (cv.k // kt) * cv.oh * (cols // owt))

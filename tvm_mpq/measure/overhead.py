@@ -213,8 +213,8 @@ def _float_cases(table: Any, cache: dict[str, float], rng: np.random.Generator) 
     return cases, owners
 
 
-def _requantize_case(name: str, shape: tuple[int, ...], xlen: int,
-                     rng: np.random.Generator) -> KernelCase:
+def requantize_case(name: str, shape: tuple[int, ...], xlen: int,
+                    rng: np.random.Generator) -> KernelCase:
     """A quantized layer's epilogue as :class:`~tvm_mpq.compiler.emit.Emitter` emits it: the
     int32 accumulator rescaled per channel (the bias and zero point folded into the dyadic
     constants, :func:`~tvm_mpq.compiler.dyadic_ops.requantize_dyadic_te` in the register
@@ -381,7 +381,7 @@ def _quantized_integer_cases(name: str, r: Any, ctx: LayerContext, xlen: int,
     epilogue (a float epilogue for the model output), and the spec change of input codes
     other operators read too."""
     out = [(_dequantize_case(name + "_de", r.output_shape, rng) if ctx.output else
-            _requantize_case(name, r.output_shape, xlen, rng), 1)]
+            requantize_case(name, r.output_shape, xlen, rng), 1)]
     if ctx.source == "shared":
         out.append((_respec_case(name + "_rs", r.input_shape, xlen, rng), 1))
     return out
@@ -413,7 +413,7 @@ def _fp32_integer_cases(name: str, r: Any, ctx: LayerContext, xlen: int,
     elif ctx.source in ("layer", "pool"):
         p_sh = ctx.pool_in if ctx.source == "pool" and ctx.pool_in else i_sh
         out += [(_dequantize_case(name + "_de", p_sh, rng), 1),
-                (_requantize_case(name + "_rq", p_sh, xlen, rng), -1)]
+                (requantize_case(name + "_rq", p_sh, xlen, rng), -1)]
         if ctx.source_act:
             out.append((_act_case(name + "_pa", p_sh, ctx.source_act, rng), 1))
         if p_sh is not i_sh and len(p_sh) == 4:

@@ -95,7 +95,7 @@ def bitserial_tile(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> BitserialTil
 
 
 def swar_tile(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8,
-              layout: str | None = None) -> tuple[int, int]:
+              layout: str | None = None, word_bits: int = 64) -> tuple[int, int]:
     """``(kt, owt)``: the k x ow register tile of 64-bit accumulators the default swar schedule
     uses for ``wl`` at these bits (ow counts packed words in the pixel layout; ``layout``
     None: the one :func:`~tvm_mpq.schedules.swar.swar_layout` picks).
@@ -107,10 +107,10 @@ def swar_tile(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8,
     """
     from tvm_mpq.schedules.swar import pixel_lanes, swar_layout
 
-    layout = layout or swar_layout(wl, w_bits, a_bits)
+    layout = layout or swar_layout(wl, w_bits, a_bits, word_bits)
     if layout == "channels":
         return fit_tile(wl.kg, 4), fit_tile(wl.ow, 4)
-    lanes = pixel_lanes(wl, w_bits, a_bits)[0]
+    lanes = pixel_lanes(wl, w_bits, a_bits, word_bits)[0]
     cols = -(-wl.ow // lanes)
     if wl.groups > 1 and wl.kg == 1:
         return 1, fit_tile(cols, 7)
@@ -123,7 +123,7 @@ def _schedule_swar(kd: KernelDef) -> tvm.IRModule:
     """The swar kernel: register-tiled packed multiply-adds; with pixel lanes also the lane
     extraction (one accumulator load for its P outputs) and the packing (lanes unrolled)."""
     wl = _conv_workload(kd)
-    kt, owt = swar_tile(wl, kd.w_bits, kd.a_bits, kd.attrs.get("layout"))
+    kt, owt = swar_tile(wl, kd.w_bits, kd.a_bits, kd.attrs.get("layout"), kd.word_bits)
     mod = _schedule_direct(kd, kt=kt, owt=owt, block="swar_acc")
     if kd.attrs.get("layout") != "pixels":
         return mod

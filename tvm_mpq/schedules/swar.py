@@ -1,4 +1,4 @@
-"""SWAR packed-multiply conv: P lanes per 64-bit word, one ``mul`` + ``add`` = P MACs.
+"""SWAR packed-multiply conv: P lanes per machine word, one ``mul`` + ``add`` = P MACs.
 
 For cores without popcount or vector units (rv64gc): the arithmetic of ``bitserial`` needs a
 popcount (~15 instructions without Zbb), that of ``int8`` one multiply per MAC. Two layouts:
@@ -27,26 +27,29 @@ from tvm_mpq.schedules.workload import Conv2dWorkload
 __all__ = ["conv2d_swar", "pixel_lanes", "swar_kernel_lanes", "swar_lanes", "swar_layout"]
 
 
-def swar_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> tuple[int, int]:
-    """(lanes P, lane width S) of the SWAR packed-multiply kernel for ``wl`` at these bits.
+def swar_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
+               word_bits: int = 64) -> tuple[int, int]:
+    """(lanes P, lane width S) of the channel-lane swar kernel for ``wl`` at these bits.
 
     Activations a in [0, 2^A) and offset weights w' = w + 2^(W-1) in [0, 2^W) (1-bit: bipolar
-    w = 2w' - 1) are packed P per 64-bit word, S bits apart, the weights in reverse lane order:
-    the 64-bit product then holds sum_i a_i * w'_i in lane P-1. Summing T such products per
-    output (T = kh * kw * ceil(cg / P)) never carries out of a lane while
-    T * P * max(a) * max(w') < 2^S, and the lane must fit: P * S <= 64. The most lanes that
-    satisfy both win (ULPPACK, Won et al., MLSys 2022, on plain 64-bit integer multiplies).
+    w = 2w' - 1) are packed P per word (``word_bits``: 64, or 32 on RV32), S bits apart, the
+    weights in reverse lane order: the product then holds sum_i a_i * w'_i in lane P-1.
+    Summing T such products per output (T = kh * kw * ceil(cg / P)) never carries out of a
+    lane while T * P * max(a) * max(w') < 2^S, and the lane must fit: P * S <= word_bits. The
+    most lanes that satisfy both win (ULPPACK, Won et al., MLSys 2022, on plain integer
+    multiplies).
     """
     maxprod = ((1 << a_bits) - 1) * ((1 << w_bits) - 1)
     for p in range(8, 0, -1):
-        s = 64 // p
+        s = word_bits // p
         t = wl.kh * wl.kw * -(-wl.cg // p)
         if t * p * maxprod < (1 << s) or p == 1:
             return p, s
     raise AssertionError("unreachable")
 
 
-def _swar_channels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int) -> KernelDef:
+def _swar_channels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
+                   word_bits: int) -> KernelDef:
     """Lanes along the input channels: one multiply of two packed words is a P-term dot product.
 
     Weights are pre-packed (k, kh, kw, words) with reversed lanes; activations are padded
@@ -54,20 +57,20 @@ def _swar_channels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int)
     removed with the window sum of the activations (per group and pixel, shared by every
     output channel of the group).
     """
-    p, s = swar_lanes(wl, w_bits, a_bits)
+    p, s = swar_lanes(wl, w_bits, a_bits, word_bits)
     nwp = -(-wl.cg // p)
-    u64 = "uint64"
+    wdt = f"uint{word_bits}"
     x = te.placeholder(wl.input_shape, "uint8", "x")
-    wpk = te.placeholder((wl.k, wl.kh, wl.kw, nwp), u64, "w_packed")
+    wpk = te.placeholder((wl.k, wl.kh, wl.kw, nwp), wdt, "w_packed")
     xp = pad_te(x, wl, pad_value)
     i = te.reduce_axis((0, p), "i")
 
     def pack(nn, g, hh, ww, j):
         c = j * p + i
-        lane = xp[nn, tvm.te.min(g * wl.cg + c, wl.c - 1), hh, ww].astype(u64)
+        lane = xp[nn, tvm.te.min(g * wl.cg + c, wl.c - 1), hh, ww].astype(wdt)
         if nwp * p != wl.cg:  # ragged last word: lanes past cg are zero
-            lane = tvm.tirx.if_then_else(c < wl.cg, lane, tvm.tirx.const(0, u64))
-        return te.sum(lane << (i * s).astype(u64), axis=i)
+            lane = tvm.tirx.if_then_else(c < wl.cg, lane, tvm.tirx.const(0, wdt))
+        return te.sum(lane << (i * s).astype(wdt), axis=i)
 
     apk = te.compute((wl.n, wl.groups, wl.hp, wl.wp, nwp), pack, name="swar_pack")
     sh, sw = wl.stride
@@ -94,10 +97,11 @@ def _swar_channels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int)
         lambda n, g, oh, ow: te.sum(xp[n, g * wl.cg + rc2, oh * sh + ry2, ow * sw + rx2]
                                     .astype("int32"), axis=[rc2, ry2, rx2]),
         name="swar_asum")
-    shift = tvm.tirx.const(s * (p - 1), u64)
+    shift = tvm.tirx.const(s * (p - 1), wdt)
 
-    def lane(v):  # the top lane (one lane of 64 bits when P = 1: nothing to mask)
-        return ((v >> shift) & tvm.tirx.const((1 << s) - 1, u64) if s < 64 else v).astype("int32")
+    def lane(v):  # the top lane (one lane of the whole word when P = 1: nothing to mask)
+        return ((v >> shift) & tvm.tirx.const((1 << s) - 1, wdt) if s < word_bits
+                else v).astype("int32")
 
     def out(n, k, oh, ow):
         dot = lane(acc[n, k, oh, ow])
@@ -116,30 +120,33 @@ def _swar_channels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int)
         shifts = (s * (p - 1 - np.arange(p))).astype(np.uint64)  # reversed lane order
         words = np.bitwise_or.reduce(
             lanes.reshape(wl.k, nwp, p, wl.kh, wl.kw) << shifts[:, None, None], axis=2)
-        return np.ascontiguousarray(words.transpose(0, 2, 3, 1))  # (k, kh, kw, nwp)
+        words = words.transpose(0, 2, 3, 1).astype(f"uint{word_bits}")  # (k, kh, kw, nwp)
+        return np.ascontiguousarray(words)
 
     return KernelDef(wl, "swar", w_bits, a_bits, [x, wpk, res], prepare_weight=prep_w,
-                     prepare_input=lambda a: a.astype(np.uint8), pad_value=pad_value,
-                     attrs={"lanes": p, "lane_bits": s, "layout": "channels"})
+                     prepare_input=lambda a: a.astype(np.uint8), word_bits=word_bits,
+                     pad_value=pad_value, attrs={"lanes": p, "lane_bits": s, "layout": "channels"})
 
 
-def pixel_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> tuple[int, int]:
+def pixel_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
+                word_bits: int = 64) -> tuple[int, int]:
     """(lanes P, lane width S) of the pixel layout for ``wl`` at these bits.
 
     A lane holds one output's signed sum L, |L| <= R * max|w| * max(a) with R = cg * kh * kw
     terms, max|w| = 2^(W-1) (1 for bipolar 1-bit weights) and max(a) = 2^A - 1; with a bias of
-    2^(S-1) per lane it never leaves [0, 2^S) when that bound is below 2^(S-1). P = 64 // S
-    lanes, at most as many as the output columns need (P = ceil(ow / Q), Q = ceil(ow / P)).
+    2^(S-1) per lane it never leaves [0, 2^S) when that bound is below 2^(S-1). P =
+    word_bits // S lanes, at most as many as the output columns need (P = ceil(ow / Q),
+    Q = ceil(ow / P)). S <= 32 always: the outputs are int32.
     """
     maxw = 1 if w_bits == 1 else 1 << (w_bits - 1)
     bound = wl.cg * wl.kh * wl.kw * maxw * ((1 << a_bits) - 1)
     s = bound.bit_length() + 1
-    p = max(1, min(64 // s, wl.ow))
+    p = max(1, min(word_bits // s, wl.ow))
     q = -(-wl.ow // p)
     return -(-wl.ow // q), s
 
 
-def swar_layout(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> str:
+def swar_layout(wl: Conv2dWorkload, w_bits: int, a_bits: int, word_bits: int = 64) -> str:
     """``"pixels"`` or ``"channels"``: the layout with more filled lanes per word (lanes are
     wasted where cg or ow is not a multiple of P). On a tie, pixels only for a layer with a
     kernel window at two lanes (w8a8-like), channels otherwise.
@@ -149,8 +156,8 @@ def swar_layout(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> str:
     1x64x28x28 -> 64 w8a8 53.3M vs 44.2M (2 lanes each), w4a4 30.3M vs 31.2M (3 each),
     w2a2 23.2M vs 25.6M (4 each); pointwise 64 -> 128 at 14x14 w8a8 2.83M vs 3.42M.
     """
-    pc = swar_lanes(wl, w_bits, a_bits)[0]
-    pp = pixel_lanes(wl, w_bits, a_bits)[0]
+    pc = swar_lanes(wl, w_bits, a_bits, word_bits)[0]
+    pp = pixel_lanes(wl, w_bits, a_bits, word_bits)[0]
     fill_c = wl.cg / -(-wl.cg // pc)
     fill_p = wl.ow / -(-wl.ow // pp)
     if fill_p > fill_c or (fill_p == fill_c and wl.kw > 1 and pp <= 2):
@@ -159,25 +166,28 @@ def swar_layout(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> str:
 
 
 def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0,
-                layout: str | None = None, **_) -> KernelDef:
+                word_bits: int = 64, layout: str | None = None, **_) -> KernelDef:
     """The swar kernel of ``wl`` in ``layout`` (``"channels"`` or ``"pixels"``; None: the one
-    :func:`swar_layout` picks). ``attrs["layout"]``, ``attrs["lanes"]`` and
-    ``attrs["lane_bits"]`` say which it is."""
-    layout = layout or swar_layout(wl, w_bits, a_bits)
+    :func:`swar_layout` picks) on ``word_bits`` (64, or 32: RV32's registers) words.
+    ``attrs["layout"]``, ``attrs["lanes"]`` and ``attrs["lane_bits"]`` say which it is."""
+    if word_bits not in (32, 64):
+        raise ValueError(f"swar word_bits must be 32 or 64, got {word_bits}")
+    layout = layout or swar_layout(wl, w_bits, a_bits, word_bits)
     if layout not in ("channels", "pixels"):
         raise ValueError(f"unknown swar layout {layout!r}: expected 'channels' or 'pixels'")
     if layout == "pixels":
-        return _swar_pixels(wl, w_bits, a_bits, pad_value)
-    return _swar_channels(wl, w_bits, a_bits, pad_value)
+        return _swar_pixels(wl, w_bits, a_bits, pad_value, word_bits)
+    return _swar_channels(wl, w_bits, a_bits, pad_value, word_bits)
 
 
-def _swar_pixels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int) -> KernelDef:
+def _swar_pixels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
+                 word_bits: int) -> KernelDef:
     """Lanes along the output columns; weights stay int8 (signed, bipolar +-1 at 1 bit)."""
-    p, s = pixel_lanes(wl, w_bits, a_bits)
+    p, s = pixel_lanes(wl, w_bits, a_bits, word_bits)
     q_ = -(-wl.ow // p)
     sh, sw = wl.stride
     ncol = (q_ - 1) * sw + wl.kw  # packed words per row
-    u64 = "uint64"
+    wdt = f"uint{word_bits}"
     x = te.placeholder(wl.input_shape, "uint8", "x")
     w = te.placeholder(wl.weight_shape, "int8", "w")
     xp = pad_te(x, wl, pad_value)
@@ -186,10 +196,10 @@ def _swar_pixels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int) -
 
     def pack(n, c, hh, col):
         src = j * (q_ * sw) + col
-        v = xp[n, c, hh, te.min(src, wl.wp - 1)].astype(u64)
+        v = xp[n, c, hh, te.min(src, wl.wp - 1)].astype(wdt)
         if ragged:
-            v = tvm.tirx.if_then_else(src < wl.wp, v, tvm.tirx.const(0, u64))
-        return te.sum(v << (j * s).astype(u64), axis=j)
+            v = tvm.tirx.if_then_else(src < wl.wp, v, tvm.tirx.const(0, wdt))
+        return te.sum(v << (j * s).astype(wdt), axis=j)
 
     apk = te.compute((wl.n, wl.c, wl.hp, ncol), pack, name="swar_pack")
     rc = te.reduce_axis((0, wl.cg), "rc")
@@ -199,30 +209,31 @@ def _swar_pixels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int) -
     def chan(k):
         return rc if wl.groups == 1 else (k // wl.kg) * wl.cg + rc
 
-    # the signed weight is sign-extended to 64 bits: the product is exact modulo 2^64
+    # the signed weight is sign-extended to the word: the product is exact modulo 2^word
     acc = te.compute(
         (wl.n, wl.k, wl.oh, q_),
         lambda n, k, oh, ow: te.sum(apk[n, chan(k), oh * sh + ry, ow * sw + rx]
-                                    * w[k, rc, ry, rx].astype(u64), axis=[rc, ry, rx]),
+                                    * w[k, rc, ry, rx].astype(wdt), axis=[rc, ry, rx]),
         name="swar_acc")
-    bias = sum(1 << (i * s + s - 1) for i in range(p)) % (1 << 64)
-    half, mask = tvm.tirx.const(1 << (s - 1), u64), tvm.tirx.const((1 << s) - 1 if s < 64 else
-                                                                  (1 << 64) - 1, u64)
+    bias = sum(1 << (i * s + s - 1) for i in range(p)) % (1 << word_bits)
+    half = tvm.tirx.const(1 << (s - 1), wdt)
+    mask = tvm.tirx.const((1 << min(s, word_bits)) - 1, wdt)
 
     def out(n, k, oh, ow):
-        v = acc[n, k, oh, ow % q_] + tvm.tirx.const(bias, u64)
-        lane = (v >> ((ow // q_) * s).astype(u64)) & mask
+        v = acc[n, k, oh, ow % q_] + tvm.tirx.const(bias, wdt)
+        lane = (v >> ((ow // q_) * s).astype(wdt)) & mask
         return (lane - half).astype("int32")  # two's complement: the low 32 bits are L
 
     res = te.compute(wl.output_shape, out, name="conv2d_swar")
     return KernelDef(wl, "swar", w_bits, a_bits, [x, w, res],
                      prepare_weight=lambda a: np.asarray(a).astype(np.int8),
-                     prepare_input=lambda a: a.astype(np.uint8), pad_value=pad_value,
-                     attrs={"lanes": p, "lane_bits": s, "layout": "pixels"})
+                     prepare_input=lambda a: a.astype(np.uint8), word_bits=word_bits,
+                     pad_value=pad_value, attrs={"lanes": p, "lane_bits": s, "layout": "pixels"})
 
 
-def swar_kernel_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> tuple[str, int, int]:
+def swar_kernel_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
+                      word_bits: int = 64) -> tuple[str, int, int]:
     """``(layout, lanes P, lane width S)`` of the swar kernel :func:`conv2d_swar` builds."""
-    layout = swar_layout(wl, w_bits, a_bits)
+    layout = swar_layout(wl, w_bits, a_bits, word_bits)
     lanes = pixel_lanes if layout == "pixels" else swar_lanes
-    return (layout, *lanes(wl, w_bits, a_bits))
+    return (layout, *lanes(wl, w_bits, a_bits, word_bits))
