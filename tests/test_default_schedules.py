@@ -147,7 +147,8 @@ def test_default_schedules_bit_exact_on_spike(profile: str) -> None:
     specs = [(small, "bitserial", 1, 1, 1), (small, "bitserial", 2, 2, 0),
              (strided, "bitserial", 4, 4, 9), (dw, "bitserial", 2, 4, 3),
              (small, "int8", 8, 8, 7), (small, "swar", 4, 4, 5), (strided, "swar", 8, 8, 200),
-             (dw, "swar", 1, 2, 2)]
+             (dw, "swar", 1, 2, 2), (dw, "swar", 4, 4, 3), (strided, "int8", 8, 8, 3),
+             (dw, "unpack", 4, 8, 1), (small, "swar", 2, 2, 1)]
     for r in run_kernels(_spike_cases(specs, profile), profile, "spike"):
         assert r.status == "ok", f"{r.name}: {r.message}"
 
@@ -164,6 +165,24 @@ def test_swar_beats_int8_on_rv64gc() -> None:
     assert all(r.status == "ok" for r in runs), [r.message for r in runs]
     int8, s8, s4 = (r.instructions for r in runs)
     assert s8 < int8 and 2 * s4 < int8, (int8, s8, s4)
+
+
+@needs_spike
+@pytest.mark.slow
+def test_register_tiles_reference_layer() -> None:
+    """Regression guard for the tiled default schedules on the reference layer (rv64gc_zbb,
+    measured 44.3M fp32 = 1.53 instructions per MAC, int8 2.76; MetaSchedule's 32 trials
+    reached 51.3M fp32) and for pixel lanes on depthwise (swar w4a4 0.85M vs int8 1.34M)."""
+    from tvm_mpq.measure.baremetal import run_kernels
+
+    dw = Conv2dWorkload.make((1, 64, 28, 28), (64, 1, 3, 3), 1, 1, groups=64)
+    runs = run_kernels(_spike_cases([(REF_LAYER, "fp32", 8, 8, 0), (REF_LAYER, "int8", 8, 8, 0),
+                                     (dw, "int8", 8, 8, 0), (dw, "swar", 4, 4, 0)],
+                                    "rv64gc_zbb"), "rv64gc_zbb", "spike")
+    assert all(r.status == "ok" for r in runs), [r.message for r in runs]
+    fp32, int8, dw_int8, dw_swar = (r.instructions for r in runs)
+    assert fp32 <= 51_300_000 and int8 <= 2.8 * REF_LAYER.macs, (fp32, int8)
+    assert 1.5 * dw_swar < dw_int8, (dw_swar, dw_int8)
 
 
 @needs_spike
