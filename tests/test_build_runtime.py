@@ -406,3 +406,52 @@ def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
         server.wait(timeout=10)
         log.close()
         stop_tracker(tracker)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAVE_CROSS and HAVE_QEMU), reason="needs riscv64-linux-gnu-g++ and qemu-user")
+def test_board_kernels_fan_out_over_two_boards(built_runtime, tmp_path):
+    """Two qemu-riscv64 board servers under one key: a campaign's kernels are timed on both
+    (each record names its board), every output checked; a board killed mid-campaign loses
+    nothing: its kernel is retried on the other."""
+    from tvm_mpq.measure.campaign import measure_many
+    from tvm_mpq.rpc.board_runner import BoardRunner
+    from tvm_mpq.rpc.tracker import start_tracker, stop_tracker, tracker_status
+    from tvm_mpq.schedules import Conv2dWorkload
+
+    key = "qemu-board-rv64gc"
+    tracker = start_tracker(port=_free_port())
+    servers, logs = [], []
+    try:
+        for i in range(2):
+            cmd, env = BR.qemu_user_command(built_runtime, f"127.0.0.1:{tracker.port}", key,
+                                            port=_free_port())
+            logs.append(open(tmp_path / f"server{i}.log", "w"))  # noqa: SIM115 -- closed below
+            servers.append(subprocess.Popen(cmd, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
+        deadline = time.time() + 60
+        while (ks := tracker_status("127.0.0.1", tracker.port).keys.get(key)) is None \
+                or ks.total < 2:
+            assert all(s.poll() is None for s in servers) and time.time() < deadline
+            time.sleep(0.3)
+        reqs = [(Conv2dWorkload.make((1, c, 6, 6), (8, c, 3, 3), 1, 1), v, 8, 8)
+                for c in (4, 8, 12) for v in ("int8", "swar")]
+        runner = BoardRunner(f"127.0.0.1:{tracker.port}", key, number=2, repeat=2)
+        recs = measure_many(reqs, "rv64gc", runner, db=tmp_path / "m.sqlite", progress=False)
+        assert all(r.ok and r.seconds > 0 for r in recs), [r.message for r in recs]
+        boards = {r.extra["rpc"]["server"] for r in recs}
+        assert len(boards) == 2, boards  # both boards measured
+        assert all(r.extra["device"]["machine"] == "riscv64" for r in recs)
+        # one board gone: the next campaign still completes on the other
+        servers[0].kill()
+        servers[0].wait(timeout=10)
+        more = [(Conv2dWorkload.make((1, 16, 5, 5), (4, 16, 3, 3), 1, 1), "int8", 8, 8)]
+        recs = measure_many(more, "rv64gc", runner, db=tmp_path / "m.sqlite", progress=False)
+        assert recs[0].ok, recs[0].message
+    finally:
+        for s in servers:
+            if s.poll() is None:
+                s.kill()
+                s.wait(timeout=10)
+        for f in logs:
+            f.close()
+        stop_tracker(tracker)

@@ -2,7 +2,8 @@
 
 Each kernel is built for the profile's riscv64 Linux target, exported as a shared library
 with the cross compiler, uploaded to a board server registered under the key (the
-``tvm_rpc`` of ``tvm-mpq rpc build-runtime``, on the board or under qemu-riscv64), checked
+``tvm_rpc`` of ``tvm-mpq rpc build-runtime``, on the board or under qemu-riscv64; all boards
+of the key measure at once, one kernel each, through the tracker's queue), checked
 once against the numpy reference there and timed with the runtime's time evaluator
 (:func:`~tvm_mpq.rpc.client.measure_on_board`: ``repeat`` timings of ``number`` calls; the
 median is the cost, the spread ``(max - min) / median`` is stored, and a measurement whose
@@ -59,23 +60,27 @@ class BoardRunner(LocalRunner):
         max_spread: a timing whose ``(max - min) / median`` exceeds it is repeated once.
         qemu_user: the board is QEMU user mode (default: the key starts with ``qemu``).
         cross_compiler: the riscv64 Linux C++ compiler that links the kernel libraries.
+        max_retries: how many other boards a kernel is tried on after its board was lost.
+        parallel: boards used at once (None: all registered under the key).
     """
 
     unit = "seconds"
     times_models = True
     design_fraction = 0.25  # a board measures slowly: a quarter, then the cost model
-    max_chunk = 1  # one library, one session per kernel
+    max_chunk = 16  # kernels per run() call, fanned out over the key's boards
 
     def __init__(self, tracker: str | tuple[str, int], key: str, *, number: int = 10,
                  repeat: int = 5, min_repeat_ms: int = 0, max_spread: float = 0.25,
                  qemu_user: bool | None = None, session_timeout: float = 300.0,
-                 cross_compiler: str = "riscv64-linux-gnu-g++") -> None:
+                 cross_compiler: str = "riscv64-linux-gnu-g++", max_retries: int = 2,
+                 parallel: int | None = None) -> None:
         self.tracker_host, self.tracker_port = parse_addr(tracker, DEFAULT_PORT)
         self.key, self.backend = key, key
         self.number, self.repeat, self.min_repeat_ms = int(number), int(repeat), int(min_repeat_ms)
         self.max_spread, self.session_timeout = float(max_spread), float(session_timeout)
         self.under_qemu = key.startswith("qemu") if qemu_user is None else bool(qemu_user)
         self.cross_compiler = cross_compiler
+        self.max_retries, self.parallel = int(max_retries), parallel
 
     @property
     def unit_note(self) -> str:
@@ -107,68 +112,86 @@ class BoardRunner(LocalRunner):
 
     def run(self, kernels: list[PreparedKernel], profile: Profile,
             timeout_s: float) -> list[RunResult]:
-        return [self._run_one(p, profile) for p in kernels]
+        """Build every kernel's library here, then time them on all boards of the key at once:
+        one worker per board (:class:`~tvm_mpq.rpc.client.RPCMeasurer`), so a key with N
+        boards measures N kernels at a time; a board lost mid-measurement has its kernel
+        retried on another (``max_retries``), then recorded as a failure of the run (retried
+        on resume). Each record says which board measured it (``extra["rpc"]["server"]``)."""
+        from tvm_mpq.rpc.client import RPCMeasurer
 
-    def _session(self) -> Any:
-        from tvm import rpc
+        results: list[RunResult | None] = [None] * len(kernels)
+        with tempfile.TemporaryDirectory(prefix="tvm_mpq_board_") as d:
+            libs: dict[int, str] = {}
+            for i, p in enumerate(kernels):
+                built = self._build(p, profile, os.path.join(d, f"kernel{i}.so"))
+                if isinstance(built, RunResult):
+                    results[i] = built
+                else:
+                    libs[i] = built
 
-        return rpc.connect_tracker(self.tracker_host, self.tracker_port).request(
-            self.key, session_timeout=self.session_timeout)
+            def job(sess: Any, request: dict[str, Any]) -> dict[str, Any]:
+                i = int(request["index"])
+                return self._timed(sess, libs[i], kernels[i])
 
-    def _run_one(self, p: PreparedKernel, profile: Profile) -> RunResult:
+            if libs:
+                recs = RPCMeasurer(self.tracker_host, self.tracker_port, self.key, job=job,
+                                   max_retries=self.max_retries, timeout_s=self.session_timeout,
+                                   parallel=self.parallel).measure_many(
+                    [{"index": i} for i in libs])
+                for i, rec in zip(libs, recs, strict=True):
+                    results[i] = self._result(kernels[i], rec)
+        return [r for r in results if r is not None]
+
+    def _build(self, p: PreparedKernel, profile: Profile, lib: str) -> str | RunResult:
+        """The kernel as a riscv64 Linux shared library at ``lib`` (a build_error result
+        when it does not build)."""
         import tvm
         from tvm.support import cc
 
         from tvm_mpq.schedules.build import build_kernel
 
         sched = tvm.IRModule({"main": p.func}) if p.func is not None else None
-        with tempfile.TemporaryDirectory(prefix="tvm_mpq_board_") as d:
-            lib = os.path.join(d, "kernel.so")
-            try:
-                build_kernel(p.kd, profile.target("linux"), schedule=sched).export_library(
-                    lib, fcompile=cc.cross_compiler(self.cross_compiler))
-            except Exception as e:  # noqa: BLE001
-                return RunResult("build_error", f"{type(e).__name__}: {last_line(e)}")
-            try:
-                res = self._timed(lib, p)
-            except Exception as e:  # noqa: BLE001 - a lost session, a crash on the board
-                # a lost connection is the run's failure (retried on resume), not the kernel's
-                lost = isinstance(e, OSError) or "RPC" in type(e).__name__
-                why = f"lost server (key {self.key}): " if lost else ""
-                return RunResult("run_error", f"{why}{type(e).__name__}: {last_line(e)}")
-        if isinstance(res, RunResult):
-            return res
-        p.extra = {**p.extra, "board": {"key": self.key, "tracker":
-                                        f"{self.tracker_host}:{self.tracker_port}",
-                                        "under_qemu": self.under_qemu},
-                   "spread": res["spread"], "results": res["results"],
-                   "number": res["number"], "repeat": res["repeat"]}
-        return RunResult("ok", numbers={"seconds": res["seconds"],
-                                        "seconds_std": res["seconds_std"]})
+        try:
+            build_kernel(p.kd, profile.target("linux"), schedule=sched).export_library(
+                lib, fcompile=cc.cross_compiler(self.cross_compiler))
+        except Exception as e:  # noqa: BLE001
+            return RunResult("build_error", f"{type(e).__name__}: {last_line(e)}")
+        return lib
 
-    def _timed(self, lib: str, p: PreparedKernel) -> dict[str, Any] | RunResult:
+    def _result(self, p: PreparedKernel, rec: dict[str, Any]) -> RunResult:
+        """A board's record -> the kernel's result; its provenance goes to ``p.extra``."""
+        extra = rec.get("extra") or {}
+        if rec.get("status") != "ok":
+            return RunResult(str(rec.get("status", "run_error")), str(rec.get("message", "")))
+        p.extra = {**p.extra, "device": rec["device"], "rpc": extra.get("rpc"),
+                   "board": {"key": self.key, "tracker": f"{self.tracker_host}:{self.tracker_port}",
+                             "under_qemu": self.under_qemu},
+                   **{k: rec[k] for k in ("spread", "results", "number", "repeat")}}
+        return RunResult("ok", numbers={"seconds": rec["seconds"],
+                                        "seconds_std": rec["seconds_std"]})
+
+    def _timed(self, sess: Any, lib: str, p: PreparedKernel) -> dict[str, Any]:
+        """Check and time one library in a board session: its outputs against the reference
+        once, then ``repeat`` timings, again with twice the repeats when the spread is over
+        ``max_spread``. A transport error propagates (the board is lost)."""
         from tvm_mpq.rpc.client import measure_on_board
 
+        device = server_info(sess)
         repeat = self.repeat
         for attempt in range(2):
-            sess = self._session()
-            if attempt == 0:
-                p.extra = {**p.extra, "device": server_info(sess)}
             res = measure_on_board(sess, lib, "kernel", p.args, number=self.number,
                                    repeat=repeat, min_repeat_ms=self.min_repeat_ms,
                                    return_outputs=attempt == 0)
-            del sess  # close the session now: a board serves one at a time
             if attempt == 0:
-                got = res["outputs"][-1]
+                got = res.pop("outputs")[-1]
                 bad = count_mismatches(got, p.expected)
                 if bad:
-                    return RunResult("wrong_result",
-                                     f"{bad} of {got.size} outputs differ from the reference")
-                res.pop("outputs")
+                    return {"status": "wrong_result",
+                            "message": f"{bad} of {got.size} outputs differ from the reference"}
             if res["spread"] <= self.max_spread:
                 break
             repeat *= 2  # noisy: once more, with more repeats
-        return res
+        return {**res, "status": "ok", "device": device}
 
     def time_model(self, compiled: Any, x: Any) -> float | None:
         """Median wall seconds of one inference of ``compiled`` on a board of the key

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 
 
 
+def _measure_json(sess: Any, request: dict[str, Any]) -> str:
+    """The simulator host's job: its measurement function on the request (a record's JSON)."""
+    return sess.get_function(MEASURE_FUNC)(json.dumps(request))
+
+
 class NoServerError(RuntimeError):
     """The tracker has no server registered under the key."""
 
@@ -67,17 +72,24 @@ class RPCMeasurer:
             before the remaining requests are recorded as failed.
         parallel: worker threads (None: as many as servers registered under the key).
         on_record: called with (index, record) as each record arrives (progress, database).
+        job: what a worker does with a session and a request (default: the simulator host's
+            ``tvm_mpq.measure_json``); it returns the record (a dict, or its JSON). An
+            exception it raises is the transport's failure: the server counts as lost and the
+            request is retried elsewhere, as for the simulator hosts (:class:`~tvm_mpq.rpc.
+            board_runner.BoardRunner` times kernels on boards this way).
     """
 
     def __init__(self, tracker_host: str = DEFAULT_HOST, tracker_port: int = DEFAULT_PORT,
                  key: str = "spike-rv64gc_zbb", *, profile: str | None = None,
                  backend: str | None = None, max_retries: int = 2, timeout_s: float = 900.0,
                  queue_timeout_s: float = 60.0, parallel: int | None = None,
-                 on_record: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+                 on_record: Callable[[int, dict[str, Any]], None] | None = None,
+                 job: Callable[[Any, dict[str, Any]], dict[str, Any] | str] | None = None) -> None:
         self.tracker_host, self.tracker_port, self.key = tracker_host, int(tracker_port), key
         self.profile, self.backend = profile, backend
         self.max_retries, self.timeout_s = int(max_retries), float(timeout_s)
         self.queue_timeout_s, self.parallel, self.on_record = float(queue_timeout_s), parallel, on_record
+        self.job = job or _measure_json
         self._local = threading.local()  # each worker thread's tracker connection
 
     # ---------------------------------------------------------------------------------------
@@ -182,7 +194,7 @@ class RPCMeasurer:
             return
         item.attempts += 1
         try:
-            out = sess.get_function(MEASURE_FUNC)(json.dumps(item.request))
+            out = self.job(sess, item.request)
         except Exception as err:  # noqa: BLE001 -- the transport failed, not the measurement
             text = str(err)
             if "RPCSessionTimeoutError" in text:
@@ -206,7 +218,7 @@ class RPCMeasurer:
         finally:
             del sess  # closes the session: the server forks a fresh child for the next one
         try:
-            rec = json.loads(out)
+            rec = dict(out) if isinstance(out, dict) else json.loads(out)
         except ValueError:
             rec = failed_record_dict(item.request, "run_error",
                                 f"server {server} returned non-JSON: {str(out)[:200]!r}")
