@@ -435,11 +435,13 @@ def test_workspace_replay_is_exact_or_fails():
 
 def test_workspaces_are_planned_in_the_arena(w8):
     """Each op's workspace (TVMBackendAllocWorkspace) is read from its lowered TIR and planned
-    in the arena: the depthwise kernel's zero-padded input copy is 16x14x14 uint8."""
+    in the arena: the depthwise kernel's zero-padded input copy is 16x14x14 uint8, and its
+    register tile's 6 int32 accumulators (a "local" buffer, which TVM serves from the
+    workspace too; LLVM keeps the values in registers) follow it, 64-byte aligned."""
     cm, _, art, _ = w8
     m, mem = art.manifest, art.memory
     dw = next(s.func_name for s in cm.sites if s.name == "dw")
-    assert [op["workspace"] for op in m["ops"] if op["func"] == dw] == [16 * 14 * 14]
+    assert [op["workspace"] for op in m["ops"] if op["func"] == dw] == [16 * 14 * 14 + 6 * 4]
     ws = [b for b in m["buffers"] if b["kind"] == "workspace"]
     assert ws and all(b["offset"] == mem["workspace_offset"] and b["live"][0] == b["live"][1]
                       for b in ws)
