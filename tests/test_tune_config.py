@@ -32,6 +32,7 @@ def test_config_keywords_round_trip():
     assert TuneConfig.from_dict(d) == cfg
     assert set(d) == set(TuneConfig.keywords())
     assert TuneConfig().replace(pop_size=8).search.pop_size == 8
+    assert TuneConfig.from_kwargs(qat="lsq").qat.method == "lsq"
     with pytest.raises(TypeError, match="popsize"):
         TuneConfig.from_kwargs(popsize=8)
 
@@ -178,6 +179,7 @@ def _bad_data_cases(x: torch.Tensor, y: torch.Tensor) -> list[tuple[dict, str]]:
         (dict(final_eval_samples=0), r"final_eval_samples=0: expected an integer >= 1 \(or None\)"),
         (dict(measure_budget=-3), "measure_budget=-3"),
         (dict(qat_beacons=-1), "qat_beacons=-1"),
+        (dict(qat="lsqq"), r"qat='lsqq': expected one of \('fixed', 'lsq'\)"),
         (dict(bits=[(3, 3)]), "invalid w_bits 3"),
         (dict(variants=["simd"]), "unknown variant 'simd'"),
         (dict(glue="fixed"), "glue='fixed'"),

@@ -89,6 +89,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--qat-beacons", type=int, default=0,
                    help="MOHAQ beacons: front plans fine-tuned with QAT (CPU-heavy; 0 = PTQ only)")
     p.add_argument("--qat-steps", type=int, default=300)
+    p.add_argument("--qat", default="fixed", choices=["fixed", "lsq"],
+                   help="beacon fine-tuning: fixed calibrated scales, or lsq (learned step size)")
     p.add_argument("--measure-budget", type=int, default=None,
                    help="kernels in the initial measurement design (default: every distinct "
                         "workload at every variant and bits); the cost model predicts the rest")
@@ -140,7 +142,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         key=args.key, bits=args.bits,
         pop_size=args.pop_size, generations=args.generations, active_rounds=args.active_rounds,
         sensitivity_samples=args.sens_samples, final_measure=not args.no_final,
-        qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, repair_plans=args.repair_plans,
+        qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, qat=args.qat,
+        repair_plans=args.repair_plans,
         prior_workloads=args.prior_workloads, measure_budget=args.measure_budget,
         tune_trials=args.tune_trials,
         seed=args.seed, glue=args.glue,

@@ -114,6 +114,8 @@ def tune(
               quantization-aware training (``qat_steps`` [300] steps each); the others'
               accuracy is corrected by their nearest beacon's gain, and the chosen plan is
               fine-tuned and verified. 0 keeps pure post-training quantization.
+            * ``qat`` ["fixed"]: how beacons are fine-tuned: "fixed" calibrated scales, or
+              "lsq" (learned step size: weight and activation scales trained too).
 
     Returns:
         A :class:`~tvm_mpq.tuner.result.TuneResult` (also saved to ``workdir/result``).

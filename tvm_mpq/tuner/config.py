@@ -175,14 +175,20 @@ class MeasureSettings:
 
 @dataclass(frozen=True)
 class QATSettings:
-    """MOHAQ beacons: ``beacons`` front plans fine-tuned for ``steps`` QAT steps (0: PTQ only)."""
+    """MOHAQ beacons: ``beacons`` front plans fine-tuned for ``steps`` QAT steps (0: PTQ only),
+    with ``method`` (``tune(qat=)``): "fixed" calibrated scales or "lsq" learned scales."""
 
     beacons: int = 0
     steps: int = 300
+    method: str = "fixed"
 
     def __post_init__(self) -> None:
+        from tvm_mpq.quant.qat import QAT_METHODS
+
         _check_count(self, "beacons", 0, keyword="qat_beacons")
         _check_count(self, "steps", 1, keyword="qat_steps")
+        if self.method not in QAT_METHODS:
+            raise ValueError(f"qat={self.method!r}: expected one of {QAT_METHODS}")
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,8 @@ class TuneConfig:
 
     #: ``tune()`` keyword -> (section, field), for the keywords whose field name differs
     RENAMED: ClassVar[dict[str, tuple[str, str]]] = {
-        "qat_beacons": ("qat", "beacons"), "qat_steps": ("qat", "steps")}
+        "qat_beacons": ("qat", "beacons"), "qat_steps": ("qat", "steps"),
+        "qat": ("qat", "method")}
 
     @classmethod
     def keywords(cls) -> dict[str, tuple[str, str]]:

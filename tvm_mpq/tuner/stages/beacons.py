@@ -44,11 +44,12 @@ def qat_point(state: TuneState, point: PlanPoint) -> None:
     fp, q = state.data_fingerprints, state.config.qat
     seed = state.config.search.seed
     key = digest(point.plan.to_dict(), fp["weights"], fp["calib"], fp["train"], seed)
-    d = os.path.join(state.workdir, "qat", f"{key[:12]}_s{q.steps}")
+    method = "" if q.method == "fixed" else f"_{q.method}"  # fixed keeps older caches valid
+    d = os.path.join(state.workdir, "qat", f"{key[:12]}_s{q.steps}{method}")
     if not os.path.exists(os.path.join(d, "done")):
         ft, qp = qat_finetune(state.model, point.plan, state.calib, state.train_data,
                               qparams=state.qparams(point.plan), steps=q.steps, seed=seed,
-                              progress=state.progress)
+                              progress=state.progress, method=q.method)
         os.makedirs(d, exist_ok=True)
         torch.save(ft, os.path.join(d, "model.pt"))
         qp.save(os.path.join(d, "qparams"))
