@@ -355,7 +355,8 @@ def test_qemu_tracker_round_trip(built_runtime, tmp_path):
 def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
     """tune(backend="rpc") with a board key: every kernel cross-compiled, uploaded, checked
     and timed on the (qemu-riscv64) board server; the chosen plan and baselines run there
-    whole; the report says the seconds are QEMU's."""
+    whole, and its compiled accuracy is computed from the board's outputs; the report says
+    the seconds are QEMU's."""
     import torch
 
     import tvm_mpq
@@ -382,7 +383,7 @@ def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
         res = tvm_mpq.tune(m, target="riscv64", calib_data=x, eval_data=(x, y), backend="rpc",
                            tracker=f"127.0.0.1:{tracker.port}", key=key, bits=[(8, 8), (4, 4)],
                            variants=["int8"], pop_size=8, generations=3, active_rounds=0,
-                           repair_plans=0, compiled_eval=False, workdir=str(tmp_path / "wd"),
+                           repair_plans=0, workdir=str(tmp_path / "wd"),
                            progress=False)
         assert res.cost_unit == "seconds" and "not hardware latency" in res.message
         db = MeasurementDB(tmp_path / "wd" / "measurements.sqlite")
@@ -401,6 +402,10 @@ def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
             assert board.under_qemu
             got = board.predict(x[:6].numpy())
         np.testing.assert_allclose(got, cm.predict(x[:6].numpy()), rtol=1e-5, atol=1e-5)
+        # tune()'s compiled accuracy came from the board's outputs, equal to the host's
+        assert "compiled accuracy through the board" in res.best.notes
+        host_acc = float((cm.predict(x.numpy()).argmax(1) == y.numpy()).mean())
+        assert res.best.compiled_accuracy == pytest.approx(host_acc)
     finally:
         server.kill()
         server.wait(timeout=10)

@@ -123,6 +123,12 @@ class Runner(ABC):
         runners that run no bare-metal artifact (None: not measured)."""
         return None
 
+    def remote_model(self, compiled: Any) -> Any:
+        """A context manager whose value has ``predict(images)``: ``compiled`` running on
+        this runner's device, for accuracy measured there (None: this runner has no device
+        that runs whole models; accuracy then comes from a host build)."""
+        return None
+
     def run_elf(self, elf: str, profile: Profile, max_instructions: int,
                 timeout_s: float) -> SimResult:
         """Run a bare-metal ELF built for :attr:`platform` (:attr:`bare_metal` runners)."""

@@ -193,6 +193,14 @@ class BoardRunner(LocalRunner):
             repeat *= 2  # noisy: once more, with more repeats
         return {**res, "status": "ok", "device": device}
 
+    def remote_model(self, compiled: Any) -> Any:
+        """``compiled`` loaded on a board of the key (:class:`~tvm_mpq.rpc.remote.RemoteModel`,
+        one session; use ``with``)."""
+        from tvm_mpq.rpc.remote import RemoteModel
+
+        return RemoteModel(compiled, (self.tracker_host, self.tracker_port), self.key,
+                           qemu_user=self.under_qemu)
+
     def time_model(self, compiled: Any, x: Any) -> float | None:
         """Median wall seconds of one inference of ``compiled`` on a board of the key
         (:func:`~tvm_mpq.rpc.remote.run_remote`, its output checked against the host

@@ -1,6 +1,7 @@
 """Stage ``final``: the chosen plan and the baselines measured end to end -- the standalone
-artifact run on a bare-metal runner (whole-model cost) and accuracy through the
-TVM-compiled model, both compiled with the run's glue -- and the
+artifact run on a bare-metal runner (whole-model cost), or the model run on a board, and
+accuracy through the TVM-compiled model (on the board where there is one), all compiled
+with the run's glue -- and the
 :class:`~tvm_mpq.tuner.result.TuneResult`, saved with its report to ``workdir/result``."""
 
 from __future__ import annotations
@@ -45,9 +46,7 @@ def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> N
                              schedule_for=state.schedule_for)
             p.model_cost = state.runner.time_model(cm, x1.numpy())
         if compiled_eval:
-            cmb = mpq_compile(m_p, (torch.zeros(64, *x1.shape[1:]),), p.plan, "host",
-                              qparams=qp_p, glue=state.glue)
-            p.compiled_accuracy = state.accuracy_of(cmb.predict, state.n_eval)  # pads the last batch
+            _compiled_accuracy(state, p, m_p, qp_p, x1)
     except Exception as e:  # record the failure on the point; the others still run
         log.warning("final measurement of %s failed: %s", p.label, e)
         p.notes += f" final measurement failed: {type(e).__name__}: {e}"
@@ -55,6 +54,27 @@ def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> N
         print(f"[tvm-mpq]   {p.label}: whole-model {p.model_cost} {state.unit}, RAM "
               f"{p.ram_bytes}, flash {p.flash_bytes} bytes, compiled accuracy "
               f"{p.compiled_accuracy}", flush=True)
+
+
+def _compiled_accuracy(state: TuneState, p: PlanPoint, model: Any, qparams: Any,
+                       x1: torch.Tensor) -> None:
+    """Accuracy of ``p`` through the TVM-compiled model, batches of 64: on the runner's
+    device where it runs whole models (a board: the board's own outputs), else a host
+    build of the same plan (the same numbers: the compiled model is exact)."""
+    from tvm_mpq.compiler.compiled import compile as mpq_compile
+
+    batch = (torch.zeros(64, *x1.shape[1:]),)
+    if state.runner.times_models:
+        cm = mpq_compile(model, batch, p.plan, state.profile, qparams=qparams, glue=state.glue,
+                         schedule_for=state.schedule_for)
+        remote = state.runner.remote_model(cm)
+        if remote is not None:
+            with remote as device:
+                p.compiled_accuracy = state.accuracy_of(device.predict, state.n_eval)
+            p.notes = (p.notes + " compiled accuracy through the board").strip()
+            return
+    cmb = mpq_compile(model, batch, p.plan, "host", qparams=qparams, glue=state.glue)
+    p.compiled_accuracy = state.accuracy_of(cmb.predict, state.n_eval)  # pads the last batch
 
 
 def best_uniform(baselines: dict[str, PlanPoint]) -> PlanPoint | None:
