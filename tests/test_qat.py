@@ -39,6 +39,17 @@ def _trained() -> torch.nn.Module:
     return m.eval()
 
 
+def _assert_compiles_exactly(ft: torch.nn.Module, plan, qp, x: torch.Tensor) -> None:
+    """The fine-tuned model's integer-only and float-glue compiles equal their fake-quant
+    references on ``x``."""
+    cm = tvm_mpq.compile(ft, x, plan, "host", qparams=qp)  # integer glue
+    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp, integer_only=True)(x).detach().numpy()
+    assert np.abs(cm(x) - exact).max() <= 1e-5
+    cmf = tvm_mpq.compile(ft, x, plan, "host", qparams=qp, glue="float")
+    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp, integer_accumulate=True)(x).detach().numpy()
+    assert np.abs(cmf(x) - exact).max() <= 1e-5
+
+
 def test_qat_recovers_accuracy_and_compiles_exactly():
     m = _trained()
     x, y = _task(512, 1)
@@ -57,12 +68,7 @@ def test_qat_recovers_accuracy_and_compiles_exactly():
         assert qp2[name].a_scale == qp[name].a_scale
         assert np.abs(qp2[name].w_q).max() <= 2
     assert qp2.tensors  # the fine-tuned model's own value ranges, for integer-only inference
-    cm = tvm_mpq.compile(ft, x[:4], plan, "host", qparams=qp2)  # integer glue
-    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp2, integer_only=True)(x[:4]).detach().numpy()
-    assert np.abs(cm(x[:4]) - exact).max() <= 1e-5
-    cmf = tvm_mpq.compile(ft, x[:4], plan, "host", qparams=qp2, glue="float")
-    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp2, integer_accumulate=True)(x[:4]).detach().numpy()
-    assert np.abs(cmf(x[:4]) - exact).max() <= 1e-5
+    _assert_compiles_exactly(ft, plan, qp2, x[:4])
 
 
 def test_lsq_learns_scales_and_compiles_exactly():
@@ -90,12 +96,7 @@ def test_lsq_learns_scales_and_compiles_exactly():
         assert q.a_scale > 0 and np.all(q.w_scale > 0) and q.w_scale.dtype == np.float32
         lo, hi = q.w_range
         assert lo <= q.w_q.min() and q.w_q.max() <= hi
-    cm = tvm_mpq.compile(ft, x[:4], plan, "host", qparams=qp2)  # integer glue
-    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp2, integer_only=True)(x[:4]).detach().numpy()
-    assert np.abs(cm(x[:4]) - exact).max() <= 1e-5
-    cmf = tvm_mpq.compile(ft, x[:4], plan, "host", qparams=qp2, glue="float")
-    exact = tvm_mpq.fake_quant(ft, plan, qparams=qp2, integer_accumulate=True)(x[:4]).detach().numpy()
-    assert np.abs(cmf(x[:4]) - exact).max() <= 1e-5
+    _assert_compiles_exactly(ft, plan, qp2, x[:4])
     with pytest.raises(ValueError, match="unknown QAT method 'lsqq'"):
         qat_finetune(m, plan, xt[:256], (xt, yt), method="lsqq")
 

@@ -33,6 +33,10 @@ def test_config_keywords_round_trip():
     assert set(d) == set(TuneConfig.keywords())
     assert TuneConfig().replace(pop_size=8).search.pop_size == 8
     assert TuneConfig.from_kwargs(qat="lsq").qat.method == "lsq"
+    from tvm_mpq.cli import tune as cli_tune
+    from tvm_mpq.quant.qat import QAT_METHODS
+
+    assert cli_tune.QAT_METHODS == QAT_METHODS  # the CLI's copy (it loads no torch)
     with pytest.raises(TypeError, match="popsize"):
         TuneConfig.from_kwargs(popsize=8)
 

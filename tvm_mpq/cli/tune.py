@@ -21,6 +21,8 @@ from tvm_mpq.measure.runner import BACKENDS
 DATASETS = ("fashion-mnist",)
 #: as ``tvm_mpq.tuner.config.GLUES`` (not imported: the CLI parser loads no torch)
 GLUES = ("integer", "float")
+#: as ``tvm_mpq.quant.qat.QAT_METHODS`` (not imported, for the same reason)
+QAT_METHODS = ("fixed", "lsq")
 
 
 def _bits_list(text: str) -> list[tuple[int, int]]:
@@ -89,7 +91,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--qat-beacons", type=int, default=0,
                    help="MOHAQ beacons: front plans fine-tuned with QAT (CPU-heavy; 0 = PTQ only)")
     p.add_argument("--qat-steps", type=int, default=300)
-    p.add_argument("--qat", default="fixed", choices=["fixed", "lsq"],
+    p.add_argument("--qat", default="fixed", choices=QAT_METHODS,
                    help="beacon fine-tuning: fixed calibrated scales, or lsq (learned step size)")
     p.add_argument("--measure-budget", type=int, default=None,
                    help="kernels in the initial measurement design (default: every distinct "
