@@ -19,6 +19,8 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -350,6 +352,38 @@ def test_qemu_tracker_round_trip(built_runtime, tmp_path):
         stop_tracker(tracker)
 
 
+@contextmanager
+def _qemu_boards(runtime: Path, log_dir: Path, key: str, n: int
+                 ) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """A tracker on loopback and ``n`` qemu-riscv64 board servers registered under ``key``
+    (waits until all are); yields ``("127.0.0.1:PORT", servers)``, then kills what is left."""
+    from tvm_mpq.rpc.tracker import start_tracker, stop_tracker, tracker_status
+
+    tracker = start_tracker(port=_free_port())
+    servers, logs = [], []
+    try:
+        for i in range(n):
+            cmd, env = BR.qemu_user_command(runtime, f"127.0.0.1:{tracker.port}", key,
+                                            port=_free_port())
+            logs.append(open(log_dir / f"server{i}.log", "w"))  # noqa: SIM115 -- closed below
+            servers.append(subprocess.Popen(cmd, env=env, stdout=logs[-1],
+                                            stderr=subprocess.STDOUT))
+        deadline = time.time() + 60
+        while (ks := tracker_status("127.0.0.1", tracker.port).keys.get(key)) is None \
+                or ks.total < n:
+            assert all(s.poll() is None for s in servers) and time.time() < deadline
+            time.sleep(0.3)
+        yield f"127.0.0.1:{tracker.port}", servers
+    finally:
+        for s in servers:
+            if s.poll() is None:
+                s.kill()
+                s.wait(timeout=10)
+        for f in logs:
+            f.close()
+        stop_tracker(tracker)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAVE_CROSS and HAVE_QEMU), reason="needs riscv64-linux-gnu-g++ and qemu-user")
 def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
@@ -361,27 +395,17 @@ def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
 
     import tvm_mpq
     from tvm_mpq.measure.database import MeasurementDB
-    from tvm_mpq.rpc.tracker import start_tracker, stop_tracker, tracker_status
 
     sys.path.insert(0, os.path.dirname(__file__))
     from test_compile import SmallNet
 
     key = "qemu-board-rv64gc"
-    tracker = start_tracker(port=_free_port())
-    cmd, env = BR.qemu_user_command(built_runtime, f"127.0.0.1:{tracker.port}", key,
-                                    port=_free_port())
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 -- closed in finally
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while tracker_status("127.0.0.1", tracker.port).keys.get(key) is None:
-            assert server.poll() is None and time.time() < deadline
-            time.sleep(0.3)
+    with _qemu_boards(built_runtime, tmp_path, key, 1) as (tracker, _):
         torch.manual_seed(0)
         m, x = SmallNet().eval(), torch.randn(32, 1, 12, 12)
         y = m(x).argmax(1)
         res = tvm_mpq.tune(m, target="riscv64", calib_data=x, eval_data=(x, y), backend="rpc",
-                           tracker=f"127.0.0.1:{tracker.port}", key=key, bits=[(8, 8), (4, 4)],
+                           tracker=tracker, key=key, bits=[(8, 8), (4, 4)],
                            variants=["int8"], pop_size=8, generations=3, active_rounds=0,
                            repair_plans=0, workdir=str(tmp_path / "wd"),
                            progress=False)
@@ -398,7 +422,7 @@ def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
         from tvm_mpq.rpc.remote import RemoteModel
 
         cm = res.compile()
-        with RemoteModel(cm, f"127.0.0.1:{tracker.port}", key) as board:
+        with RemoteModel(cm, tracker, key) as board:
             assert board.under_qemu
             got = board.predict(x[:6].numpy())
         np.testing.assert_allclose(got, cm.predict(x[:6].numpy()), rtol=1e-5, atol=1e-5)
@@ -406,11 +430,6 @@ def test_tune_by_wall_time_on_a_qemu_board(built_runtime, tmp_path):
         assert "compiled accuracy through the board" in res.best.notes
         host_acc = float((cm.predict(x.numpy()).argmax(1) == y.numpy()).mean())
         assert res.best.compiled_accuracy == pytest.approx(host_acc)
-    finally:
-        server.kill()
-        server.wait(timeout=10)
-        log.close()
-        stop_tracker(tracker)
 
 
 @pytest.mark.slow
@@ -421,26 +440,13 @@ def test_board_kernels_fan_out_over_two_boards(built_runtime, tmp_path):
     nothing: its kernel is retried on the other."""
     from tvm_mpq.measure.campaign import measure_many
     from tvm_mpq.rpc.board_runner import BoardRunner
-    from tvm_mpq.rpc.tracker import start_tracker, stop_tracker, tracker_status
     from tvm_mpq.schedules import Conv2dWorkload
 
     key = "qemu-board-rv64gc"
-    tracker = start_tracker(port=_free_port())
-    servers, logs = [], []
-    try:
-        for i in range(2):
-            cmd, env = BR.qemu_user_command(built_runtime, f"127.0.0.1:{tracker.port}", key,
-                                            port=_free_port())
-            logs.append(open(tmp_path / f"server{i}.log", "w"))  # noqa: SIM115 -- closed below
-            servers.append(subprocess.Popen(cmd, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
-        deadline = time.time() + 60
-        while (ks := tracker_status("127.0.0.1", tracker.port).keys.get(key)) is None \
-                or ks.total < 2:
-            assert all(s.poll() is None for s in servers) and time.time() < deadline
-            time.sleep(0.3)
+    with _qemu_boards(built_runtime, tmp_path, key, 2) as (tracker, servers):
         reqs = [(Conv2dWorkload.make((1, c, 6, 6), (8, c, 3, 3), 1, 1), v, 8, 8)
                 for c in (4, 8, 12) for v in ("int8", "swar")]
-        runner = BoardRunner(f"127.0.0.1:{tracker.port}", key, number=2, repeat=2)
+        runner = BoardRunner(tracker, key, number=2, repeat=2)
         recs = measure_many(reqs, "rv64gc", runner, db=tmp_path / "m.sqlite", progress=False)
         assert all(r.ok and r.seconds > 0 for r in recs), [r.message for r in recs]
         boards = {r.extra["rpc"]["server"] for r in recs}
@@ -452,11 +458,3 @@ def test_board_kernels_fan_out_over_two_boards(built_runtime, tmp_path):
         more = [(Conv2dWorkload.make((1, 16, 5, 5), (4, 16, 3, 3), 1, 1), "int8", 8, 8)]
         recs = measure_many(more, "rv64gc", runner, db=tmp_path / "m.sqlite", progress=False)
         assert recs[0].ok, recs[0].message
-    finally:
-        for s in servers:
-            if s.poll() is None:
-                s.kill()
-                s.wait(timeout=10)
-        for f in logs:
-            f.close()
-        stop_tracker(tracker)
