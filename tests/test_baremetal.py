@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
@@ -301,6 +300,7 @@ def test_metaschedule_tunes_matmul_for_instructions(tmp_path):
         ms_target,
         reference_from_primfunc,
     )
+    from tvm_mpq.schedules.ms_tune import prepare_ms_logger
 
     case = matmul_case("mm", 32)
     mod = tvm.IRModule({"main": case.func})
@@ -308,10 +308,7 @@ def test_metaschedule_tunes_matmul_for_instructions(tmp_path):
     target = ms_target("rv64gc")
     # a handler another test left on MetaSchedule's logger (pytest's, unnamed) crashes its
     # dictConfig; tvm_mpq's tune_kernel detaches those, this direct tune_tir call must too
-    ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
-    for h in list(ms_log.handlers):
-        if not (h.get_name() or "").startswith("tvm.s_tir.meta_schedule"):
-            ms_log.removeHandler(h)
+    prepare_ms_logger()
     db = ms.tune_tir(mod, target, str(tmp_path), max_trials_global=8, num_trials_per_iter=8,
                      builder=bare_metal_builder(), runner=runner, num_tuning_cores=1)
     measured = [r for r in runner.history if r.status == "ok"]

@@ -218,12 +218,12 @@ def test_swar_one_output_pixel(c, k, h, stride, pad_value):
 def test_tune_survives_foreign_log_handlers(tmp_path):
     """A handler without a name on MetaSchedule's logger (a harness or application added it)
     crashes MetaSchedule's logging setup, which every tune runs; tune_kernel detaches it
-    first (``_prepare_ms_logger``)."""
+    first (``prepare_ms_logger``)."""
     import logging
 
     from tvm.s_tir.meta_schedule.logging import create_loggers
 
-    from tvm_mpq.schedules.ms_tune import _prepare_ms_logger
+    from tvm_mpq.schedules.ms_tune import prepare_ms_logger
 
     ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
     saved = list(ms_log.handlers)
@@ -233,7 +233,7 @@ def test_tune_survives_foreign_log_handlers(tmp_path):
     try:
         with pytest.raises(AttributeError):  # MetaSchedule's own failure mode
             create_loggers(str(tmp_path), params)
-        _prepare_ms_logger()
+        prepare_ms_logger()
         assert stray not in ms_log.handlers
         create_loggers(str(tmp_path), params)  # now fine, and again with its own handlers on
         create_loggers(str(tmp_path), params)

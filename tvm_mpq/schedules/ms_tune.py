@@ -105,7 +105,7 @@ def _runner_for(target: tvm.target.Target, runner: Any) -> Any:
         timeout_sec=30)
 
 
-def _prepare_ms_logger() -> None:
+def prepare_ms_logger() -> None:
     """MetaSchedule re-runs ``logging.config.dictConfig`` on every tune, listing the handlers
     already on its logger by name; one without a name (added by a test harness or an
     application) makes it crash in ``str.format`` of None, and one it did not create makes
@@ -132,7 +132,7 @@ def tune_kernel(kd: KernelDef, target: Any = "llvm", work_dir: str = "ms_work",
     db = ms.database.JSONDatabase(work_dir=work_dir)
     done = len(db.get_top_k(db.commit_workload(mod), 10**6)) if db.has_workload(mod) else 0
     if done < max_trials:
-        _prepare_ms_logger()
+        prepare_ms_logger()
         db = ms.tune_tir(
             mod, tgt, work_dir, max_trials_global=max_trials - done,
             num_trials_per_iter=min(num_trials_per_iter, max_trials - done),
