@@ -37,6 +37,16 @@ def test_config_keywords_round_trip():
     from tvm_mpq.quant.qat import QAT_METHODS
 
     assert cli_tune.QAT_METHODS == QAT_METHODS  # the CLI's copy (it loads no torch)
+    from tvm_mpq.search.dnas import DNAS_COSTS
+    from tvm_mpq.tuner.config import SEARCHES
+
+    assert cli_tune.SEARCHES == SEARCHES and cli_tune.DNAS_COSTS == DNAS_COSTS
+    d = TuneConfig.from_kwargs(search="hybrid", dnas_cost_weights=[1, 2]).to_dict()
+    assert json.loads(json.dumps(d)) == d and TuneConfig.from_dict(d).search.search == "hybrid"
+    for bad in ({"search": "random"}, {"dnas_cost": "flops"}, {"dnas_cost_weights": [-1.0]},
+                {"dnas_steps": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TuneConfig.from_kwargs(**bad)
     with pytest.raises(TypeError, match="popsize"):
         TuneConfig.from_kwargs(popsize=8)
 

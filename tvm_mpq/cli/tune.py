@@ -23,6 +23,9 @@ DATASETS = ("fashion-mnist",)
 GLUES = ("integer", "float")
 #: as ``tvm_mpq.quant.qat.QAT_METHODS`` (not imported, for the same reason)
 QAT_METHODS = ("fixed", "lsq")
+#: as ``tvm_mpq.tuner.config.SEARCHES`` and ``tvm_mpq.search.dnas.DNAS_COSTS``
+SEARCHES = ("nsga2", "dnas", "hybrid")
+DNAS_COSTS = ("measured", "bitops")
 
 
 def _bits_list(text: str) -> list[tuple[int, int]]:
@@ -93,6 +96,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--qat-steps", type=int, default=300)
     p.add_argument("--qat", default="fixed", choices=QAT_METHODS,
                    help="beacon fine-tuning: fixed calibrated scales, or lsq (learned step size)")
+    p.add_argument("--search", choices=SEARCHES, default="nsga2",
+                   help="nsga2 (NSGA-II over post-training plans), dnas (differentiable "
+                        "supernet search on the measured costs) or hybrid (Free Bits: DNAS, "
+                        "free bits up / costly bits down on measured costs, LSQ fine-tuning)")
+    p.add_argument("--dnas-cost", choices=DNAS_COSTS, default="measured",
+                   help="the supernet's cost term: measured kernel costs or bit operations")
+    p.add_argument("--dnas-steps", type=int, default=120,
+                   help="supernet training steps per cost weight (--search dnas / hybrid)")
     p.add_argument("--measure-budget", type=int, default=None,
                    help="kernels in the initial measurement design (default: every distinct "
                         "workload at every variant and bits); the cost model predicts the rest")
@@ -107,7 +118,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repair-plans", type=int, default=8,
                    help="near-miss front plans whose bits are raised into the accuracy budget (0: off)")
     p.add_argument("--train", type=int, default=10000,
-                   help="training images for QAT (train split; only with --qat-beacons)")
+                   help="training images for QAT and DNAS (train split; only with --qat-beacons "
+                        "or --search dnas / hybrid)")
     p.add_argument("--no-final", action="store_true",
                    help="skip the end-to-end standalone measurement and compiled-model accuracy")
     p.add_argument("--glue", choices=GLUES, default="integer",
@@ -147,7 +159,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         qat_beacons=args.qat_beacons, qat_steps=args.qat_steps, qat=args.qat,
         repair_plans=args.repair_plans,
         prior_workloads=args.prior_workloads, measure_budget=args.measure_budget,
-        tune_trials=args.tune_trials,
+        tune_trials=args.tune_trials, search=args.search, dnas_cost=args.dnas_cost,
+        dnas_steps=args.dnas_steps,
         seed=args.seed, glue=args.glue,
         metric_mode=args.metric_mode)
 
@@ -157,8 +170,9 @@ def inputs_from_args(args: argparse.Namespace) -> Any:
     from tvm_mpq.cli.user_inputs import UserInputs, load_data, load_model
 
     model, info = load_model(args.model, args.weights)
-    if args.data and args.qat_beacons:
-        raise ValueError("--qat-beacons needs training data: use the Python API's train_data")
+    if args.data and (args.qat_beacons or args.search != "nsga2"):
+        raise ValueError("--qat-beacons and --search dnas / hybrid need training data: use "
+                         "the Python API's train_data")
     if args.data:
         calib, eval_data, eval_fn = load_data(args.data, args.metric, args.calib, args.eval,
                                               args.seed)
@@ -212,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tvm-mpq tune: error: {e}", file=sys.stderr)
         return 2
     train = None
-    if args.qat_beacons:
+    if args.qat_beacons or args.search != "nsga2":
         from tvm_mpq.zoo.fashion_mnist import calib_subset
 
         train = calib_subset(args.train, seed=args.seed + 1)

@@ -35,7 +35,8 @@ from tvm_mpq.quant.folding import fold_bn, set_submodule
 from tvm_mpq.quant.plan import FP32, QuantPlan
 from tvm_mpq.quant.qparams import LayerQParams, QuantParams
 
-__all__ = ["QAT_METHODS", "beacon_correction", "plan_distance", "qat_finetune"]
+__all__ = ["QAT_METHODS", "QATLayer", "beacon_correction", "plan_distance", "qat_finetune",
+           "train_batches"]
 
 #: what :func:`qat_finetune` trains besides the weights: nothing, or the scales (LSQ)
 QAT_METHODS = ("fixed", "lsq")
@@ -55,7 +56,7 @@ class _SignSTE(torch.autograd.Function):
         return g
 
 
-class _QATLayer(nn.Module):
+class QATLayer(nn.Module):
     """Trainable float weight, STE fake quantization; with ``learn_scales`` (LSQ) the weight
     and activation scales are trainable parameters too."""
 
@@ -125,7 +126,9 @@ class _QATLayer(nn.Module):
                             qp.a_min, qp.a_max)
 
 
-def _batches(train_data: Any, batch_size: int, steps: int, seed: int) -> Iterable[tuple]:
+def train_batches(train_data: Any, batch_size: int, steps: int, seed: int) -> Iterable[tuple]:
+    """``steps`` training batches: random draws (seeded) from ``(images, labels)`` tensors, or
+    the batches of an iterable of ``(x, y)``, cycled."""
     if isinstance(train_data, (tuple, list)) and len(train_data) == 2 and \
             isinstance(train_data[0], torch.Tensor):
         x, y = train_data
@@ -175,10 +178,10 @@ def qat_finetune(model: nn.Module, plan: QuantPlan, calib_data: Any, train_data:
     if qparams is None:
         qparams = calibrate(folded, plan, calib_data)
     train = copy.deepcopy(folded).train()
-    wrappers: dict[str, _QATLayer] = {}
+    wrappers: dict[str, QATLayer] = {}
     mods = dict(train.named_modules())
     for name in plan.quantized_layers():
-        w = _QATLayer(mods[name], qparams[name], learn_scales=method == "lsq")
+        w = QATLayer(mods[name], qparams[name], learn_scales=method == "lsq")
         set_submodule(train, name, w)
         wrappers[name] = w
     scales = {id(p) for w in wrappers.values() if w.learn_scales for p in (w.s_w, w.s_a)}
@@ -190,7 +193,7 @@ def qat_finetune(model: nn.Module, plan: QuantPlan, calib_data: Any, train_data:
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     bar = tqdm(total=steps, disable=not progress, desc="QAT", unit="step")
-    for x, y in _batches(train_data, batch_size, steps, seed):
+    for x, y in train_batches(train_data, batch_size, steps, seed):
         loss = F.cross_entropy(train(x), y)
         opt.zero_grad()
         loss.backward()

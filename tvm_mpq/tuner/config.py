@@ -31,6 +31,8 @@ BASELINES: dict[str, tuple[int, int, str | None] | None] = {
 GLUES: tuple[str, ...] = ("integer", "float")
 #: ``metric_mode``: is the evaluation metric maximised (accuracy) or minimised (error, loss)
 METRIC_MODES: tuple[str, ...] = ("max", "min")
+#: ``tune(search=)``: NSGA-II, the differentiable supernet search, or Free Bits' hybrid
+SEARCHES: tuple[str, ...] = ("nsga2", "dnas", "hybrid")
 
 
 def _check_count(section: object, name: str, least: int, optional: bool = False,
@@ -98,6 +100,15 @@ class SearchSettings:
         repair_plans: near-miss front plans raised into the accuracy budget (0: off).
         seed: random seed (design, cost model, search).
         sensitivity_samples: held-out images (the first ones) for per-layer sensitivity.
+        search: one of :data:`SEARCHES`: ``"nsga2"`` (NSGA-II over post-training-quantized
+            plans), ``"dnas"`` (differentiable supernet search, :mod:`tvm_mpq.search.dnas`)
+            or ``"hybrid"`` (Free Bits: DNAS, then free bits up and costly bits down on the
+            measured costs, then LSQ fine-tuning of the chosen plan). DNAS needs
+            ``train_data``.
+        dnas_cost: the supernet's cost term: ``"measured"`` (the target's kernel costs) or
+            ``"bitops"`` (MACs x w x a, hardware-agnostic).
+        dnas_steps: supernet training steps per cost weight.
+        dnas_cost_weights: the cost weights swept (one plan each).
     """
 
     bits: tuple[tuple[int, int], ...] = DEFAULT_BITS
@@ -108,10 +119,26 @@ class SearchSettings:
     repair_plans: int = 8
     seed: int = 0
     sensitivity_samples: int = 512
+    search: str = "nsga2"
+    dnas_cost: str = "measured"
+    dnas_steps: int = 120
+    dnas_cost_weights: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 
     def __post_init__(self) -> None:  # lists from callers and JSON become tuples
+        from tvm_mpq.search.dnas import DNAS_COSTS
+
         object.__setattr__(self, "bits", tuple((int(w), int(a)) for w, a in self.bits))
         object.__setattr__(self, "variants", tuple(self.variants))
+        object.__setattr__(self, "dnas_cost_weights",
+                           tuple(float(w) for w in self.dnas_cost_weights))
+        if self.search not in SEARCHES:
+            raise ValueError(f"search={self.search!r}: expected one of {SEARCHES}")
+        if self.dnas_cost not in DNAS_COSTS:
+            raise ValueError(f"dnas_cost={self.dnas_cost!r}: expected one of {DNAS_COSTS}")
+        if not self.dnas_cost_weights or any(not w >= 0 for w in self.dnas_cost_weights):
+            raise ValueError(f"dnas_cost_weights={self.dnas_cost_weights!r}: expected "
+                             "non-negative numbers")
+        _check_count(self, "dnas_steps", 1)
         for name, least in (("pop_size", 2), ("generations", 1), ("active_rounds", 0),
                             ("repair_plans", 0), ("seed", 0), ("sensitivity_samples", 1)):
             _check_count(self, name, least)
@@ -256,7 +283,7 @@ class TuneConfig:
             v = self.get(k)
             if k == "bits":
                 v = [list(b) for b in v]
-            elif k == "variants":
+            elif k in ("variants", "dnas_cost_weights"):
                 v = list(v)
             elif k == "backend" and not isinstance(v, str):
                 v = v.backend

@@ -120,6 +120,9 @@ class TuneState:
                 f"backend {runner.backend!r} runs none")
         if config.qat.beacons > 0 and train_data is None:
             raise ValueError("qat_beacons needs train_data=(images, labels) (training split)")
+        if config.search.search != "nsga2" and train_data is None:
+            raise ValueError(f"search={config.search.search!r} trains a supernet: it needs "
+                             "train_data=(images, labels) (training split)")
         ex, ey = split_eval_data(eval_data) if eval_data is not None else (None, None)
         if ex is not None and ey is None:
             raise ValueError("eval_data must be (images, labels)")

@@ -8,6 +8,8 @@ one meets the accuracy budget. Without beacons: the cheapest front plan meeting 
 With ``ram_budget`` / ``flash_budget``, a candidate must also fit them: its standalone
 artifact is built and run for its exact figures (:mod:`tvm_mpq.tuner.memory`) when it is
 considered, before it is fine-tuned.
+``search="hybrid"`` (Free Bits) ends with learned-step fine-tuning: its beacons use LSQ,
+at least :data:`HYBRID_BEACONS` of them.
 Checkpoint: ``stages/beacons.json`` (the front with its QAT results, the best plan's index).
 """
 
@@ -25,7 +27,20 @@ from tvm_mpq.tuner.result import PlanPoint
 from tvm_mpq.tuner.stages.base import Stage, stage_file
 from tvm_mpq.tuner.state import TuneState
 
-__all__ = ["BeaconsStage", "choose_with_beacons", "load_qat", "qat_point"]
+__all__ = ["HYBRID_BEACONS", "BeaconsStage", "choose_with_beacons", "load_qat", "qat_plan",
+           "qat_point"]
+
+#: fewest beacons of a ``search="hybrid"`` run (Free Bits fine-tunes its result)
+HYBRID_BEACONS = 2
+
+
+def qat_plan(state: TuneState) -> tuple[int, str]:
+    """``(beacons, method)`` of the run: ``qat_beacons`` / ``qat``, or for
+    ``search="hybrid"`` at least :data:`HYBRID_BEACONS` beacons fine-tuned with LSQ."""
+    q = state.config.qat
+    if state.config.search.search == "hybrid":
+        return max(q.beacons, HYBRID_BEACONS), "lsq"
+    return q.beacons, q.method
 
 
 def load_qat(directory: str) -> tuple[torch.nn.Module, Any]:
@@ -43,13 +58,14 @@ def qat_point(state: TuneState, point: PlanPoint) -> None:
 
     fp, q = state.data_fingerprints, state.config.qat
     seed = state.config.search.seed
+    _, method = qat_plan(state)
     key = digest(point.plan.to_dict(), fp["weights"], fp["calib"], fp["train"], seed)
-    method = "" if q.method == "fixed" else f"_{q.method}"  # fixed keeps older caches valid
-    d = os.path.join(state.workdir, "qat", f"{key[:12]}_s{q.steps}{method}")
+    tag = "" if method == "fixed" else f"_{method}"  # fixed keeps older caches valid
+    d = os.path.join(state.workdir, "qat", f"{key[:12]}_s{q.steps}{tag}")
     if not os.path.exists(os.path.join(d, "done")):
         ft, qp = qat_finetune(state.model, point.plan, state.calib, state.train_data,
                               qparams=state.qparams(point.plan), steps=q.steps, seed=seed,
-                              progress=state.progress, method=q.method)
+                              progress=state.progress, method=method)
         os.makedirs(d, exist_ok=True)
         torch.save(ft, os.path.join(d, "model.pt"))
         qp.save(os.path.join(d, "qparams"))
@@ -79,7 +95,7 @@ def choose_with_beacons(state: TuneState) -> PlanPoint | None:
     None."""
     from tvm_mpq.quant.qat import beacon_correction
 
-    k, max_drop_pt = state.config.qat.beacons, state.config.budgets.max_accuracy_drop
+    k, max_drop_pt = qat_plan(state)[0], state.config.budgets.max_accuracy_drop
     cands = sorted([p for p in state.pareto if p.measured_cost is not None
                     and p.plan.quantized_layers()], key=lambda p: p.measured_cost)
     if not cands:
@@ -122,10 +138,13 @@ class BeaconsStage(Stage):
     def inputs(self, state: TuneState) -> dict[str, Any]:
         q = state.config.qat
         b = state.config.budgets
+        beacons, method = qat_plan(state)
         mem = {k: v for k, v in (("ram_budget", b.ram_budget), ("flash_budget", b.flash_budget))
                if v is not None}  # absent when unset: older checkpoints stay valid
-        return {**mem, "beacons": q.beacons, "steps": q.steps, "seed": state.config.search.seed,
-                "train": state.data_fingerprints["train"] if q.beacons > 0 else None}
+        if method != "fixed":
+            mem["method"] = method
+        return {**mem, "beacons": beacons, "steps": q.steps, "seed": state.config.search.seed,
+                "train": state.data_fingerprints["train"] if beacons > 0 else None}
 
     def load(self, state: TuneState, workdir: str) -> bool:
         d = read_json(stage_file(workdir, self.name), "best plan")
@@ -136,7 +155,7 @@ class BeaconsStage(Stage):
         return True
 
     def run(self, state: TuneState) -> None:
-        if state.config.qat.beacons > 0:
+        if qat_plan(state)[0] > 0:
             best = choose_with_beacons(state)
         else:
             feasible = sorted([p for p in state.pareto if p.meets_constraints

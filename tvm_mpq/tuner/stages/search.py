@@ -1,4 +1,5 @@
-"""Stage ``search``: cost model + NSGA-II, with active learning.
+"""Stage ``search``: cost model + NSGA-II (or the DNAS / Free Bits search), with active
+learning.
 
 Each round fits the cost model on the measurements (``search/round<r>/costmodel.json``, the
 measured set beside it: ``measured.json``), builds the problem (costs = measured where
@@ -7,6 +8,10 @@ measured, predicted elsewhere, + each layer's passes) and runs NSGA-II
 front uses are measured. A killed search resumes inside its round. ``search/stage.json``
 stamps the round files with the stage's fingerprint: files of other inputs are set aside
 (``search.stale``). The final front: ``stages/search.json``.
+
+``search="dnas"`` / ``"hybrid"`` replace NSGA-II by the supernet sweep of
+:mod:`tvm_mpq.search.dnas` (see :meth:`SearchStage.run`); hybrid's lowered plans are kept in
+``search/hybrid_lowered.json``.
 """
 
 from __future__ import annotations
@@ -86,9 +91,17 @@ class SearchStage(Stage):
 
     def inputs(self, state: TuneState) -> dict[str, Any]:
         s, b = state.config.search, state.config.budgets
-        return {"bits": s.bits, "variants": s.variants, "pop_size": s.pop_size,
-                "generations": s.generations, "active_rounds": s.active_rounds, "seed": s.seed,
-                **budget_inputs(b)}
+        out = {"bits": s.bits, "variants": s.variants, "pop_size": s.pop_size,
+               "generations": s.generations, "active_rounds": s.active_rounds, "seed": s.seed,
+               **budget_inputs(b)}
+        if s.search != "nsga2":  # (only then: NSGA-II runs keep their checkpoints)
+            out.update(search=s.search, dnas_cost=s.dnas_cost, dnas_steps=s.dnas_steps,
+                       dnas_cost_weights=s.dnas_cost_weights,
+                       train=state.data_fingerprints["train"])
+            if s.search == "hybrid":
+                out["max_accuracy_drop"] = b.max_accuracy_drop
+                out["eval"] = state.data_fingerprints["eval"]
+        return out
 
     # ------------------------------------------------------------------ checkpoint
     def load(self, state: TuneState, workdir: str) -> bool:
@@ -159,10 +172,16 @@ class SearchStage(Stage):
         return todo
 
     def run(self, state: TuneState) -> None:
+        """The rounds. ``search="dnas"`` / ``"hybrid"``: the supernet sweep runs on the round-0
+        costs (logits checkpointed per cost weight in ``round0/``) and later rounds price the
+        same plans again (the supernet is not retrained); hybrid raises free bits before
+        pricing and lowers costly bits (real accuracy within the budget) after the rounds."""
+        from tvm_mpq.search.dnas import price_plans
         from tvm_mpq.search.nsga import run_nsga
 
         s = state.config.search
         sdir = self._claim(state)
+        plans = None
         for rnd in range(s.active_rounds + 1):
             self.last_round = rnd
             rdir = os.path.join(sdir, f"round{rnd}")
@@ -171,8 +190,14 @@ class SearchStage(Stage):
                 self._round_model(state, rdir)
             with state.timer("search"):
                 state.problem = build_problem(state)
-                state.front = run_nsga(state.problem, pop_size=s.pop_size, n_gen=s.generations,
-                                       seed=s.seed + rnd, workdir=rdir, progress=state.progress)
+                if s.search == "nsga2":
+                    state.front = run_nsga(state.problem, pop_size=s.pop_size,
+                                           n_gen=s.generations, seed=s.seed + rnd, workdir=rdir,
+                                           progress=state.progress)
+                else:
+                    plans = plans or self._dnas_plans(state, rdir)
+                    state.front = price_plans(state.problem, plans,
+                                              f"{s.search} ({s.dnas_cost} cost)")
             if rnd == s.active_rounds:
                 break
             with state.timer("active learning"):
@@ -180,3 +205,49 @@ class SearchStage(Stage):
                 if not todo:
                     break
                 state.measure(todo)
+        if s.search == "hybrid":
+            with state.timer("search"):
+                state.front = self._lower_costly(state, sdir)
+
+    # ------------------------------------------------------------------ DNAS / Free Bits
+    def _dnas_plans(self, state: TuneState, rdir: str) -> list[Any]:
+        from tvm_mpq.quant.folding import fold_bn
+        from tvm_mpq.quant.plan import QuantPlan
+        from tvm_mpq.schedules.workload import workload_from_layer
+        from tvm_mpq.search.dnas import DNASSettings, dnas_search, free_bits
+
+        s, prob = state.config.search, state.problem
+        settings = DNASSettings(steps=s.dnas_steps, cost_weights=s.dnas_cost_weights,
+                                cost=s.dnas_cost, seed=s.seed)
+        macs: dict[str, int] = {}
+        for r in state.table:
+            macs[r.name] = macs.get(r.name, 0) + workload_from_layer(r).macs
+
+        def qparams_of(w: int, a: int) -> Any:
+            return state.qparams(QuantPlan.uniform(state.model, w_bits=w, a_bits=a))
+
+        refine = (lambda p: free_bits(prob, p)) if s.search == "hybrid" else None
+        res = dnas_search(prob, fold_bn(state.model), qparams_of, state.train_data, settings,
+                          macs=macs, workdir=rdir, progress=state.progress, refine_plan=refine)
+        return res.plans
+
+    def _lower_costly(self, state: TuneState, sdir: str) -> Any:
+        """Free Bits' costly bits down on each found plan (8 real evaluations each, on the
+        held-out data the refine stage uses); the front gains the lowered plans."""
+        from tvm_mpq.quant.plan import QuantPlan
+        from tvm_mpq.search.dnas import lower_costly_bits, price_plans
+
+        path = os.path.join(sdir, "hybrid_lowered.json")
+        saved = read_json(path, "hybrid lowered plans")
+        if isinstance(saved, list):
+            lowered = [QuantPlan.from_dict(p) for p in saved]
+        else:
+            fp32 = state.accuracy_of(state.forward(QuantPlan.fp32(state.model)), state.n_eval)
+            max_drop = state.config.budgets.max_accuracy_drop / 100.0
+            lowered = [lower_costly_bits(state.problem, m.plan,
+                                         lambda p: fp32 - state.plan_accuracy(p), max_drop)
+                       for m in state.front.members]
+            write_json(path, [p.to_dict() for p in lowered])
+        return price_plans(state.problem, [m.plan for m in state.front.members] + lowered,
+                           "hybrid: DNAS, free bits up, costly bits down")
+

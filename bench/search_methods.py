@@ -1,0 +1,161 @@
+"""Search methods side by side: NSGA-II, NSGA-II + LSQ beacons, DNAS, Free Bits hybrid.
+
+For one bundled model and one target, runs ``tvm-mpq tune`` (the README command) once per
+method. The first method's workdir measures the kernels; the others start from a copy of
+its import, sensitivity and measurement checkpoints (same database, same costs), so they
+differ only from the search on. Per method it prints the best plan's whole-model retired
+instructions (standalone artifact on the simulator) against ``best_uniform`` (the cheaper of
+uniform fp32 and uniform w8a8 on the fastest kernels, measured in the same run), its
+accuracy drop on test images the search never saw (``--unseen`` images after the first
+``--eval`` that the search uses; the torch integer-only reference, bit-exact to the
+compiled model, of the plan as chosen: QAT-fine-tuned when it was), the hypervolume of the
+measured front in (cost / best_uniform, drop on the search images) with reference point
+(1.2, 0.05), and the wall time of the method's own stages (search to final) on this
+machine; the shared front end (import, sensitivity, measurement) is printed once.
+
+    python bench/search_methods.py --target riscv64-zbb --out runs/cmp_zbb
+    python bench/search_methods.py --model resnet8 --target rv32imc --methods nsga2 dnas
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+#: method name -> extra ``tvm-mpq tune`` options
+METHODS: dict[str, list[str]] = {
+    "nsga2": [],
+    "nsga2-lsq": ["--qat-beacons", "3", "--qat", "lsq"],
+    "dnas": ["--search", "dnas"],
+    "hybrid": ["--search", "hybrid"],
+    "hybrid-bitops": ["--search", "hybrid", "--dnas-cost", "bitops"],
+}
+#: the stages every method shares (checkpoints copied from the first method's workdir)
+SHARED = ("import", "sensitivity", "measure")
+HV_REF = (1.2, 0.05)
+
+
+def seed_workdir(src: str, dst: str) -> None:
+    """Copy ``src``'s shared checkpoints and measurement database into a fresh ``dst``."""
+    if os.path.exists(os.path.join(dst, "stages", "manifest.json")):
+        return  # resumed: dst has its own checkpoints
+    os.makedirs(os.path.join(dst, "stages"), exist_ok=True)
+    for name in os.listdir(src):
+        p = os.path.join(src, name)
+        if os.path.isfile(p) and not name.startswith("measurements.sqlite"):
+            shutil.copy2(p, os.path.join(dst, name))
+    with sqlite3.connect(os.path.join(src, "measurements.sqlite")) as a, \
+            sqlite3.connect(os.path.join(dst, "measurements.sqlite")) as b:
+        a.backup(b)
+    with open(os.path.join(src, "stages", "manifest.json")) as f:
+        man = json.load(f)
+    for st in SHARED:
+        shutil.copy2(os.path.join(src, "stages", f"{st}.json"),
+                     os.path.join(dst, "stages", f"{st}.json"))
+    man["stages"] = {k: v for k, v in man["stages"].items() if k in SHARED}
+    with open(os.path.join(dst, "stages", "manifest.json"), "w") as f:
+        json.dump(man, f, indent=1)
+
+
+def unseen_drop(res: Any, args: argparse.Namespace) -> tuple[float, float]:
+    """``(fp32 accuracy, drop in points)`` of the best plan on the unseen test images."""
+    import torch
+
+    from tvm_mpq.quant.qparams_cache import QParamsCache
+    from tvm_mpq.tuner.plans import full_plan
+    from tvm_mpq.tuner.stages.beacons import load_qat
+    from tvm_mpq.zoo.fashion_mnist import calib_subset, evaluate, load_fashion_mnist
+    from tvm_mpq.zoo.models import load_pretrained
+
+    torch.set_num_threads(2)
+    model, _ = load_pretrained(args.model)
+    x, y = load_fashion_mnist("test", args.eval + args.unseen)
+    x, y = x[args.eval:], y[args.eval:]
+    cache = QParamsCache(model, calib_subset(256, seed=0)[0])
+    plan = full_plan(res.best.plan, model)
+    ft, qp = load_qat(res.best.qat_dir) if res.best.qat_dir else (None, None)
+    fwd = cache.forward(plan, ft, qp, integer_only=res.glue == "integer")
+    fp32 = evaluate(model.eval(), x, y, batch_size=256)
+    acc = evaluate(fwd, x, y, batch_size=256, pad_last=True)
+    return fp32, 100 * (fp32 - acc)
+
+
+def row(method: str, out: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One method's figures from its saved result."""
+    import numpy as np
+
+    from tvm_mpq.search.front import hypervolume
+    from tvm_mpq.tuner.result import load_result
+
+    res = load_result(os.path.join(out, method))
+    base = res.baselines["best_uniform"].measured_cost
+    pts = np.asarray([[p.measured_cost / base, p.drop] for p in res.pareto
+                      if p.measured_cost is not None and p.drop is not None], dtype=np.float64)
+    own = sum(v for k, v in res.timings.items() if k not in ("import", "sensitivity", "measure"))
+    r = {"method": method, "best_uniform": base, "hv": hypervolume(pts, HV_REF),
+         "wall_s": own, "timings": res.timings}
+    if res.best is None or res.best.measured_cost is None:
+        return {**r, "best": None, "ratio": None, "drop_unseen": None, "drop_search": None}
+    fp32, drop = unseen_drop(res, args)
+    return {**r, "best": res.best.measured_cost, "ratio": res.best.measured_cost / base,
+            "drop_unseen": drop, "drop_search": 100 * res.best.drop, "fp32_unseen": fp32,
+            "bits": res.best.plan.summary()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every method (resumable) and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="mobilenet_v2")
+    ap.add_argument("--target", default="riscv64-zbb")
+    ap.add_argument("--backend", default="spike")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--out", default="runs/search_methods")
+    ap.add_argument("--eval", type=int, default=1000, help="test images the search uses")
+    ap.add_argument("--unseen", type=int, default=5000, help="test images after those")
+    ap.add_argument("--report-only", action="store_true", help="print saved results only")
+    args = ap.parse_args(argv)
+    exe = str(Path(sys.executable).parent / "tvm-mpq")
+    first = os.path.join(args.out, args.methods[0])
+    for m in args.methods:
+        wd = os.path.join(args.out, m)
+        if args.report_only:
+            continue
+        if m != args.methods[0]:
+            seed_workdir(first, wd)
+        cmd = [exe, "tune", "--model", args.model, "--dataset", "fashion-mnist", "--target",
+               args.target, "--backend", args.backend, "--eval", str(args.eval), "--out", wd,
+               *METHODS[m]]
+        print("+", " ".join(cmd), flush=True)
+        with open(wd + ".log", "a") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    rows = [row(m, args.out, args) for m in args.methods]
+    with open(os.path.join(args.out, "search_methods.json"), "w") as f:
+        json.dump(rows, f, indent=1, default=str)
+    t0 = rows[0]["timings"]
+    shared = sum(t0.get(k, 0.0) for k in SHARED)
+    print(f"\n{args.model} on {args.target} ({args.backend}); best_uniform "
+          f"{rows[0]['best_uniform']:,.0f} instructions; shared front end {shared:.0f} s")
+    print("| method | best plan | best / best_uniform | drop (unseen) | drop (search) | "
+          "HV | wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if r["best"] is None:
+            print(f"| {r['method']} | none within budget | | | | {r['hv']:.4f} | "
+                  f"{r['wall_s']:.0f} |")
+            continue
+        print(f"| {r['method']} | {r['best']:,.0f} | {r['ratio']:.3f} | "
+              f"{r['drop_unseen']:.2f} pt | {r['drop_search']:.2f} pt | {r['hv']:.4f} | "
+              f"{r['wall_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
