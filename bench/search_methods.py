@@ -58,9 +58,10 @@ def seed_workdir(src: str, dst: str) -> None:
         a.backup(b)
     with open(os.path.join(src, "stages", "manifest.json")) as f:
         man = json.load(f)
-    for st in SHARED:
-        shutil.copy2(os.path.join(src, "stages", f"{st}.json"),
-                     os.path.join(dst, "stages", f"{st}.json"))
+    for st in SHARED:  # (some stages keep their checkpoint beside, e.g. sensitivity.json)
+        p = os.path.join(src, "stages", f"{st}.json")
+        if os.path.exists(p):
+            shutil.copy2(p, os.path.join(dst, "stages", f"{st}.json"))
     man["stages"] = {k: v for k, v in man["stages"].items() if k in SHARED}
     with open(os.path.join(dst, "stages", "manifest.json"), "w") as f:
         json.dump(man, f, indent=1)

@@ -68,6 +68,10 @@ def test_mixed_layer_branches_are_the_contract_quantizers(setup):
         got = ml(inp)
         want = mod(inp) if w == FP32 else branches[i](inp)
         torch.testing.assert_close(got, want)
+        ml.probs = torch.softmax(torch.randn(len(prob.options), requires_grad=True), 0)
+        ml.sampled = i  # single path: the branch's value, a gradient to every logit
+        torch.testing.assert_close(ml(inp), want)
+        ml.sampled = None
 
 
 def test_cost_weight_moves_the_plan_to_cheaper_options(setup, tmp_path):

@@ -130,3 +130,26 @@ def test_tune_with_beacons(tmp_path):
         assert abs(res.best.compiled_accuracy - res.best.accuracy) <= 0.02
     loaded = tvm_mpq.load_result(str(tmp_path))
     assert any(p.qat_dir for p in loaded.pareto)
+
+
+def test_tune_with_hybrid_search(tmp_path):
+    """search="hybrid": DNAS sweep, free bits up / costly bits down, LSQ beacons; the same
+    TuneResult; without training data the error comes before any stage."""
+    m = _trained()
+    x, y = _task(256, 1)
+    xt, yt = _task(2048, 2)
+    kw = dict(calib_data=xt[:128], eval_data=(x, y), workdir=str(tmp_path),
+              bits=[(8, 8), (2, 2)], variants=["int8", "bitserial"], active_rounds=0,
+              progress=False, max_accuracy_drop=5.0, search="hybrid", dnas_steps=20,
+              dnas_cost_weights=[0.0, 1.0], qat_steps=30)
+    with pytest.raises(ValueError, match="train_data"):
+        tvm_mpq.tune(m, x[:1], "riscv", **kw)
+    assert not os.path.exists(os.path.join(tmp_path, "stages"))
+    res = tvm_mpq.tune(m, x[:1], "riscv", train_data=(xt, yt), **kw)
+    assert res.pareto and res.settings["search"] == "hybrid"
+    assert os.path.exists(os.path.join(tmp_path, "search", "round0", "dnas_w1.json"))
+    assert os.path.exists(os.path.join(tmp_path, "search", "hybrid_lowered.json"))
+    tuned = [p for p in res.pareto if p.qat_dir]
+    assert tuned and all(p.qat_dir.endswith("_lsq") for p in tuned)  # LSQ fine-tuning
+    if res.best is not None:
+        assert res.best.measured_cost is not None

@@ -141,6 +141,23 @@ def test_glue_setting_and_cli_option():
 
 
 
+def test_search_setting_and_cli_options():
+    from tvm_mpq.cli import tune as cli_tune
+    from tvm_mpq.cli.app import build_parser
+
+    parser = build_parser()
+    d = cli_tune.config_from_args(parser.parse_args(["tune"])).search
+    assert (d.search, d.dnas_cost, d.dnas_steps, d.dnas_cost_weights) == (
+        "nsga2", "measured", 120, TuneConfig().search.dnas_cost_weights)  # CLI = API defaults
+    cfg = cli_tune.config_from_args(parser.parse_args(
+        ["tune", "--search", "hybrid", "--dnas-cost", "bitops", "--dnas-steps", "7",
+         "--dnas-cost-weights", "0.1", "1"])).search
+    assert (cfg.search, cfg.dnas_cost, cfg.dnas_steps, cfg.dnas_cost_weights) == (
+        "hybrid", "bitops", 7, (0.1, 1.0))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["tune", "--search", "random"])
+
+
 def test_memory_budgets_setting_and_cli_options():
     from tvm_mpq.cli.app import build_parser
     from tvm_mpq.cli.tune import config_from_args

@@ -104,6 +104,9 @@ def add_parser(sub: Any) -> None:
                    help="the supernet's cost term: measured kernel costs or bit operations")
     p.add_argument("--dnas-steps", type=int, default=120,
                    help="supernet training steps per cost weight (--search dnas / hybrid)")
+    p.add_argument("--dnas-cost-weights", type=float, nargs="+",
+                   default=[0.005, 0.01, 0.02, 0.05, 0.1],
+                   help="the cost weights of the DNAS sweep, one plan each")
     p.add_argument("--measure-budget", type=int, default=None,
                    help="kernels in the initial measurement design (default: every distinct "
                         "workload at every variant and bits); the cost model predicts the rest")
@@ -160,7 +163,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         repair_plans=args.repair_plans,
         prior_workloads=args.prior_workloads, measure_budget=args.measure_budget,
         tune_trials=args.tune_trials, search=args.search, dnas_cost=args.dnas_cost,
-        dnas_steps=args.dnas_steps,
+        dnas_steps=args.dnas_steps, dnas_cost_weights=args.dnas_cost_weights,
         seed=args.seed, glue=args.glue,
         metric_mode=args.metric_mode)
 

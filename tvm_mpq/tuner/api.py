@@ -66,7 +66,8 @@ def tune(
             layer's softmaxed output from the fp32 model's when the output is class logits
             (``(batch, classes)``), else the relative squared error of the output
             (``SensitivityTable.default_metric()`` says which ran).
-        train_data: ``(images, labels)`` training tensors, needed for ``qat_beacons``.
+        train_data: ``(images, labels)`` training tensors, needed for ``qat_beacons`` and
+            ``search="dnas"`` / ``"hybrid"``.
         workdir: where every stage checkpoints; re-running resumes.
         progress: print stage progress.
         config: every setting below as one :class:`~tvm_mpq.tuner.config.TuneConfig`. A
@@ -116,6 +117,14 @@ def tune(
               fine-tuned and verified. 0 keeps pure post-training quantization.
             * ``qat`` ["fixed"]: how beacons are fine-tuned: "fixed" calibrated scales, or
               "lsq" (learned step size: weight and activation scales trained too).
+            * ``search`` ["nsga2"]: "nsga2" (NSGA-II over post-training-quantized plans),
+              "dnas" (differentiable supernet search: Gumbel-softmax over each layer's options,
+              cost term = the expected measured cost of the target, one plan per weight of
+              ``dnas_cost_weights`` [0.005, 0.01, 0.02, 0.05, 0.1], ``dnas_steps`` [120] steps each on
+              ``train_data``), or "hybrid" (Free Bits: that search, then free bits up and
+              costly bits down on the measured costs with real accuracy checks, then LSQ
+              beacons, at least 2). ``dnas_cost`` ["measured"]: or "bitops" (MACs x w x a,
+              hardware-agnostic). See :mod:`tvm_mpq.search.dnas`.
 
     Returns:
         A :class:`~tvm_mpq.tuner.result.TuneResult` (also saved to ``workdir/result``).

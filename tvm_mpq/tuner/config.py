@@ -122,7 +122,7 @@ class SearchSettings:
     search: str = "nsga2"
     dnas_cost: str = "measured"
     dnas_steps: int = 120
-    dnas_cost_weights: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    dnas_cost_weights: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
 
     def __post_init__(self) -> None:  # lists from callers and JSON become tuples
         from tvm_mpq.search.dnas import DNAS_COSTS
