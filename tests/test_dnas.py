@@ -69,8 +69,14 @@ def test_mixed_layer_branches_are_the_contract_quantizers(setup):
         want = mod(inp) if w == FP32 else branches[i](inp)
         torch.testing.assert_close(got, want)
         ml.probs = torch.softmax(torch.randn(len(prob.options), requires_grad=True), 0)
-        ml.sampled = i  # single path: the branch's value, a gradient to every logit
+        ml.sampled = [i]  # single path: the branch's value, a gradient to every logit
         torch.testing.assert_close(ml(inp), want)
+        j = (i + 1) % len(prob.options)
+        ml.sampled = [i, j]  # two paths: mixed by the softmax of their two logits
+        with torch.no_grad():
+            ml.alpha.zero_()
+            ml.alpha[i] = 20.0
+        torch.testing.assert_close(ml(inp), want, atol=1e-5, rtol=1e-5)
         ml.sampled = None
 
 

@@ -5,9 +5,9 @@ one branch per option of the :class:`~tvm_mpq.search.problem.MPQProblem` (fp32 a
 ``(w_bits, a_bits)``), all sharing the layer's float weight, each branch quantizing input
 and weight under the project's contract (the calibrated scales of that option, the
 straight-through estimator of :class:`~tvm_mpq.quant.qat.QATLayer`). The layer's output is
-the Gumbel-softmax-weighted sum of its branches (or, by default, the sampled branch alone
-behind a straight-through gate: ``DNASSettings.single_path``); the architecture logits
-``alpha`` train with the weights on
+the Gumbel-softmax-weighted sum of its branches (by default, two sampled branches mixed by
+the softmax of their logits: ``DNASSettings.paths``); the architecture logits ``alpha``
+train with the weights on
 
     cross_entropy + cost_weight * expected_cost / reference_cost
 
@@ -79,10 +79,14 @@ class DNASSettings:
         cost_weights: the sweep; each weight gives one plan.
         cost: one of :data:`DNAS_COSTS`.
         seed: random seed (batches, Gumbel noise).
-        single_path: run only the sampled option of each layer per step, its gate a
-            straight-through one-hot of the Gumbel-softmax sample (GDAS, Dong & Yang 2019):
-            one branch per layer instead of all (6x cheaper with 6 options); False: the
-            soft mixture of every branch (Wu et al.).
+        paths: branches run per layer and step. 2 (default): two options sampled without
+            replacement from ``softmax(alpha)`` (Gumbel top-2), mixed by the softmax of their
+            two logits, as ProxylessNAS samples two paths: the gradient compares the two
+            options' effect on the loss at a third of the cost of all six. 1: the sampled
+            option alone behind a straight-through gate (GDAS, Dong & Yang 2019; its
+            gradient measures the output's scale, not a comparison, and drifted to the
+            cheapest options in our runs). 0: every branch, weighted by the Gumbel-softmax
+            sample (Wu et al.).
     """
 
     steps: int = 120
@@ -93,7 +97,7 @@ class DNASSettings:
     cost_weights: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
     cost: str = "measured"
     seed: int = 0
-    single_path: bool = True
+    paths: int = 2
 
     def __post_init__(self) -> None:
         if self.cost not in DNAS_COSTS:
@@ -102,6 +106,8 @@ class DNASSettings:
             raise ValueError("dnas steps and batch_size must be >= 1")
         if not self.cost_weights or any(not w >= 0 for w in self.cost_weights):
             raise ValueError(f"dnas cost_weights must be non-negative, got {self.cost_weights}")
+        if self.paths < 0:
+            raise ValueError(f"dnas paths must be >= 0, got {self.paths}")
         if not (self.tau[0] > 0 and self.tau[1] > 0):
             raise ValueError(f"dnas tau must be positive, got {self.tau}")
 
@@ -121,22 +127,37 @@ class MixedLayer(nn.Module):
         self.is_fp32 = [b is None for b in branches]
         self.alpha = nn.Parameter(torch.zeros(len(branches)))
         self.probs: torch.Tensor | None = None
-        self.sampled: int | None = None
+        self.sampled: list[int] | None = None
 
     def branch(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Option ``i``'s output."""
         return self.mod(x) if self.is_fp32[i] else self.branches[i](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(self.alpha, 0) if self.probs is None else self.probs
-        if self.sampled is not None:  # one path, straight-through gate (value 1)
-            i = self.sampled
+        if self.sampled is not None and len(self.sampled) == 1:
+            # one path behind a straight-through gate of value 1 (GDAS)
+            i = self.sampled[0]
+            p = torch.softmax(self.alpha, 0) if self.probs is None else self.probs
             return (1.0 - p[i].detach() + p[i]) * self.branch(i, x)
+        if self.sampled is not None:  # the sampled paths, softmax over their logits
+            idx, p = self.sampled, torch.softmax(self.alpha[self.sampled], 0)
+        else:  # every path (Wu et al.)
+            idx = list(range(len(self.branches)))
+            p = torch.softmax(self.alpha, 0) if self.probs is None else self.probs
         out = None
-        for i in range(len(self.branches)):
+        for k, i in enumerate(idx):
             y = self.branch(i, x)
-            out = p[i] * y if out is None else out + p[i] * y
+            out = p[k] * y if out is None else out + p[k] * y
         return out
+
+
+def _sample_paths(m: MixedLayer, paths: int) -> list[int] | None:
+    """``paths`` distinct options drawn from ``softmax(alpha)`` (Gumbel top-k); None: all."""
+    n = len(m.branches)
+    if paths == 0 or paths >= n:
+        return None
+    g = -torch.log(-torch.log(torch.rand(n).clamp_(1e-20, 1.0)))
+    return torch.topk(m.alpha.detach() + g, paths).indices.tolist()
 
 
 def option_costs(problem: MPQProblem, cost: str, macs: dict[str, int] | None = None
@@ -203,7 +224,7 @@ def train_supernet(folded: nn.Module, problem: MPQProblem, qparams_of: Callable[
         tau = t0 * (t1 / t0) ** (step / max(1, n - 1))
         for m in mixed:
             m.probs = F.gumbel_softmax(m.alpha, tau=tau)
-            m.sampled = int(m.probs.detach().argmax()) if settings.single_path else None
+            m.sampled = _sample_paths(m, settings.paths)
         ce = F.cross_entropy(net(x), y)
         exp_cost = fixed + sum(m.probs @ ci for m, ci in zip(mixed, c, strict=True))
         loss = ce + cost_weight * exp_cost
@@ -353,15 +374,20 @@ def _genome(problem: MPQProblem, options: np.ndarray) -> np.ndarray:
 
 
 def lower_costly_bits(problem: MPQProblem, plan: QuantPlan, drop_of: Callable[[QuantPlan], float],
-                      max_drop: float, max_evals: int = 8) -> QuantPlan:
+                      max_drop: float, max_evals: int = 8, start_drop: float | None = None
+                      ) -> QuantPlan:
     """Free Bits' "costly bits down": try the lower-precision neighbour of each layer in
     order of measured saving per unit of sensitivity proxy, keep a change when the real
     accuracy drop (``drop_of(plan)``, a fraction) stays within ``max_drop``.
 
-    At most ``max_evals`` evaluations; a plan already over the budget is returned as is."""
+    At most ``max_evals`` evaluations (``start_drop``: the plan's known drop, else one of
+    them measures it); a plan already over the budget is returned as is."""
     B, _ = problem.genes(problem.encode(plan)[None])
     x = B[0].copy()
-    if max_evals <= 0 or drop_of(plan) > max_drop:
+    if start_drop is None and max_evals > 0:
+        start_drop = drop_of(plan)
+        max_evals -= 1
+    if max_evals <= 0 or start_drop is None or start_drop > max_drop:
         return plan
     cands = []
     for l in range(len(problem.layer_names)):
@@ -376,7 +402,7 @@ def lower_costly_bits(problem: MPQProblem, plan: QuantPlan, drop_of: Callable[[Q
         saving = _option_cost(problem, l, x[l]) - _option_cost(problem, l, i)
         sens = problem.drop_table[l][i] - problem.drop_table[l][x[l]]
         cands.append((saving / (max(sens, 0.0) + 1e-4), l, i))
-    evals = 1
+    evals = 0
     for _, l, i in sorted(cands, reverse=True):
         if evals >= max_evals:
             break

@@ -1,6 +1,11 @@
 """Stage ``repair``: the cheapest near misses of the refined front (over the accuracy budget,
 cheaper than every plan within it) get their bits raised one measured step at a time until
-they meet it (:func:`tvm_mpq.search.refine.repair`; ``stages/repair.json``)."""
+they meet it (:func:`tvm_mpq.search.refine.repair`; ``stages/repair.json``).
+
+With ``search="hybrid"`` (Free Bits) the cheapest plan within the budget then has its costly
+bits lowered while its real accuracy stays within it
+(:func:`tvm_mpq.search.dnas.lower_costly_bits`, at most :data:`LOWER_EVALS` evaluations);
+the lowered plan joins the front."""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ from tvm_mpq.tuner.stages.base import Stage, stage_file
 from tvm_mpq.tuner.stages.refine import load_front, save_front
 from tvm_mpq.tuner.state import TuneState
 
-__all__ = ["RepairStage"]
+__all__ = ["LOWER_EVALS", "RepairStage"]
+
+#: accuracy evaluations Free Bits' "costly bits down" may spend on the cheapest plan
+LOWER_EVALS = 12
 
 
 class RepairStage(Stage):
@@ -20,19 +28,28 @@ class RepairStage(Stage):
     depends = ("refine",)
 
     def inputs(self, state: TuneState) -> dict[str, Any]:
-        return {"repair_plans": state.config.search.repair_plans,
-                "max_accuracy_drop": state.config.budgets.max_accuracy_drop}
+        out = {"repair_plans": state.config.search.repair_plans,
+               "max_accuracy_drop": state.config.budgets.max_accuracy_drop}
+        if state.config.search.search == "hybrid":  # (only then: older checkpoints stay valid)
+            out.update(search="hybrid", lower_evals=LOWER_EVALS)
+        return out
 
     def load(self, state: TuneState, workdir: str) -> bool:
         return load_front(stage_file(workdir, self.name), state)
 
     def run(self, state: TuneState) -> None:
+        n = state.config.search.repair_plans
+        if state.problem is None:
+            return
+        if n > 0:
+            self._repair(state, n)
+        if state.config.search.search == "hybrid":
+            self._lower_costly(state)
+
+    def _repair(self, state: TuneState, n: int) -> None:
         from tvm_mpq.search.front import SearchResult
         from tvm_mpq.search.refine import repair
 
-        n = state.config.search.repair_plans
-        if n <= 0 or state.problem is None:
-            return
         ref = state.refined
         fixed = repair(state.problem, ref, state.plan_accuracy,
                        max_drop=state.config.budgets.max_accuracy_drop / 100,
@@ -42,6 +59,31 @@ class RepairStage(Stage):
                                          ref.message + f" | repaired: {len(fixed)} plans raised "
                                          "into the accuracy budget", ref.n_gen, ref.n_evals,
                                          ref.objective_names, refined=True)
+
+    def _lower_costly(self, state: TuneState) -> None:
+        """Free Bits' costly bits down on the cheapest plan within the accuracy budget."""
+        from tvm_mpq.search.dnas import lower_costly_bits
+        from tvm_mpq.search.front import FrontMember, SearchResult
+
+        ref, prob = state.refined, state.problem
+        max_drop = state.config.budgets.max_accuracy_drop / 100
+        ok = [m for m in ref.members if m.drop is not None and m.drop <= max_drop]
+        if not ok:
+            return
+        start = min(ok, key=lambda m: m.latency)
+        fp32 = state.fp32_accuracy
+        plan = lower_costly_bits(prob, start.plan, lambda p: fp32 - state.plan_accuracy(p),
+                                 max_drop, max_evals=LOWER_EVALS, start_drop=start.drop)
+        if plan == start.plan:
+            return
+        acc = state.plan_accuracy(plan)
+        vals = prob.evaluate_all(prob.encode(plan)[None])
+        m = FrontMember(plan, float(vals["latency"][0]), fp32 - acc, float(vals["size"][0]),
+                        float(prob.total_violation(vals)[0]), acc, float(vals["drop"][0]),
+                        prob.encode(plan).tolist())
+        state.refined = SearchResult(ref.members + [m], ref.feasible,
+                                     ref.message + " | costly bits lowered (Free Bits)",
+                                     ref.n_gen, ref.n_evals, ref.objective_names, refined=True)
 
     def save(self, state: TuneState, workdir: str) -> None:
         save_front(stage_file(workdir, self.name), state)

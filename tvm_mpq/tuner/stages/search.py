@@ -10,8 +10,7 @@ stamps the round files with the stage's fingerprint: files of other inputs are s
 (``search.stale``). The final front: ``stages/search.json``.
 
 ``search="dnas"`` / ``"hybrid"`` replace NSGA-II by the supernet sweep of
-:mod:`tvm_mpq.search.dnas` (see :meth:`SearchStage.run`); hybrid's lowered plans are kept in
-``search/hybrid_lowered.json``.
+:mod:`tvm_mpq.search.dnas` (see :meth:`SearchStage.run`).
 """
 
 from __future__ import annotations
@@ -98,9 +97,6 @@ class SearchStage(Stage):
             out.update(search=s.search, dnas_cost=s.dnas_cost, dnas_steps=s.dnas_steps,
                        dnas_cost_weights=s.dnas_cost_weights,
                        train=state.data_fingerprints["train"])
-            if s.search == "hybrid":
-                out["max_accuracy_drop"] = b.max_accuracy_drop
-                out["eval"] = state.data_fingerprints["eval"]
         return out
 
     # ------------------------------------------------------------------ checkpoint
@@ -175,7 +171,7 @@ class SearchStage(Stage):
         """The rounds. ``search="dnas"`` / ``"hybrid"``: the supernet sweep runs on the round-0
         costs (logits checkpointed per cost weight in ``round0/``) and later rounds price the
         same plans again (the supernet is not retrained); hybrid raises free bits before
-        pricing and lowers costly bits (real accuracy within the budget) after the rounds."""
+        pricing (its costly bits go down in the repair stage, on real accuracy)."""
         from tvm_mpq.search.dnas import price_plans
         from tvm_mpq.search.nsga import run_nsga
 
@@ -205,9 +201,6 @@ class SearchStage(Stage):
                 if not todo:
                     break
                 state.measure(todo)
-        if s.search == "hybrid":
-            with state.timer("search"):
-                state.front = self._lower_costly(state, sdir)
 
     # ------------------------------------------------------------------ DNAS / Free Bits
     def _dnas_plans(self, state: TuneState, rdir: str) -> list[Any]:
@@ -230,24 +223,3 @@ class SearchStage(Stage):
         res = dnas_search(prob, fold_bn(state.model), qparams_of, state.train_data, settings,
                           macs=macs, workdir=rdir, progress=state.progress, refine_plan=refine)
         return res.plans
-
-    def _lower_costly(self, state: TuneState, sdir: str) -> Any:
-        """Free Bits' costly bits down on each found plan (8 real evaluations each, on the
-        held-out data the refine stage uses); the front gains the lowered plans."""
-        from tvm_mpq.quant.plan import QuantPlan
-        from tvm_mpq.search.dnas import lower_costly_bits, price_plans
-
-        path = os.path.join(sdir, "hybrid_lowered.json")
-        saved = read_json(path, "hybrid lowered plans")
-        if isinstance(saved, list):
-            lowered = [QuantPlan.from_dict(p) for p in saved]
-        else:
-            fp32 = state.accuracy_of(state.forward(QuantPlan.fp32(state.model)), state.n_eval)
-            max_drop = state.config.budgets.max_accuracy_drop / 100.0
-            lowered = [lower_costly_bits(state.problem, m.plan,
-                                         lambda p: fp32 - state.plan_accuracy(p), max_drop)
-                       for m in state.front.members]
-            write_json(path, [p.to_dict() for p in lowered])
-        return price_plans(state.problem, [m.plan for m in state.front.members] + lowered,
-                           "hybrid: DNAS, free bits up, costly bits down")
-
