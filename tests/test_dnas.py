@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -87,8 +89,9 @@ def test_cost_weight_moves_the_plan_to_cheaper_options(setup, tmp_path):
     assert res.members and all(m.plan.layers() == prob.layer_names for m in res.members)
     lats = [m.latency for m in res.members]
     assert lats == sorted(lats)
-    alpha0 = np.asarray(__import__("json").load(open(tmp_path / "dnas_w0.json"))["alpha"])
-    alpha1 = np.asarray(__import__("json").load(open(tmp_path / "dnas_w20.json"))["alpha"])
+    (f0,), (f1,) = tmp_path.glob("dnas_*_w0.json"), tmp_path.glob("dnas_*_w20.json")
+    alpha0 = np.asarray(json.load(open(f0))["alpha"])
+    alpha1 = np.asarray(json.load(open(f1))["alpha"])
     costs = option_costs(prob, "measured")
     exp = [sum(np.exp(a) / np.exp(a).sum() @ c for a, c in zip(al, costs, strict=True))
            for al in (alpha0, alpha1)]
@@ -100,6 +103,9 @@ def test_cost_weight_moves_the_plan_to_cheaper_options(setup, tmp_path):
     # resumed: the logits of both weights come from the workdir (no training data needed)
     again = dnas_search(prob, fold_bn(model), qparams_of, None, st, workdir=str(tmp_path))
     assert [m.plan for m in again.members] == [m.plan for m in res.members]
+    with pytest.raises(TypeError):  # other data (cache_key): trains, and None is no data
+        dnas_search(prob, fold_bn(model), qparams_of, None, st, workdir=str(tmp_path),
+                    cache_key="other weights")
 
 
 def test_bitops_cost_is_macs_times_bits(setup):

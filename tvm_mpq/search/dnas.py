@@ -41,6 +41,7 @@ Public API::
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -251,7 +252,8 @@ def _reference_cost(problem: MPQProblem, costs: Sequence[np.ndarray]) -> float:
 def dnas_search(problem: MPQProblem, folded: nn.Module, qparams_of: Callable[[int, int], Any],
                 train_data: Any, settings: DNASSettings, *, macs: dict[str, int] | None = None,
                 workdir: str | None = None, progress: bool = False,
-                refine_plan: Callable[[QuantPlan], QuantPlan] | None = None) -> SearchResult:
+                refine_plan: Callable[[QuantPlan], QuantPlan] | None = None,
+                cache_key: Any = None) -> SearchResult:
     """Sweep the cost weights; one plan per weight (each layer's most likely option).
 
     Args:
@@ -259,8 +261,11 @@ def dnas_search(problem: MPQProblem, folded: nn.Module, qparams_of: Callable[[in
         folded, qparams_of, train_data: see :func:`train_supernet`.
         settings: :class:`DNASSettings` (the sweep is ``settings.cost_weights``).
         macs: layer name -> MACs (``cost="bitops"``).
-        workdir: each weight's logits are saved there (``dnas_w<weight>.json``) and reused by
-            a resumed run with the same settings.
+        workdir: each weight's logits are saved there (``dnas_<key>_w<weight>.json``, keyed on
+            the settings, the problem and ``cache_key``) and reused by any later search with
+            the same key (a resumed run, or another search method on the same supernet).
+        cache_key: JSON-able identity of what the problem does not fix: the model's
+            weights, the calibration and the training data.
         refine_plan: applied to each plan found (e.g. :func:`free_bits`, for Free Bits).
 
     Returns:
@@ -270,11 +275,12 @@ def dnas_search(problem: MPQProblem, folded: nn.Module, qparams_of: Callable[[in
     costs = option_costs(problem, settings.cost, macs)
     genomes = []
     for wgt in settings.cost_weights:
-        alpha = _cached_logits(workdir, settings, problem, wgt)
+        key = _key(settings, problem, cache_key)
+        alpha = _cached_logits(workdir, key, problem, wgt)
         if alpha is None:
             alpha = train_supernet(folded, problem, qparams_of, train_data, costs, wgt,
                                    settings, progress)
-            _save_logits(workdir, settings, problem, wgt, alpha)
+            _save_logits(workdir, key, wgt, alpha)
         plan = problem.decode(_genome(problem, alpha.argmax(axis=1)))
         if refine_plan is not None:
             plan = refine_plan(plan)
@@ -299,19 +305,22 @@ def price_plans(problem: MPQProblem, plans: Sequence[QuantPlan], source: str) ->
                         0, len(plans), problem.objective_names)
 
 
-def _logits_path(workdir: str | None, wgt: float) -> str | None:
-    return None if workdir is None else os.path.join(workdir, f"dnas_w{wgt:g}.json")
+def _logits_path(workdir: str | None, key: dict[str, Any], wgt: float) -> str | None:
+    if workdir is None:
+        return None
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=repr).encode()).hexdigest()
+    return os.path.join(workdir, f"dnas_{h[:12]}_w{wgt:g}.json")
 
 
-def _key(settings: DNASSettings, problem: MPQProblem) -> dict[str, Any]:
+def _key(settings: DNASSettings, problem: MPQProblem, extra: Any) -> dict[str, Any]:
     d = {k: getattr(settings, k) for k in settings.__dataclass_fields__ if k != "cost_weights"}
     d["tau"] = list(settings.tau)
-    return {"settings": d, "problem": problem.fingerprint()}
+    return {"settings": d, "problem": problem.fingerprint(), "data": extra}
 
 
-def _cached_logits(workdir: str | None, settings: DNASSettings, problem: MPQProblem,
+def _cached_logits(workdir: str | None, key: dict[str, Any], problem: MPQProblem,
                    wgt: float) -> np.ndarray | None:
-    path = _logits_path(workdir, wgt)
+    path = _logits_path(workdir, key, wgt)
     if path is None or not os.path.exists(path):
         return None
     try:
@@ -320,21 +329,19 @@ def _cached_logits(workdir: str | None, settings: DNASSettings, problem: MPQProb
         alpha = np.asarray(d["alpha"], dtype=np.float64)
     except (OSError, ValueError, KeyError):
         return None
-    ok = d.get("key") == _key(settings, problem) and alpha.shape == (
+    ok = json.loads(json.dumps(key, default=repr)) == d.get("key") and alpha.shape == (
         len(problem.layer_names), len(problem.options))
     return alpha if ok else None
 
 
-def _save_logits(workdir: str | None, settings: DNASSettings, problem: MPQProblem, wgt: float,
-                 alpha: np.ndarray) -> None:
-    path = _logits_path(workdir, wgt)
+def _save_logits(workdir: str | None, key: dict[str, Any], wgt: float, alpha: np.ndarray) -> None:
+    path = _logits_path(workdir, key, wgt)
     if path is None:
         return
-    os.makedirs(workdir, exist_ok=True)  # type: ignore[arg-type]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"key": _key(settings, problem), "cost_weight": wgt,
-                   "alpha": alpha.tolist()}, f)
+        json.dump({"key": key, "cost_weight": wgt, "alpha": alpha.tolist()}, f, default=repr)
     os.replace(tmp, path)
 
 

@@ -169,7 +169,8 @@ class SearchStage(Stage):
 
     def run(self, state: TuneState) -> None:
         """The rounds. ``search="dnas"`` / ``"hybrid"``: the supernet sweep runs on the round-0
-        costs (logits checkpointed per cost weight in ``round0/``) and later rounds price the
+        costs (logits cached per cost weight in ``workdir/dnas/``, keyed on the supernet's
+        settings, the problem, the weights and the data) and later rounds price the
         same plans again (the supernet is not retrained); hybrid raises free bits before
         pricing (its costly bits go down in the repair stage, on real accuracy)."""
         from tvm_mpq.search.dnas import price_plans
@@ -191,7 +192,7 @@ class SearchStage(Stage):
                                            n_gen=s.generations, seed=s.seed + rnd, workdir=rdir,
                                            progress=state.progress)
                 else:
-                    plans = plans or self._dnas_plans(state, rdir)
+                    plans = plans or self._dnas_plans(state)
                     state.front = price_plans(state.problem, plans,
                                               f"{s.search} ({s.dnas_cost} cost)")
             if rnd == s.active_rounds:
@@ -203,7 +204,7 @@ class SearchStage(Stage):
                 state.measure(todo)
 
     # ------------------------------------------------------------------ DNAS / Free Bits
-    def _dnas_plans(self, state: TuneState, rdir: str) -> list[Any]:
+    def _dnas_plans(self, state: TuneState) -> list[Any]:
         from tvm_mpq.quant.folding import fold_bn
         from tvm_mpq.quant.plan import QuantPlan
         from tvm_mpq.schedules.workload import workload_from_layer
@@ -220,6 +221,9 @@ class SearchStage(Stage):
             return state.qparams(QuantPlan.uniform(state.model, w_bits=w, a_bits=a))
 
         refine = (lambda p: free_bits(prob, p)) if s.search == "hybrid" else None
+        fp = state.data_fingerprints
         res = dnas_search(prob, fold_bn(state.model), qparams_of, state.train_data, settings,
-                          macs=macs, workdir=rdir, progress=state.progress, refine_plan=refine)
+                          macs=macs, workdir=os.path.join(state.workdir, "dnas"),
+                          progress=state.progress, refine_plan=refine,
+                          cache_key=[fp["weights"], fp["calib"], fp["train"]])
         return res.plans
