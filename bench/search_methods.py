@@ -1,17 +1,18 @@
 """Search methods side by side: NSGA-II, NSGA-II + LSQ beacons, DNAS, Free Bits hybrid.
 
 For one bundled model and one target, runs ``tvm-mpq tune`` (the README command) once per
-method. The first method's workdir measures the kernels; the others start from a copy of
-its import, sensitivity and measurement checkpoints (same database, same costs), so they
-differ only from the search on. Per method it prints the best plan's whole-model retired
-instructions (standalone artifact on the simulator) against ``best_uniform`` (the cheaper of
-uniform fp32 and uniform w8a8 on the fastest kernels, measured in the same run), its
-accuracy drop on test images the search never saw (``--unseen`` images after the first
-``--eval`` that the search uses; the torch integer-only reference, bit-exact to the
-compiled model, of the plan as chosen: QAT-fine-tuned when it was), the hypervolume of the
-measured front in (cost / best_uniform, drop on the search images) with reference point
-(1.2, 0.05), and the wall time of the method's own stages (search to final) on this
-machine; the shared front end (import, sensitivity, measurement) is printed once.
+method. The first method's workdir measures the kernels; each next one starts from a copy
+of the previous one's workdir (same database, same costs; ``tune()``'s stage fingerprints
+recompute what the method changes), so they differ only from the search on. Per method it
+prints the best plan's whole-model retired instructions (standalone artifact on the
+simulator) against ``best_uniform`` (the cheaper of uniform fp32 and uniform w8a8 on the
+fastest kernels, measured in the same run), its accuracy drop on test images the search
+never saw (``--unseen`` images after the first ``--eval`` that the search uses; the torch
+integer-only reference, bit-exact to the compiled model, of the plan as chosen: QAT-fine-
+tuned when it was), the hypervolume of the measured front in (cost / best_uniform, drop on
+the search images) with reference point (1.2, 0.05), and the wall time of the method's own
+stages (search to final) on this machine; the shared front end (import, sensitivity,
+measurement) is printed once.
 
     python bench/search_methods.py --target riscv64-zbb --out runs/cmp_zbb
     python bench/search_methods.py --model resnet8 --target rv32imc --methods nsga2 dnas
@@ -39,32 +40,24 @@ METHODS: dict[str, list[str]] = {
     "hybrid": ["--search", "hybrid"],
     "hybrid-bitops": ["--search", "hybrid", "--dnas-cost", "bitops"],
 }
-#: the stages every method shares (checkpoints copied from the first method's workdir)
+#: the stages every method shares (the front end, printed once)
 SHARED = ("import", "sensitivity", "measure")
 HV_REF = (1.2, 0.05)
 
 
 def seed_workdir(src: str, dst: str) -> None:
-    """Copy ``src``'s shared checkpoints and measurement database into a fresh ``dst``."""
+    """A fresh ``dst`` from a copy of ``src``'s checkpoints, measurement database and caches
+    (not its result and artifacts): ``tune()``'s fingerprints then recompute exactly the
+    stages the method changes (e.g. only beacons and final for LSQ beacons over the same
+    front), and a hybrid run reuses a dnas run's supernets (same settings and data)."""
     if os.path.exists(os.path.join(dst, "stages", "manifest.json")):
         return  # resumed: dst has its own checkpoints
-    os.makedirs(os.path.join(dst, "stages"), exist_ok=True)
-    for name in os.listdir(src):
-        p = os.path.join(src, name)
-        if os.path.isfile(p) and not name.startswith("measurements.sqlite"):
-            shutil.copy2(p, os.path.join(dst, name))
+    shutil.copytree(src, dst, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("result", "standalone", "*.stale",
+                                                  "measurements.sqlite*"))
     with sqlite3.connect(os.path.join(src, "measurements.sqlite")) as a, \
             sqlite3.connect(os.path.join(dst, "measurements.sqlite")) as b:
         a.backup(b)
-    with open(os.path.join(src, "stages", "manifest.json")) as f:
-        man = json.load(f)
-    for st in SHARED:  # (some stages keep their checkpoint beside, e.g. sensitivity.json)
-        p = os.path.join(src, "stages", f"{st}.json")
-        if os.path.exists(p):
-            shutil.copy2(p, os.path.join(dst, "stages", f"{st}.json"))
-    man["stages"] = {k: v for k, v in man["stages"].items() if k in SHARED}
-    with open(os.path.join(dst, "stages", "manifest.json"), "w") as f:
-        json.dump(man, f, indent=1)
 
 
 def unseen_drop(res: Any, args: argparse.Namespace) -> tuple[float, float]:
@@ -125,13 +118,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", action="store_true", help="print saved results only")
     args = ap.parse_args(argv)
     exe = str(Path(sys.executable).parent / "tvm-mpq")
-    first = os.path.join(args.out, args.methods[0])
+    prev = None
     for m in args.methods:
         wd = os.path.join(args.out, m)
         if args.report_only:
             continue
-        if m != args.methods[0]:
-            seed_workdir(first, wd)
+        if prev is not None:
+            seed_workdir(prev, wd)
+        prev = wd
         cmd = [exe, "tune", "--model", args.model, "--dataset", "fashion-mnist", "--target",
                args.target, "--backend", args.backend, "--eval", str(args.eval), "--out", wd,
                *METHODS[m]]

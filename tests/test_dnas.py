@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_search import BITS, PROFILE, TinyNet, _synthetic_cost, _synthetic_sens, _table_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_search import (
+    BITS,
+    PROFILE,
+    TinyNet,
+    _chain_table,
+    _synthetic_cost,
+    _synthetic_sens,
+    _table_of,
+)
 
 from tvm_mpq.quant.folding import fold_bn
 from tvm_mpq.quant.plan import FP32, LayerConfig, QuantPlan
@@ -84,8 +94,8 @@ def test_mixed_layer_branches_are_the_contract_quantizers(setup):
 
 def test_cost_weight_moves_the_plan_to_cheaper_options(setup, tmp_path):
     model, x, y, prob, qparams_of, macs = setup
-    st = DNASSettings(steps=40, batch_size=64, cost_weights=(0.0, 20.0), arch_lr=0.1)
-    res = dnas_search(prob, fold_bn(model), qparams_of, (x, y), st, workdir=str(tmp_path))
+    cfg = DNASSettings(steps=40, batch_size=64, cost_weights=(0.0, 20.0), arch_lr=0.1)
+    res = dnas_search(prob, fold_bn(model), qparams_of, (x, y), cfg, workdir=str(tmp_path))
     assert res.members and all(m.plan.layers() == prob.layer_names for m in res.members)
     lats = [m.latency for m in res.members]
     assert lats == sorted(lats)
@@ -101,10 +111,10 @@ def test_cost_weight_moves_the_plan_to_cheaper_options(setup, tmp_path):
     assert res.members[0].latency <= res.members[-1].latency
     assert prob.evaluate_plan(cheapest)["latency"] <= res.members[0].latency
     # resumed: the logits of both weights come from the workdir (no training data needed)
-    again = dnas_search(prob, fold_bn(model), qparams_of, None, st, workdir=str(tmp_path))
+    again = dnas_search(prob, fold_bn(model), qparams_of, None, cfg, workdir=str(tmp_path))
     assert [m.plan for m in again.members] == [m.plan for m in res.members]
     with pytest.raises(TypeError):  # other data (cache_key): trains, and None is no data
-        dnas_search(prob, fold_bn(model), qparams_of, None, st, workdir=str(tmp_path),
+        dnas_search(prob, fold_bn(model), qparams_of, None, cfg, workdir=str(tmp_path),
                     cache_key="other weights")
 
 
@@ -157,3 +167,34 @@ def test_free_bits_raises_where_it_costs_nothing_and_lowering_keeps_the_budget(s
     assert prob.evaluate_plan(out)["latency"] < prob.evaluate_plan(start)["latency"]
     over = lower_costly_bits(prob, low, drop_of, max_drop=-1.0)
     assert over == low  # already over the budget: returned as is
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_free_bits_never_costs_more_nor_lowers_precision(seed):
+    """On random measured cost tables: every layer keeps or raises its precision, never
+    pays more, and a second pass changes nothing (a fixed point)."""
+    rng = np.random.default_rng(seed)
+    table = _chain_table()
+    noise = {}
+
+    def cost(queries):
+        out = []
+        for q in queries:
+            k = (q.workload.key(), q.variant, q.w_bits, q.a_bits)
+            noise.setdefault(k, float(rng.uniform(0.3, 3.0)))
+            out.append(q.workload.macs * noise[k])
+        return np.asarray(out)
+
+    prob = MPQProblem(table, cost, _synthetic_sens(table, BITS), PROFILE, bits=BITS)
+    x = rng.integers(0, len(prob.options), len(prob.layer_names))
+    plan = prob.decode(x)
+    up = free_bits(prob, plan)
+    for n, t in zip(prob.layer_names, prob.cost_table, strict=True):
+        c = dict(zip(prob.options, t.min(axis=1), strict=True))
+        a, b = plan[n], up[n]
+        ka = (FP32, FP32) if a.is_fp32 else (a.w_bits, a.a_bits)
+        kb = (FP32, FP32) if b.is_fp32 else (b.w_bits, b.a_bits)
+        assert c[kb] <= c[ka]
+        assert kb[0] >= ka[0] and kb[1] >= ka[1]
+    assert free_bits(prob, up) == up
