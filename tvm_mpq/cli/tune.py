@@ -43,6 +43,29 @@ def _bits_list(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    """The search and fine-tuning options of ``tune``."""
+    p.add_argument("--pop-size", type=int, default=32)
+    p.add_argument("--generations", type=int, default=30)
+    p.add_argument("--active-rounds", type=int, default=1)
+    p.add_argument("--qat-beacons", type=int, default=0,
+                   help="MOHAQ beacons: front plans fine-tuned with QAT (CPU-heavy; 0 = PTQ only)")
+    p.add_argument("--qat-steps", type=int, default=300)
+    p.add_argument("--qat", default="fixed", choices=QAT_METHODS,
+                   help="beacon fine-tuning: fixed calibrated scales, or lsq (learned step size)")
+    p.add_argument("--search", choices=SEARCHES, default="nsga2",
+                   help="nsga2 (NSGA-II over post-training plans), dnas (differentiable "
+                        "supernet search on the measured costs) or hybrid (Free Bits: DNAS, "
+                        "free bits up / costly bits down on measured costs, LSQ fine-tuning)")
+    p.add_argument("--dnas-cost", choices=DNAS_COSTS, default="measured",
+                   help="the supernet's cost term: measured kernel costs or bit operations")
+    p.add_argument("--dnas-steps", type=int, default=120,
+                   help="supernet training steps per cost weight (--search dnas / hybrid)")
+    p.add_argument("--dnas-cost-weights", type=float, nargs="+",
+                   default=[0.005, 0.01, 0.02, 0.05, 0.1],
+                   help="the cost weights of the DNAS sweep, one plan each")
+
+
 def add_parser(sub: Any) -> None:
     """Register the ``tune`` subcommand."""
     p = sub.add_parser("tune", help="search per-layer bit-widths for a RISC-V target",
@@ -88,25 +111,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--eval", type=int, default=1000, help="held-out test images for accuracy")
     p.add_argument("--sens-samples", type=int, default=512,
                    help="held-out images for per-layer sensitivity (as tune()'s default)")
-    p.add_argument("--pop-size", type=int, default=32)
-    p.add_argument("--generations", type=int, default=30)
-    p.add_argument("--active-rounds", type=int, default=1)
-    p.add_argument("--qat-beacons", type=int, default=0,
-                   help="MOHAQ beacons: front plans fine-tuned with QAT (CPU-heavy; 0 = PTQ only)")
-    p.add_argument("--qat-steps", type=int, default=300)
-    p.add_argument("--qat", default="fixed", choices=QAT_METHODS,
-                   help="beacon fine-tuning: fixed calibrated scales, or lsq (learned step size)")
-    p.add_argument("--search", choices=SEARCHES, default="nsga2",
-                   help="nsga2 (NSGA-II over post-training plans), dnas (differentiable "
-                        "supernet search on the measured costs) or hybrid (Free Bits: DNAS, "
-                        "free bits up / costly bits down on measured costs, LSQ fine-tuning)")
-    p.add_argument("--dnas-cost", choices=DNAS_COSTS, default="measured",
-                   help="the supernet's cost term: measured kernel costs or bit operations")
-    p.add_argument("--dnas-steps", type=int, default=120,
-                   help="supernet training steps per cost weight (--search dnas / hybrid)")
-    p.add_argument("--dnas-cost-weights", type=float, nargs="+",
-                   default=[0.005, 0.01, 0.02, 0.05, 0.1],
-                   help="the cost weights of the DNAS sweep, one plan each")
+    add_search_options(p)
     p.add_argument("--measure-budget", type=int, default=None,
                    help="kernels in the initial measurement design (default: every distinct "
                         "workload at every variant and bits); the cost model predicts the rest")
