@@ -53,7 +53,8 @@ def load_qat(directory: str) -> tuple[torch.nn.Module, Any]:
 
 def qat_point(state: TuneState, point: PlanPoint) -> None:
     """Fine-tune ``point``'s plan (cached in ``workdir/qat/``) and record its real accuracy
-    on the point."""
+    on the point; a fine-tuned model less accurate than the point's post-training one is
+    not adopted (the point keeps its PTQ accuracy and says so in its notes)."""
     from tvm_mpq.quant.qat import qat_finetune
 
     fp, q = state.data_fingerprints, state.config.qat
@@ -74,8 +75,14 @@ def qat_point(state: TuneState, point: PlanPoint) -> None:
     if not qp.tensors:  # integer-only inference needs the fine-tuned model's tensor ranges
         qp.tensors = _tensor_ranges(ft, state.calib)
         qp.save(os.path.join(d, "qparams"))
+    acc = float(state.accuracy_of(state.forward(point.plan, ft, qp), state.n_eval))
+    if point.accuracy is not None and acc < point.accuracy:
+        # fine-tuning made it worse (e.g. a near-lossless plan): the PTQ model is kept
+        point.notes = (point.notes + f" QAT fine-tuned to {100 * acc:.2f}%: worse, "
+                       "PTQ kept").strip()
+        return
     point.qat_dir = d
-    point.accuracy = float(state.accuracy_of(state.forward(point.plan, ft, qp), state.n_eval))
+    point.accuracy = acc
     point.drop = state.fp32_accuracy - point.accuracy
     point.notes = (point.notes + " QAT fine-tuned").strip()
 
@@ -107,7 +114,8 @@ def choose_with_beacons(state: TuneState) -> PlanPoint | None:
         ptq = p.accuracy
         qat_point(state, p)
         beacons.append((p.plan, ptq, p.accuracy))
-    others = [p for p in cands if p.qat_dir is None]
+    tried = {id(cands[i]) for i in idx}  # (a rejected fine-tuning leaves qat_dir None)
+    others = [p for p in cands if id(p) not in tried]
     for p, est in zip(others, beacon_correction([p.accuracy for p in others],
                                                 [p.plan for p in others], beacons), strict=True):
         p.estimated_accuracy = est
@@ -117,11 +125,12 @@ def choose_with_beacons(state: TuneState) -> PlanPoint | None:
 
     budget = k  # verification runs allowed on top of the beacons
     for p in cands:  # cheapest first
-        if not meets(p) and p.qat_dir is None and budget > 0:
+        if not meets(p) and id(p) not in tried and budget > 0:
             est = p.estimated_accuracy
             if est is not None and (state.fp32_accuracy - est) * 100 <= max_drop_pt + 1e-9 \
                     and fits_memory(state, p):
                 budget -= 1  # the estimate says QAT would make it: fine-tune and verify
+                tried.add(id(p))
                 qat_point(state, p)
         if meets(p) and fits_memory(state, p):
             p.meets_constraints = True
@@ -143,6 +152,8 @@ class BeaconsStage(Stage):
                if v is not None}  # absent when unset: older checkpoints stay valid
         if method != "fixed":
             mem["method"] = method
+        if beacons > 0:  # fine-tuning that loses accuracy is not adopted (since session 9)
+            mem["keep_better"] = True
         return {**mem, "beacons": beacons, "steps": q.steps, "seed": state.config.search.seed,
                 "train": state.data_fingerprints["train"] if beacons > 0 else None}
 
