@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from tvm_mpq.quant.folding import set_submodule
 from tvm_mpq.quant.plan import FP32, QuantPlan
 from tvm_mpq.quant.qat import QATLayer, train_batches
-from tvm_mpq.search.front import FrontMember, SearchResult
+from tvm_mpq.search.front import SearchResult, priced_members
 from tvm_mpq.search.problem import MPQProblem
 
 __all__ = ["DNAS_COSTS", "DNASSettings", "MixedLayer", "dnas_search", "free_bits",
@@ -295,13 +295,9 @@ def price_plans(problem: MPQProblem, plans: Sequence[QuantPlan], source: str) ->
     values; the drop is the sensitivity proxy), cheapest first; ``source`` names the search
     that found them in the message."""
     X = np.unique(np.asarray([problem.encode(p) for p in plans], dtype=np.int64), axis=0)
-    vals = problem.evaluate_all(X)
-    cv = problem.total_violation(vals)
-    order = np.lexsort((cv, vals["latency"]))
-    members = [FrontMember(problem.decode(X[i]), float(vals["latency"][i]),
-                           float(vals["drop"][i]), float(vals["size"][i]), float(cv[i]), None,
-                           float(vals["drop"][i]), X[i].tolist()) for i in order]
-    return SearchResult(members, bool(np.any(cv <= 0)), f"{len(members)} plans of {source}",
+    members = sorted(priced_members(problem, X), key=lambda m: (m.latency, m.violation))
+    return SearchResult(members, any(m.feasible for m in members),
+                        f"{len(members)} plans of {source}",
                         0, len(plans), problem.objective_names)
 
 
@@ -349,6 +345,11 @@ def _precision(o: tuple[int, int]) -> tuple[int, int]:
     return (64, 64) if o[0] == FP32 else o
 
 
+def _bits_product(o: tuple[int, int]) -> int:
+    w, a = _precision(o)
+    return w * a
+
+
 def _option_cost(problem: MPQProblem, l: int, oi: int) -> float:
     return float(problem.cost_table[l][oi].min())
 
@@ -366,8 +367,7 @@ def free_bits(problem: MPQProblem, plan: QuantPlan) -> QuantPlan:
         ups = [i for i, o in enumerate(problem.options)
                if _precision(o)[0] >= cw and _precision(o)[1] >= ca
                and _option_cost(problem, l, i) <= base]
-        x[l] = max(ups, key=lambda i: (_precision(problem.options[i])[0]
-                                       * _precision(problem.options[i])[1],
+        x[l] = max(ups, key=lambda i: (_bits_product(problem.options[i]),
                                        -_option_cost(problem, l, i)))
     return problem.decode(_genome(problem, x))
 
@@ -404,8 +404,7 @@ def lower_costly_bits(problem: MPQProblem, plan: QuantPlan, drop_of: Callable[[Q
                  and _option_cost(problem, l, i) < _option_cost(problem, l, x[l])]
         if not lower:
             continue
-        i = max(lower, key=lambda i: _precision(problem.options[i])[0]
-                * _precision(problem.options[i])[1])  # the nearest step down
+        i = max(lower, key=lambda i: _bits_product(problem.options[i]))  # nearest step down
         saving = _option_cost(problem, l, x[l]) - _option_cost(problem, l, i)
         sens = problem.drop_table[l][i] - problem.drop_table[l][x[l]]
         cands.append((saving / (max(sens, 0.0) + 1e-4), l, i))

@@ -27,7 +27,9 @@ __all__ = [
     "exhaustive_front",
     "hv_ratio",
     "hypervolume",
+    "measured_member",
     "non_dominated",
+    "priced_members",
 ]
 
 
@@ -141,6 +143,26 @@ class SearchResult:
 
 
 # ---------------------------------------------------------------------- dominance, hypervolume
+def priced_members(problem: MPQProblem, X: np.ndarray) -> list[FrontMember]:
+    """Members for the genomes ``X`` (rows, in that order) priced by ``problem``: its objective
+    values and violation; the drop is the sensitivity proxy (``proxy_drop`` too)."""
+    X = np.asarray(X, dtype=np.int64).reshape(-1, problem.n_var)
+    vals = problem.evaluate_all(X)
+    cv = problem.total_violation(vals)
+    return [FrontMember(problem.decode(X[i]), float(vals["latency"][i]), float(vals["drop"][i]),
+                        float(vals["size"][i]), float(cv[i]), None, float(vals["drop"][i]),
+                        X[i].tolist()) for i in range(len(X))]
+
+
+def measured_member(problem: MPQProblem, plan: QuantPlan, accuracy: float,
+                    baseline: float) -> FrontMember:
+    """``plan`` priced by ``problem`` with its measured ``accuracy``: ``drop = baseline -
+    accuracy``, the sensitivity proxy kept as ``proxy_drop`` (a refined member)."""
+    m = priced_members(problem, problem.encode(plan)[None])[0]
+    m.accuracy, m.drop = float(accuracy), float(baseline) - float(accuracy)
+    return m
+
+
 def non_dominated(F: np.ndarray, *, unique: bool = True) -> np.ndarray:
     """Indices (ascending) of the non-dominated rows of ``F`` (minimisation).
 

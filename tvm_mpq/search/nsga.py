@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tvm_mpq.quant.plan import QuantPlan
-from tvm_mpq.search.front import FrontMember, SearchResult, non_dominated
+from tvm_mpq.search.front import SearchResult, non_dominated, priced_members
 from tvm_mpq.search.problem import MPQProblem
 
 __all__ = ["STATE_FILE", "run_nsga"]
@@ -91,9 +91,7 @@ class _Archive:
         sel = np.flatnonzero(cv <= 0) if feasible else np.arange(len(cv))
         sel = sel[non_dominated(F[sel])] if feasible else sel
         order = sel[np.lexsort((cv[sel], vals["latency"][sel]))]
-        members = [FrontMember(p.decode(self.X[i]), float(vals["latency"][i]), float(vals["drop"][i]),
-                               float(vals["size"][i]), float(cv[i]), None, float(vals["drop"][i]),
-                               self.X[i].tolist()) for i in order]
+        members = priced_members(p, self.X[order])
         if feasible:
             msg = f"{len(members)} Pareto-optimal plans meet the constraints" if p.constraint_names \
                 else f"{len(members)} Pareto-optimal plans"

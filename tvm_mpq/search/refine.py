@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tvm_mpq.quant.plan import FP32, LayerConfig, QuantPlan
-from tvm_mpq.search.front import FrontMember, SearchResult, non_dominated
+from tvm_mpq.search.front import FrontMember, SearchResult, measured_member, non_dominated
 from tvm_mpq.search.problem import MPQProblem
 
 __all__ = ["refine", "repair"]
@@ -140,10 +140,7 @@ def repair(problem: MPQProblem, result: SearchResult, eval_fn: Callable[[QuantPl
                 log.warning("repair: evaluating %r failed: %s", plan, e)
                 break
             if baseline - acc <= max_drop:
-                out.append(FrontMember(plan, float(vals["latency"][0]), baseline - acc,
-                                       float(vals["size"][0]),
-                                       float(problem.total_violation(vals)[0]), acc,
-                                       float(vals["drop"][0]), [int(v) for v in x]))
+                out.append(measured_member(problem, plan, acc, baseline))
                 bar = min(bar, float(vals["latency"][0]))
                 break
     return out

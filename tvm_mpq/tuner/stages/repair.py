@@ -63,7 +63,7 @@ class RepairStage(Stage):
     def _lower_costly(self, state: TuneState) -> None:
         """Free Bits' costly bits down on the cheapest plan within the accuracy budget."""
         from tvm_mpq.search.dnas import lower_costly_bits
-        from tvm_mpq.search.front import FrontMember, SearchResult
+        from tvm_mpq.search.front import SearchResult, measured_member
 
         ref, prob = state.refined, state.problem
         max_drop = state.config.budgets.max_accuracy_drop / 100
@@ -76,11 +76,7 @@ class RepairStage(Stage):
                                  max_drop, max_evals=LOWER_EVALS, start_drop=start.drop)
         if plan == start.plan:
             return
-        acc = state.plan_accuracy(plan)
-        vals = prob.evaluate_all(prob.encode(plan)[None])
-        m = FrontMember(plan, float(vals["latency"][0]), fp32 - acc, float(vals["size"][0]),
-                        float(prob.total_violation(vals)[0]), acc, float(vals["drop"][0]),
-                        prob.encode(plan).tolist())
+        m = measured_member(prob, plan, state.plan_accuracy(plan), fp32)
         state.refined = SearchResult(ref.members + [m], ref.feasible,
                                      ref.message + " | costly bits lowered (Free Bits)",
                                      ref.n_gen, ref.n_evals, ref.objective_names, refined=True)
