@@ -258,17 +258,60 @@ def test_swar_layouts_default_schedule_bit_exact_host(case, layout, word_bits) -
     _check_host(kd)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(), st.sampled_from([64, 32]), st.data())
+def test_blocked_pixel_lanes_bit_exact_host(case, word_bits, data) -> None:
+    """Pixel lanes summed over any block of input channels (a divisor of cg, emptied into
+    int32 sums after each block) are bit-exact under their default schedule."""
+    from tvm_mpq.schedules.swar import conv2d_swar
+
+    wl, (wb, ab), pad_value = case
+    block = data.draw(st.sampled_from([d for d in range(1, wl.cg + 1) if wl.cg % d == 0]))
+    kd = conv2d_swar(wl, wb, ab, pad_value=pad_value, layout="pixels", word_bits=word_bits,
+                     block=block)
+    assert kd.attrs.get("block", wl.cg) == block
+    if wl.cg > block and block * wl.kh * wl.kw > 1:  # (else no loop to schedule: plain)
+        assert default_schedule(kd, "llvm") is not None  # the blocked schedule applies
+    _check_host(kd)
+
+
+def test_blocked_pixel_lanes_reject_a_bad_block() -> None:
+    from tvm_mpq.schedules.swar import conv2d_swar
+
+    wl = Conv2dWorkload.make((1, 12, 6, 6), (4, 12, 3, 3), 1, 1)
+    for bad in (0, 5, 24):
+        with pytest.raises(ValueError, match="block must divide the 12 input channels"):
+            conv2d_swar(wl, 2, 2, layout="pixels", block=bad)
+
+
+def test_lane_block_where_measured_faster() -> None:
+    """Blocks where Spike measured them faster (see lane_block), none elsewhere."""
+    from tvm_mpq.schedules.swar import lane_block, pixel_lanes
+
+    ref, pw = REF_LAYER, Conv2dWorkload.make((1, 64, 14, 14), (128, 64, 1, 1))
+    dw = Conv2dWorkload.make((1, 64, 28, 28), (64, 1, 3, 3), 1, 1, groups=64)
+    assert lane_block(ref, 8, 8, 64) is None  # w8a8 keeps its two 26-bit lanes
+    for bits, word, lanes in ((4, 64, 4), (2, 64, 6), (4, 32, 2), (2, 32, 3)):
+        block = lane_block(ref, bits, bits, word)
+        assert block is not None and pixel_lanes(ref, bits, bits, word, block)[0] == lanes
+        assert lanes > pixel_lanes(ref, bits, bits, word)[0]
+    assert all(lane_block(wl, b, b, word) is None for wl in (pw, dw)
+               for b in (8, 4, 2, 1) for word in (64, 32))
+
+
 @settings(max_examples=200, deadline=None)
 @given(conv_cases(), st.sampled_from([64, 32]))
 def test_pixel_lanes_hold_every_sum(case, word_bits) -> None:
     """A pixel lane (width S, bias 2^(S-1)) holds the largest |sum| the layer can produce,
     P lanes fit a word, and no lane is left without an output column."""
-    from tvm_mpq.schedules.swar import pixel_lanes
+    from tvm_mpq.schedules.swar import lane_block, pixel_lanes
 
     wl, (wb, ab), _ = case
-    p, s = pixel_lanes(wl, wb, ab, word_bits)
+    block = lane_block(wl, wb, ab, word_bits)
+    assert block is None or (0 < block < wl.cg and wl.cg % block == 0)
+    p, s = pixel_lanes(wl, wb, ab, word_bits, block)
     maxw = 1 if wb == 1 else 1 << (wb - 1)
-    assert wl.cg * wl.kh * wl.kw * maxw * ((1 << ab) - 1) < 1 << (s - 1)
+    assert (block or wl.cg) * wl.kh * wl.kw * maxw * ((1 << ab) - 1) < 1 << (s - 1)
     assert p * s <= word_bits or p == 1
     q = -(-wl.ow // p)
     assert (p - 1) * q < wl.ow <= p * q

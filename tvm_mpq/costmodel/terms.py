@@ -32,7 +32,7 @@ from tvm_mpq.schedules.default_schedules import (
     swar_tile,
 )
 from tvm_mpq.schedules.registry import dense_as_conv
-from tvm_mpq.schedules.swar import swar_kernel_lanes
+from tvm_mpq.schedules.swar import lane_block, swar_kernel_lanes
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload, Workload
 from tvm_mpq.targets import get_profile
 
@@ -95,6 +95,7 @@ ANALYTIC_TERMS: tuple[str, ...] = (
     "swar_asum",     # adds of the activation window sums (over the padded input)
     "swar_asum_out",  # activation window sums
     "swar_extract",  # outputs read back from pixel lanes (shift, mask, unbias)
+    "swar_flush",    # blocked pixel lanes: lane sums emptied into int32 after each block
     # fp32 / int8 / unpack: direct_tile's kt x owt register tiles (rx unrolled)
     "dir_wload",     # weights loaded (once per tile and tap)
     "dir_aload",     # activations loaded (the tile's columns, shared across rx, per row)
@@ -237,6 +238,9 @@ def _swar_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload, wbits: i
         t["swar_pack_words"] = float(cv.n * cv.c * cv.hp * ((cols - 1) * cv.stride[1] + cv.kw))
         t["swar_extract"] = t["out"]
         t["swar_words"] = float(cv.n * cv.k * cv.oh * cols) * steps
+        block = lane_block(cv, q.w_bits, q.a_bits, wbits)
+        if block is not None:
+            t["swar_flush"] = float(cv.n * cv.k * cv.oh * cols * (cv.cg // block) * lanes)
     else:
         nwp = math.ceil(cv.cg / lanes)
         tiles = float(cv.n * (cv.k // kt) * cv.oh * (cv.ow // owt))

@@ -12,8 +12,10 @@ bit-exact against the numpy reference in :mod:`.reference`.
 #: workaround for the swar miscompile fixed in 5. 5: swar window sums from the padded input
 #: (the packed form was miscompiled by TVM 0.27 for small windows). 6: register-tiled
 #: default schedules for fp32 / int8 / unpack (``default_schedules.direct_tile``); swar packs
-#: output columns where that fills more lanes (``swar.swar_layout``).
-KERNELS_REVISION = 6
+#: output columns where that fills more lanes (``swar.swar_layout``). 7: swar pixel lanes
+#: summed over blocks of input channels where narrower lanes fit more per word
+#: (``swar.lane_block``).
+KERNELS_REVISION = 7
 
 from tvm_mpq.schedules.build import build_kernel, resolve_target  # noqa: E402
 from tvm_mpq.schedules.host_run import run_conv2d, run_dense  # noqa: E402

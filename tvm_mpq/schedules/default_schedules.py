@@ -95,7 +95,8 @@ def bitserial_tile(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> BitserialTil
 
 
 def swar_tile(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8,
-              layout: str | None = None, word_bits: int = 64) -> tuple[int, int]:
+              layout: str | None = None, word_bits: int = 64,
+              block: int | None = None) -> tuple[int, int]:
     """``(kt, owt)``: the k x ow register tile of 64-bit accumulators the default swar schedule
     uses for ``wl`` at these bits (ow counts packed words in the pixel layout; ``layout``
     None: the one :func:`~tvm_mpq.schedules.swar.swar_layout` picks).
@@ -103,15 +104,21 @@ def swar_tile(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8,
     Channel lanes: 4 x 4 where the extents allow. Pixel lanes (Spike, rv64gc_zbb,
     instructions per MAC): depthwise 3x3 1 x 7 words (w4a4 1.89; 4 x 4 1.97); 3x3 conv
     4 x 2 (w8a8 1.54, 4 x 7 spills: 2.2); pointwise 4 x 4 at 2 lanes (w8a8 1.81), else
-    1 x 14 (w4a4 1.07 vs 1.18).
+    1 x 14 (w4a4 1.07 vs 1.18). Blocked pixel lanes (``block`` channels per lane sum; None:
+    :func:`~tvm_mpq.schedules.swar.lane_block`): 1 x 7 (rv64gc w4a4 0.75 per MAC; 4 x 1
+    0.93, 2 x 2 1.00; rv32imc w4a4 1.49, 2 x 2 1.53, 1 x 14 1.92).
     """
-    from tvm_mpq.schedules.swar import pixel_lanes, swar_layout
+    from tvm_mpq.schedules.swar import lane_block, pixel_lanes, swar_layout
 
     layout = layout or swar_layout(wl, w_bits, a_bits, word_bits)
     if layout == "channels":
         return fit_tile(wl.kg, 4), fit_tile(wl.ow, 4)
-    lanes = pixel_lanes(wl, w_bits, a_bits, word_bits)[0]
+    block = lane_block(wl, w_bits, a_bits, word_bits) if block is None else block
+    block = None if block == wl.cg else block
+    lanes = pixel_lanes(wl, w_bits, a_bits, word_bits, block)[0]
     cols = -(-wl.ow // lanes)
+    if block is not None:
+        return 1, fit_tile(cols, 7)
     if wl.groups > 1 and wl.kg == 1:
         return 1, fit_tile(cols, 7)
     if wl.kh * wl.kw > 1:
@@ -123,11 +130,15 @@ def _schedule_swar(kd: KernelDef) -> tvm.IRModule:
     """The swar kernel: register-tiled packed multiply-adds; with pixel lanes also the lane
     extraction (one accumulator load for its P outputs) and the packing (lanes unrolled)."""
     wl = _conv_workload(kd)
-    kt, owt = swar_tile(wl, kd.w_bits, kd.a_bits, kd.attrs.get("layout"), kd.word_bits)
-    mod = _schedule_direct(kd, kt=kt, owt=owt, block="swar_acc")
-    if kd.attrs.get("layout") != "pixels":
-        return mod
-    sch = s_tir.Schedule(mod)
+    kt, owt = swar_tile(wl, kd.w_bits, kd.a_bits, kd.attrs.get("layout"), kd.word_bits,
+                        kd.attrs.get("block", wl.cg))
+    if "block" in kd.attrs:
+        sch = _schedule_blocked(kd, kt, owt)
+    else:
+        mod = _schedule_direct(kd, kt=kt, owt=owt, block="swar_acc")
+        if kd.attrs.get("layout") != "pixels":
+            return mod
+        sch = s_tir.Schedule(mod)
     cols = -(-wl.ow // kd.attrs["lanes"])
     out = sch.get_sblock(kd.output.op.name)
     *_, ow = sch.get_loops(out)
@@ -136,6 +147,52 @@ def _schedule_swar(kd: KernelDef) -> tvm.IRModule:
     sch.unroll(lane)
     sch.unroll(sch.get_loops(sch.get_sblock("swar_pack"))[-1])
     return sch.mod
+
+
+def _schedule_blocked(kd: KernelDef, kt: int, owt: int) -> s_tir.Schedule:
+    """Blocked pixel lanes: a kt x owt tile of int32 lane sums (``swar_wide``, P per word)
+    around the channel blocks; per block a kt x owt tile of packed words (``swar_acc``)
+    around the block's reduction, then emptied into the lane sums."""
+    wl = _conv_workload(kd)
+    if wl.groups > 1 and wl.kg % kt:
+        kt = 1
+    sch = s_tir.Schedule(tvm.IRModule({"main": kd.prim_func("main")}))
+    wide = sch.get_sblock("swar_wide")
+    wb = sch.cache_write(wide, 0, "local")
+    n, k, oh, q, j = sch.get_loops(wb)
+    ko, ki = sch.split(k, [None, kt])
+    qo, qi = sch.split(q, [None, owt])
+    sch.reorder(n, oh, qo, ko, ki, qi, j)
+    for lp in (ki, qi, j):
+        sch.unroll(lp)
+    sch.compute_at(wide, ko)
+    role = _roles(sch, wide, sch.get_loops(wide)[_depth(sch, wb, ko):])
+    tile = [role[r] for r in ("k", "ow", "j") if r in role]
+    sch.reorder(role["rb"], *tile)
+    sch.decompose_reduction(wide, role["rb"])
+    for lp in tile:
+        sch.unroll(lp)
+    for lp in sch.get_loops(sch.get_sblock("swar_wide_init"))[_depth(sch, wb, ko):]:
+        sch.unroll(lp)
+    acc = sch.get_sblock("swar_acc")
+    rb = role["rb"]
+    sch.compute_at(acc, rb)
+    sch.set_scope(acc, 0, "local")
+    inner = sch.get_loops(acc)[_depth(sch, acc, rb):]
+    ar = _roles(sch, acc, inner)
+    red = [ar[r] for r in ("rc", "ry", "rx") if r in ar]
+    atile = [ar[r] for r in ("k", "ow") if r in ar]
+    for lp in atile:
+        sch.unroll(lp)
+    if not red:  # a block of one channel and one tap: nothing to reduce inside
+        return sch
+    sch.reorder(*red, *atile)
+    sch.decompose_reduction(acc, red[0])
+    if "rx" in ar:
+        sch.unroll(ar["rx"])
+    for lp in sch.get_loops(sch.get_sblock("swar_acc_init"))[_depth(sch, acc, rb):]:
+        sch.unroll(lp)
+    return sch
 
 
 def direct_tile(wl: Conv2dWorkload, variant: str) -> tuple[int, int]:

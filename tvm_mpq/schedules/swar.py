@@ -9,7 +9,9 @@ popcount (~15 instructions without Zbb), that of ``int8`` one multiply per MAC. 
 * **pixels** (:func:`pixel_lanes`): P output columns per word. Activation word q of a row
   holds the inputs of columns q, q + Q, ..., q + (P-1) Q (Q = ceil(ow / P)); multiplied by
   one signed weight it advances P outputs at once, so every layer class fills its lanes,
-  depthwise included. The lanes hold signed sums, read back with a bias per lane.
+  depthwise included. The lanes hold signed sums, read back with a bias per lane. Where
+  narrower lanes would fit more per word, the sum runs over blocks of input channels
+  (:func:`lane_block`) and each block's lanes are emptied into int32 sums.
 
 :func:`swar_layout` picks the one with more filled lanes (ties: see there).
 """
@@ -24,7 +26,9 @@ from tvm_mpq.schedules.conv2d import pad_te
 from tvm_mpq.schedules.kernel import KernelDef
 from tvm_mpq.schedules.workload import Conv2dWorkload
 
-__all__ = ["conv2d_swar", "pixel_lanes", "swar_kernel_lanes", "swar_lanes", "swar_layout"]
+__all__ = [
+    "conv2d_swar", "lane_block", "pixel_lanes", "swar_kernel_lanes", "swar_lanes", "swar_layout",
+]
 
 
 def swar_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
@@ -129,7 +133,7 @@ def _swar_channels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
 
 
 def pixel_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
-                word_bits: int = 64) -> tuple[int, int]:
+                word_bits: int = 64, block: int | None = None) -> tuple[int, int]:
     """(lanes P, lane width S) of the pixel layout for ``wl`` at these bits.
 
     A lane holds one output's signed sum L, |L| <= R * max|w| * max(a) with R = cg * kh * kw
@@ -139,11 +143,44 @@ def pixel_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
     Q = ceil(ow / P)). S <= 32 always: the outputs are int32.
     """
     maxw = 1 if w_bits == 1 else 1 << (w_bits - 1)
-    bound = wl.cg * wl.kh * wl.kw * maxw * ((1 << a_bits) - 1)
+    bound = (block or wl.cg) * wl.kh * wl.kw * maxw * ((1 << a_bits) - 1)
     s = bound.bit_length() + 1
     p = max(1, min(word_bits // s, wl.ow))
     q = -(-wl.ow // p)
     return -(-wl.ow // q), s
+
+
+#: instructions per packed multiply-add and per block flush (a bias add per word, then
+#: shift + mask + add per lane) of the blocked pixel kernel: fitted on Spike (rv64gc and
+#: rv32imc, 3x3 64 -> 64 at 28x28, w4a4 / w2a2 / w1a1, blocks of 4-32 channels)
+_WORD_STEP, _FLUSH_LANE, _FLUSH_WORD = 2.7, 8.0, 4.0
+
+
+def lane_block(wl: Conv2dWorkload, w_bits: int, a_bits: int,
+                word_bits: int = 64) -> int | None:
+    """Input channels per lane sum of the pixel layout: None (all of them, no flush) unless a
+    block of channels lets narrower lanes fit more of them per word at an estimated lower
+    cost per MAC (blocks divide cg; each block's lanes are emptied into int32 sums).
+
+    Measured on Spike, 3x3 conv 1x64x28x28 -> 64, instructions (all channels -> block):
+    rv64gc w4a4 32.8M -> 21.8M (3 -> 4 lanes, blocks of 16), w2a2 25.6M -> 17.7M (4 -> 6,
+    8), w1a1 19.0M -> 13.7M (5 -> 7, 16); rv32imc w4a4 87.0M -> 43.1M (1 -> 2, 16), w2a2
+    44.0M -> 32.3M (2 -> 3, 8). w8a8 keeps its two lanes (a block of 1 channel gives 3 on
+    RV64 but loses: 46.5M vs 44.2M); pointwise layers are never blocked (pw 64 -> 128 at
+    14x14, rv64gc w2a2: 2.49M, blocks of 32 3.06M)."""
+    taps = wl.kh * wl.kw
+    if taps == 1:  # a block of a pointwise layer is a few terms: its flush never pays
+        return None
+
+    def per_mac(cb: int | None) -> float:
+        p, _ = pixel_lanes(wl, w_bits, a_bits, word_bits, cb)
+        fill = wl.ow / -(-wl.ow // p)
+        t = (cb or wl.cg) * taps
+        flush = 0.0 if cb is None else _FLUSH_WORD + _FLUSH_LANE * p
+        return (_WORD_STEP * t + flush) / (t * fill)
+
+    blocks = [cb for cb in range(1, wl.cg) if wl.cg % cb == 0]
+    return min([None, *blocks], key=lambda cb: (per_mac(cb), -(cb or wl.cg)))
 
 
 def swar_layout(wl: Conv2dWorkload, w_bits: int, a_bits: int, word_bits: int = 64) -> str:
@@ -157,7 +194,7 @@ def swar_layout(wl: Conv2dWorkload, w_bits: int, a_bits: int, word_bits: int = 6
     w2a2 23.2M vs 25.6M (4 each); pointwise 64 -> 128 at 14x14 w8a8 2.83M vs 3.42M.
     """
     pc = swar_lanes(wl, w_bits, a_bits, word_bits)[0]
-    pp = pixel_lanes(wl, w_bits, a_bits, word_bits)[0]
+    pp = pixel_lanes(wl, w_bits, a_bits, word_bits, lane_block(wl, w_bits, a_bits, word_bits))[0]
     fill_c = wl.cg / -(-wl.cg // pc)
     fill_p = wl.ow / -(-wl.ow // pp)
     if fill_p > fill_c or (fill_p == fill_c and wl.kw > 1 and pp <= 2):
@@ -166,24 +203,36 @@ def swar_layout(wl: Conv2dWorkload, w_bits: int, a_bits: int, word_bits: int = 6
 
 
 def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0,
-                word_bits: int = 64, layout: str | None = None, **_) -> KernelDef:
+                word_bits: int = 64, layout: str | None = None, block: int | None = None,
+                **_) -> KernelDef:
     """The swar kernel of ``wl`` in ``layout`` (``"channels"`` or ``"pixels"``; None: the one
     :func:`swar_layout` picks) on ``word_bits`` (64, or 32: RV32's registers) words.
-    ``attrs["layout"]``, ``attrs["lanes"]`` and ``attrs["lane_bits"]`` say which it is."""
+    ``block``: input channels per lane sum of the pixel layout (None: :func:`lane_block`).
+    ``attrs["layout"]``, ``attrs["lanes"]``, ``attrs["lane_bits"]`` (and ``attrs["block"]``
+    for a blocked pixel kernel) say which it is."""
     if word_bits not in (32, 64):
         raise ValueError(f"swar word_bits must be 32 or 64, got {word_bits}")
+    if block is not None and not (0 < block <= wl.cg and wl.cg % block == 0):
+        raise ValueError(f"swar block must divide the {wl.cg} input channels per group, "
+                         f"got {block}")
     layout = layout or swar_layout(wl, w_bits, a_bits, word_bits)
     if layout not in ("channels", "pixels"):
         raise ValueError(f"unknown swar layout {layout!r}: expected 'channels' or 'pixels'")
     if layout == "pixels":
-        return _swar_pixels(wl, w_bits, a_bits, pad_value, word_bits)
+        block = block or lane_block(wl, w_bits, a_bits, word_bits)
+        return _swar_pixels(wl, w_bits, a_bits, pad_value, word_bits,
+                            None if block == wl.cg else block)
     return _swar_channels(wl, w_bits, a_bits, pad_value, word_bits)
 
 
 def _swar_pixels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
-                 word_bits: int) -> KernelDef:
-    """Lanes along the output columns; weights stay int8 (signed, bipolar +-1 at 1 bit)."""
-    p, s = pixel_lanes(wl, w_bits, a_bits, word_bits)
+                 word_bits: int, block: int | None = None) -> KernelDef:
+    """Lanes along the output columns; weights stay int8 (signed, bipolar +-1 at 1 bit).
+
+    ``block`` input channels per lane sum (None: all of them): the lanes are emptied into
+    int32 sums after each block, so they only need to hold a block's sum."""
+    p, s = pixel_lanes(wl, w_bits, a_bits, word_bits, block)
+    cb = wl.cg if block is None else block
     q_ = -(-wl.ow // p)
     sh, sw = wl.stride
     ncol = (q_ - 1) * sw + wl.kw  # packed words per row
@@ -202,6 +251,8 @@ def _swar_pixels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
         return te.sum(v << (j * s).astype(wdt), axis=j)
 
     apk = te.compute((wl.n, wl.c, wl.hp, ncol), pack, name="swar_pack")
+    if cb != wl.cg:
+        return _pixels_blocked(wl, w_bits, a_bits, pad_value, word_bits, (p, s, cb), x, w, apk)
     rc = te.reduce_axis((0, wl.cg), "rc")
     ry = te.reduce_axis((0, wl.kh), "ry")
     rx = te.reduce_axis((0, wl.kw), "rx")
@@ -235,5 +286,50 @@ def swar_kernel_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
                       word_bits: int = 64) -> tuple[str, int, int]:
     """``(layout, lanes P, lane width S)`` of the swar kernel :func:`conv2d_swar` builds."""
     layout = swar_layout(wl, w_bits, a_bits, word_bits)
-    lanes = pixel_lanes if layout == "pixels" else swar_lanes
-    return (layout, *lanes(wl, w_bits, a_bits, word_bits))
+    if layout == "pixels":
+        return (layout, *pixel_lanes(wl, w_bits, a_bits, word_bits,
+                                     lane_block(wl, w_bits, a_bits, word_bits)))
+    return (layout, *swar_lanes(wl, w_bits, a_bits, word_bits))
+
+
+def _pixels_blocked(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
+                    word_bits: int, lanes: tuple[int, int, int], x, w, apk) -> KernelDef:
+    """Pixel lanes over blocks of ``cb`` input channels: the packed sum of each block
+    (``swar_acc``, words) is split into its P lane sums and added into int32 sums
+    (``swar_wide``): narrower lanes, more of them per word."""
+    p, s, cb = lanes
+    nb = wl.cg // cb
+    q_ = -(-wl.ow // p)
+    sh, sw = wl.stride
+    wdt = f"uint{word_bits}"
+    rc = te.reduce_axis((0, cb), "rc")
+    ry = te.reduce_axis((0, wl.kh), "ry")
+    rx = te.reduce_axis((0, wl.kw), "rx")
+
+    def chan(k, b):
+        c = b * cb + rc
+        return c if wl.groups == 1 else (k // wl.kg) * wl.cg + c
+
+    acc = te.compute(
+        (wl.n, wl.k, wl.oh, q_, nb),
+        lambda n, k, oh, ow, b: te.sum(apk[n, chan(k, b), oh * sh + ry, ow * sw + rx]
+                                       * w[k, b * cb + rc, ry, rx].astype(wdt),
+                                       axis=[rc, ry, rx]),
+        name="swar_acc")
+    bias = tvm.tirx.const(sum(1 << (i * s + s - 1) for i in range(p)) % (1 << word_bits), wdt)
+    mask = tvm.tirx.const((1 << s) - 1, wdt)
+    rb = te.reduce_axis((0, nb), "rb")
+    wide = te.compute(
+        (wl.n, wl.k, wl.oh, q_, p),
+        lambda n, k, oh, ow, j: te.sum((((acc[n, k, oh, ow, rb] + bias) >> (j * s).astype(wdt))
+                                        & mask).astype("int32"), axis=rb),
+        name="swar_wide")
+    half = tvm.tirx.const(nb << (s - 1), "int32")  # each block's lane carries a bias of 2^(S-1)
+    res = te.compute(wl.output_shape,
+                     lambda n, k, oh, ow: wide[n, k, oh, ow % q_, ow // q_] - half,
+                     name="conv2d_swar")
+    return KernelDef(wl, "swar", w_bits, a_bits, [x, w, res],
+                     prepare_weight=lambda a: np.asarray(a).astype(np.int8),
+                     prepare_input=lambda a: a.astype(np.uint8), word_bits=word_bits,
+                     pad_value=pad_value,
+                     attrs={"lanes": p, "lane_bits": s, "layout": "pixels", "block": cb})
