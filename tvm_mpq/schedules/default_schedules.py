@@ -188,8 +188,10 @@ def _schedule_blocked(kd: KernelDef, kt: int, owt: int) -> s_tir.Schedule:
         return sch
     sch.reorder(*red, *atile)
     sch.decompose_reduction(acc, red[0])
-    if "rx" in ar:
-        sch.unroll(ar["rx"])
+    # the kernel rows too on RV32 (Spike, reference layer w4a4: 43.1M -> 42.6M; on RV64 +0.2%)
+    for r in ("rx", "ry") if kd.word_bits == 32 else ("rx",):
+        if r in ar:
+            sch.unroll(ar[r])
     for lp in sch.get_loops(sch.get_sblock("swar_acc_init"))[_depth(sch, acc, rb):]:
         sch.unroll(lp)
     return sch
