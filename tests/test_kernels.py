@@ -206,15 +206,60 @@ def test_bitplanes_reconstruct(bits, length, word_bits, seed):
 @given(st.integers(1, 600), st.sampled_from([1, 3, 5]), st.sampled_from([1, 2, 4, 8]),
        st.sampled_from([1, 2, 4, 8]))
 def test_swar_lanes_never_carry(cg, kh, w_bits, a_bits):
-    """The lane choice keeps a whole output's packed sum inside its lane."""
+    """The lane choice keeps a whole output's biased packed sum inside its lane, and one more
+    lane would not fit."""
     from tvm_mpq.schedules.swar import swar_lanes
 
     wl = Conv2dWorkload.make((1, cg, kh + 2, kh + 2), (2, cg, kh, kh), 1, 0)
     p, s = swar_lanes(wl, w_bits, a_bits)
     assert 1 <= p <= 8 and p * s <= 64
+    span = ((1 << a_bits) - 1) * (2 if w_bits == 1 else (1 << w_bits) - 1)  # max a (max-min w)
     t = kh * kh * -(-cg // p)
-    assert p == 1 or t * p * ((1 << a_bits) - 1) * ((1 << w_bits) - 1) < (1 << s)
-    if p < 8:  # and one more lane would not fit
+    assert p == 1 or t * p * span < (1 << s)
+    if p < 8:
         s2 = 64 // (p + 1)
         t2 = kh * kh * -(-cg // (p + 1))
-        assert t2 * (p + 1) * ((1 << a_bits) - 1) * ((1 << w_bits) - 1) >= (1 << s2)
+        assert t2 * (p + 1) * span >= (1 << s2)
+
+
+def _packed_dot(a: list[int], w: list[int], p: int, s: int, word_bits: int, beta: int) -> int:
+    """The channel-lane arithmetic in Python integers: a's lanes (shifted to end at the top
+    bit) times w's reversed signed lanes, summed modulo the word, biased, top lane - beta."""
+    base = word_bits - p * s
+    mod = 1 << word_bits
+    acc = 0
+    for j in range(0, len(a), p):
+        aw = sum(v << (base + i * s) for i, v in enumerate(a[j:j + p]))
+        ww = sum(v << (s * (p - 1 - i)) for i, v in enumerate(w[j:j + p]))
+        acc = (acc + aw * ww) % mod
+    bias = sum(beta << (base + q * s) for q in range(p)) % mod
+    return ((acc + bias) % mod >> (base + s * (p - 1))) - beta
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 300), st.sampled_from([1, 2, 4, 8]), st.sampled_from([1, 2, 4, 8]),
+       st.sampled_from([32, 64]), st.sampled_from(["max", "min", "alternate", "random"]),
+       st.integers(0, 2**32 - 1))
+def test_channel_lanes_exact_at_the_extremes(cg, w_bits, a_bits, word_bits, pattern, seed):
+    """Signed channel lanes with their bias read back the exact dot product for the largest
+    positive and negative sums the bits allow (pointwise: one word column per output)."""
+    from tvm_mpq.schedules.swar import channel_lane_bias, swar_lanes
+
+    wl = Conv2dWorkload.make((1, cg, 1, 1), (1, cg, 1, 1), 1, 0)
+    p, s = swar_lanes(wl, w_bits, a_bits, word_bits)
+    if p == 1:  # one lane: the word sum is the int32 sum itself
+        return
+    beta = channel_lane_bias(wl, w_bits, a_bits, word_bits)
+    rng = np.random.default_rng(seed)
+    amax = (1 << a_bits) - 1
+    wlo, whi = (-1, 1) if w_bits == 1 else (-(1 << (w_bits - 1)), (1 << (w_bits - 1)) - 1)
+    a = [amax] * cg if pattern != "random" else rng.integers(0, amax + 1, cg).tolist()
+    if pattern == "max":
+        w = [whi] * cg
+    elif pattern == "min":
+        w = [wlo] * cg
+    elif pattern == "alternate":
+        w = [wlo if i % 2 else whi for i in range(cg)]
+    else:
+        w = rng.choice([wlo, whi], cg).tolist()
+    assert _packed_dot(a, w, p, s, word_bits, beta) == sum(x * y for x, y in zip(a, w, strict=True))

@@ -32,7 +32,7 @@ from tvm_mpq.schedules.default_schedules import (
     swar_tile,
 )
 from tvm_mpq.schedules.registry import dense_as_conv
-from tvm_mpq.schedules.swar import lane_block, swar_kernel_lanes
+from tvm_mpq.schedules.swar import channel_block, lane_block, swar_kernel_lanes
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload, Workload
 from tvm_mpq.targets import get_profile
 
@@ -92,10 +92,8 @@ ANALYTIC_TERMS: tuple[str, ...] = (
     "swar_tiles",    # output tiles
     "swar_pack",     # activation lanes packed over the padded extent
     "swar_pack_words",  # packed activation words
-    "swar_asum",     # adds of the activation window sums (over the padded input)
-    "swar_asum_out",  # activation window sums
-    "swar_extract",  # outputs read back from pixel lanes (shift, mask, unbias)
-    "swar_flush",    # blocked pixel lanes: lane sums emptied into int32 after each block
+    "swar_extract",  # outputs read back from their lanes (shift, mask, unbias)
+    "swar_flush",    # blocked lanes: lane sums emptied into int32 after each block
     # fp32 / int8 / unpack: direct_tile's kt x owt register tiles (rx unrolled)
     "dir_wload",     # weights loaded (once per tile and tap)
     "dir_aload",     # activations loaded (the tile's columns, shared across rx, per row)
@@ -226,8 +224,8 @@ def _packing_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload, wbits
 
 
 def _swar_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload, wbits: int) -> None:
-    """The swar kernel: register tiles of packed multiply-adds, lane packing, and the window
-    sums (channel lanes) or the lane extraction (pixel lanes)."""
+    """The swar kernel: register tiles of packed multiply-adds, lane packing, the lane read-out
+    and, where lanes are summed over blocks, one flush per block and output lane."""
     layout, lanes, _ = swar_kernel_lanes(cv, q.w_bits, q.a_bits, wbits)
     taps = cv.kh * cv.kw
     kt, owt = swar_tile(cv, q.w_bits, q.a_bits, layout, wbits)
@@ -246,9 +244,11 @@ def _swar_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload, wbits: i
         tiles = float(cv.n * (cv.k // kt) * cv.oh * (cv.ow // owt))
         steps = float(taps * nwp)
         t["swar_pack_words"] = float(cv.n * cv.groups * cv.hp * cv.wp * nwp)
-        t["swar_asum_out"] = float(cv.n * cv.groups * cv.oh * cv.ow)
-        t["swar_asum"] = t["swar_asum_out"] * taps * cv.cg  # adds over the padded input
+        t["swar_extract"] = t["out"]  # the biased top lane (signed lanes: no window sums)
         t["swar_words"] = t["out"] * steps
+        bw = channel_block(cv, q.w_bits, q.a_bits, wbits)
+        if bw is not None:
+            t["swar_flush"] = t["out"] * (nwp // bw)
     t["swar_wload"] = tiles * kt * steps
     t["swar_aload"] = tiles * owt * steps
     t["swar_red"] = tiles * steps

@@ -14,8 +14,11 @@ bit-exact against the numpy reference in :mod:`.reference`.
 #: default schedules for fp32 / int8 / unpack (``default_schedules.direct_tile``); swar packs
 #: output columns where that fills more lanes (``swar.swar_layout``). 7: swar pixel lanes
 #: summed over blocks of input channels where narrower lanes fit more per word
-#: (``swar.lane_block``).
-KERNELS_REVISION = 7
+#: (``swar.lane_block``). 8: swar channel lanes hold signed weights read back with a lane bias
+#: (no window sums; the read-out fused into pointwise / dense tiles), are summed over blocks
+#: of packed words in dense layers (``swar.channel_block``), and a tile's packed weights sit
+#: side by side (``swar.channel_ktile``).
+KERNELS_REVISION = 8
 
 from tvm_mpq.schedules.build import build_kernel, resolve_target  # noqa: E402
 from tvm_mpq.schedules.host_run import run_conv2d, run_dense  # noqa: E402

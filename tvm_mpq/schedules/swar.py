@@ -27,45 +27,121 @@ from tvm_mpq.schedules.kernel import KernelDef
 from tvm_mpq.schedules.workload import Conv2dWorkload
 
 __all__ = [
-    "conv2d_swar", "lane_block", "pixel_lanes", "swar_kernel_lanes", "swar_lanes", "swar_layout",
+    "channel_block", "channel_ktile", "channel_lane_bias", "conv2d_swar", "lane_block",
+    "pixel_lanes", "swar_kernel_lanes", "swar_lanes", "swar_layout",
 ]
 
 
 def swar_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
-               word_bits: int = 64) -> tuple[int, int]:
+               word_bits: int = 64, block_words: int | None = None) -> tuple[int, int]:
     """(lanes P, lane width S) of the channel-lane swar kernel for ``wl`` at these bits.
 
-    Activations a in [0, 2^A) and offset weights w' = w + 2^(W-1) in [0, 2^W) (1-bit: bipolar
-    w = 2w' - 1) are packed P per word (``word_bits``: 64, or 32 on RV32), S bits apart, the
-    weights in reverse lane order: the product then holds sum_i a_i * w'_i in lane P-1.
-    Summing T such products per output (T = kh * kw * ceil(cg / P)) never carries out of a
-    lane while T * P * max(a) * max(w') < 2^S, and the lane must fit: P * S <= word_bits. The
+    Activations a in [0, 2^A) and signed weights w in [-2^(W-1), 2^(W-1)) (1-bit: bipolar
+    +-1) are packed P per word (``word_bits``: 64, or 32 on RV32), S bits apart, the weights in
+    reverse lane order: the product then holds sum_i a_i * w_i in lane P-1 (lanes are signed
+    sums; see :func:`channel_lane_bias`). Summing T such products per output (T = kh * kw *
+    ceil(cg / P), or kh * kw * ``block_words`` when each block of that many packed words is
+    emptied into an int32 sum), every lane stays inside its S bits once biased while
+    T * P * max(a) * (max(w) - min(w)) < 2^S, and the lanes must fit: P * S <= word_bits. The
     most lanes that satisfy both win (ULPPACK, Won et al., MLSys 2022, on plain integer
     multiplies).
     """
-    maxprod = ((1 << a_bits) - 1) * ((1 << w_bits) - 1)
+    span = ((1 << a_bits) - 1) * (2 if w_bits == 1 else (1 << w_bits) - 1)
     for p in range(8, 0, -1):
         s = word_bits // p
-        t = wl.kh * wl.kw * -(-wl.cg // p)
-        if t * p * maxprod < (1 << s) or p == 1:
+        t = wl.kh * wl.kw * (block_words or -(-wl.cg // p))
+        if t * p * span < (1 << s) or p == 1:
             return p, s
     raise AssertionError("unreachable")
 
 
+def channel_lane_bias(wl: Conv2dWorkload, w_bits: int, a_bits: int, word_bits: int = 64,
+                      block_words: int | None = None) -> int:
+    """The bias beta added to every lane of a channel-layout sum before it is read.
+
+    Lane k (from the bottom) of a sum of T word products holds (k + 1) * T terms a_i * w_j
+    in [-max(a) 2^(W-1), max(a) (2^(W-1) - 1)] (1-bit: +-max(a)): beta = P * T * max(a) *
+    2^(W-1) makes every lane non-negative and, by :func:`swar_lanes`' bound, below 2^S, so
+    adding beta to each lane of the word (once, at the end: the sum is exact modulo the
+    word) separates the lanes; the top lane minus beta is the signed dot product."""
+    p, _ = swar_lanes(wl, w_bits, a_bits, word_bits, block_words)
+    t = wl.kh * wl.kw * (block_words or -(-wl.cg // p))
+    return p * t * ((1 << a_bits) - 1) * (1 if w_bits == 1 else 1 << (w_bits - 1))
+
+
+#: instructions per packed multiply-add (4 x 4 tile) and per block flush (shift + add) of the
+#: blocked channel kernel: fitted on Spike (see :func:`channel_block`)
+_CH_STEP, _CH_FLUSH = 2.6, 3.0
+
+
+def channel_block(wl: Conv2dWorkload, w_bits: int, a_bits: int,
+                  word_bits: int = 64) -> int | None:
+    """Packed words per lane sum of the channel layout: None (all of them, no flush) unless
+    blocks of words let more lanes fit per word at an estimated lower cost per MAC (a block
+    count divides the words; each block's top lane is added into an int32 sum).
+
+    Pays on long reductions with few taps, i.e. dense and wide pointwise layers, where the
+    whole sum would need wide lanes (see docs/kernels.md, "Blocked channel lanes")."""
+    taps = wl.kh * wl.kw
+    if taps > 1:  # with a kernel window the tiles of block sums spill (pixel lanes block)
+        return None
+    span = ((1 << a_bits) - 1) * (2 if w_bits == 1 else (1 << w_bits) - 1)
+
+    def per_mac(p: int, bw: int | None) -> float:
+        nwp = -(-wl.cg // p)
+        t = taps * (bw or nwp)
+        flush = 0.0 if bw is None else _CH_FLUSH
+        return (_CH_STEP * t + flush) / (t * p * wl.cg / (nwp * p))
+
+    p0 = swar_lanes(wl, w_bits, a_bits, word_bits)[0]
+    best: tuple[float, int | None] = (per_mac(p0, None), None)
+    for p in range(p0 + 1, 9):
+        s = word_bits // p
+        nwp = -(-wl.cg // p)
+        fits = [b for b in range(1, nwp) if nwp % b == 0 and taps * b * p * span < (1 << s)]
+        if fits and per_mac(p, max(fits)) < best[0]:
+            best = (per_mac(p, max(fits)), max(fits))
+    return best[1]
+
+
+def channel_ktile(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8,
+                  word_bits: int = 64) -> int:
+    """Output channels per register tile of the channel layout: its packed weights are stored
+    side by side. The largest divisor of the channels per group up to 4, or up to 8 for a
+    dense layer (one column, nothing else to tile) unless its blocks are shorter than 8 words
+    (Spike, rv32imc, dense 1024 -> 256 with blocks: w4a4 (128 words) 8 outputs 444K vs 4
+    469K; w2a2 (4 words) 8 outputs 269K vs 4 251K: the 8 block sums spill)."""
+    want = 4
+    if wl.oh * wl.ow == 1 and wl.kh * wl.kw == 1:
+        bw = channel_block(wl, w_bits, a_bits, word_bits)
+        want = 4 if bw is not None and bw < 8 else 8
+    return max(d for d in range(1, min(want, wl.kg) + 1) if wl.kg % d == 0)
+
+
 def _swar_channels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
-                   word_bits: int) -> KernelDef:
+                   word_bits: int, block_words: int | None = None) -> KernelDef:
     """Lanes along the input channels: one multiply of two packed words is a P-term dot product.
 
-    Weights are pre-packed (k, kh, kw, words) with reversed lanes; activations are padded
-    (with ``pad_value``) and packed in the kernel; the zero point of the offset weights is
-    removed with the window sum of the activations (per group and pixel, shared by every
-    output channel of the group).
+    Weights are pre-packed (k / kt, kh, kw, words, kt) as signed lanes in reverse order; in
+    pointwise and dense layers the kt output channels of the default schedule's register tile
+    side by side (one pointer for the tile's weight loads: on RV32 four row pointers ran out
+    of registers; on 3x3 layers it lost, rv64gc 64 -> 64 w2a2 23.2M vs 25.1M), else kt = 1;
+    activations are
+    padded (with ``pad_value``) and packed in the kernel, shifted so that the dot product's
+    lane ends at the word's top bit. The sum is read back as ``((acc + B) >> shift) - beta``
+    (B: :func:`channel_lane_bias` in every lane), so no zero-point correction is needed.
+    ``block_words``: packed words per lane sum (None: all); each block's lane is added into
+    an int32 sum, so it only holds a block's sum.
     """
-    p, s = swar_lanes(wl, w_bits, a_bits, word_bits)
+    p, s = swar_lanes(wl, w_bits, a_bits, word_bits, block_words)
+    beta = channel_lane_bias(wl, w_bits, a_bits, word_bits, block_words)
     nwp = -(-wl.cg // p)
+    base = word_bits - p * s  # activation lanes start here: lane P-1 ends at the top bit
     wdt = f"uint{word_bits}"
     x = te.placeholder(wl.input_shape, "uint8", "x")
-    wpk = te.placeholder((wl.k, wl.kh, wl.kw, nwp), wdt, "w_packed")
+    # weights of a register tile side by side where that was measured to pay (taps == 1)
+    kt = channel_ktile(wl, w_bits, a_bits, word_bits) if wl.kh * wl.kw == 1 else 1
+    wpk = te.placeholder((wl.k // kt, wl.kh, wl.kw, nwp, kt), wdt, "w_packed")
     xp = pad_te(x, wl, pad_value)
     i = te.reduce_axis((0, p), "i")
 
@@ -74,62 +150,68 @@ def _swar_channels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
         lane = xp[nn, tvm.te.min(g * wl.cg + c, wl.c - 1), hh, ww].astype(wdt)
         if nwp * p != wl.cg:  # ragged last word: lanes past cg are zero
             lane = tvm.tirx.if_then_else(c < wl.cg, lane, tvm.tirx.const(0, wdt))
-        return te.sum(lane << (i * s).astype(wdt), axis=i)
+        return te.sum(lane << (i * s + base).astype(wdt), axis=i)
 
     apk = te.compute((wl.n, wl.groups, wl.hp, wl.wp, nwp), pack, name="swar_pack")
     sh, sw = wl.stride
     ry = te.reduce_axis((0, wl.kh), "ry")
     rx = te.reduce_axis((0, wl.kw), "rx")
-    rj = te.reduce_axis((0, nwp), "rj")
 
     def grp(k):
         return 0 if wl.groups == 1 else k // wl.kg
 
-    acc = te.compute(
-        (wl.n, wl.k, wl.oh, wl.ow),
-        lambda n, k, oh, ow: te.sum(apk[n, grp(k), oh * sh + ry, ow * sw + rx, rj]
-                                    * wpk[k, ry, rx, rj], axis=[ry, rx, rj]),
-        name="swar_acc")
-    # window sum of the activations per (group, pixel), from the padded input (not from the
-    # packed words times a word of ones: that form, with TVM 0.27's CSE and storage rewrite,
-    # was miscompiled for small windows)
-    ry2 = te.reduce_axis((0, wl.kh), "ry2")
-    rx2 = te.reduce_axis((0, wl.kw), "rx2")
-    rc2 = te.reduce_axis((0, wl.cg), "rc2")
-    asum = te.compute(
-        (wl.n, wl.groups, wl.oh, wl.ow),
-        lambda n, g, oh, ow: te.sum(xp[n, g * wl.cg + rc2, oh * sh + ry2, ow * sw + rx2]
-                                    .astype("int32"), axis=[rc2, ry2, rx2]),
-        name="swar_asum")
-    shift = tvm.tirx.const(s * (p - 1), wdt)
+    shift = tvm.tirx.const(base + s * (p - 1), wdt)
+    bias = tvm.tirx.const(sum(beta << (base + q * s) for q in range(p)) % (1 << word_bits), wdt)
 
-    def lane(v):  # the top lane (one lane of the whole word when P = 1: nothing to mask)
-        return ((v >> shift) & tvm.tirx.const((1 << s) - 1, wdt) if s < word_bits
-                else v).astype("int32")
+    def lane(v):  # the biased top lane: the bits above it are gone modulo the word
+        return ((v + bias) >> shift).astype("int32")
 
-    def out(n, k, oh, ow):
-        dot = lane(acc[n, k, oh, ow])
-        total = asum[n, grp(k), oh, ow]
-        if w_bits == 1:
-            return dot * 2 - total
-        return dot - total * (1 << (w_bits - 1))
-
-    res = te.compute(wl.output_shape, out, name="conv2d_swar")
+    if block_words is None:
+        rj = te.reduce_axis((0, nwp), "rj")
+        acc = te.compute(
+            (wl.n, wl.k, wl.oh, wl.ow),
+            lambda n, k, oh, ow: te.sum(apk[n, grp(k), oh * sh + ry, ow * sw + rx, rj]
+                                        * wpk[k // kt, ry, rx, rj, k % kt],
+                                        axis=[ry, rx, rj]),
+            name="swar_acc")
+        res = te.compute(wl.output_shape,
+                         lambda n, k, oh, ow: lane(acc[n, k, oh, ow]) - beta, name="conv2d_swar")
+    else:
+        bw, nb = block_words, nwp // block_words
+        rj = te.reduce_axis((0, bw), "rj")
+        acc = te.compute(
+            (wl.n, wl.k, wl.oh, wl.ow, nb),
+            lambda n, k, oh, ow, b: te.sum(
+                apk[n, grp(k), oh * sh + ry, ow * sw + rx, b * bw + rj]
+                * wpk[k // kt, ry, rx, b * bw + rj, k % kt], axis=[ry, rx, rj]),
+            name="swar_acc")
+        rb = te.reduce_axis((0, nb), "rb")
+        wide = te.compute((wl.n, wl.k, wl.oh, wl.ow),
+                          lambda n, k, oh, ow: te.sum(lane(acc[n, k, oh, ow, rb]), axis=rb),
+                          name="swar_wide")
+        res = te.compute(wl.output_shape,
+                         lambda n, k, oh, ow: wide[n, k, oh, ow] - nb * beta, name="conv2d_swar")
 
     def prep_w(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a, np.int64)
-        off = (a + 1) // 2 if w_bits == 1 else a + (1 << (w_bits - 1))  # w' in [0, 2^W)
-        lanes = np.zeros((wl.k, nwp * p, wl.kh, wl.kw), np.uint64)  # channels past cg: 0
-        lanes[:, :wl.cg] = off.astype(np.uint64)
+        a = np.asarray(a, np.int64)  # bipolar 1-bit weights are +-1 already
+        lanes = np.zeros((wl.k, nwp * p, wl.kh, wl.kw), np.int64)  # channels past cg: 0
+        lanes[:, :wl.cg] = a
         shifts = (s * (p - 1 - np.arange(p))).astype(np.uint64)  # reversed lane order
-        words = np.bitwise_or.reduce(
-            lanes.reshape(wl.k, nwp, p, wl.kh, wl.kw) << shifts[:, None, None], axis=2)
-        words = words.transpose(0, 2, 3, 1).astype(f"uint{word_bits}")  # (k, kh, kw, nwp)
+        # two's complement lanes summed modulo 2^64 (a borrow is part of the exact sum)
+        parts = lanes.reshape(wl.k, nwp, p, wl.kh, wl.kw).astype(np.uint64) \
+            << shifts[:, None, None]
+        words = parts.sum(axis=2, dtype=np.uint64)
+        if word_bits == 32:
+            words &= np.uint64(0xFFFFFFFF)
+        words = words.reshape(wl.k // kt, kt, nwp, wl.kh, wl.kw)
+        words = words.transpose(0, 3, 4, 2, 1).astype(f"uint{word_bits}")  # (k/kt,kh,kw,nwp,kt)
         return np.ascontiguousarray(words)
 
     return KernelDef(wl, "swar", w_bits, a_bits, [x, wpk, res], prepare_weight=prep_w,
                      prepare_input=lambda a: a.astype(np.uint8), word_bits=word_bits,
-                     pad_value=pad_value, attrs={"lanes": p, "lane_bits": s, "layout": "channels"})
+                     pad_value=pad_value, attrs={"lanes": p, "lane_bits": s, "layout": "channels",
+                                                 **({"block_words": block_words}
+                                                    if block_words else {})})
 
 
 def pixel_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
@@ -193,7 +275,7 @@ def swar_layout(wl: Conv2dWorkload, w_bits: int, a_bits: int, word_bits: int = 6
     1x64x28x28 -> 64 w8a8 53.3M vs 44.2M (2 lanes each), w4a4 30.3M vs 31.2M (3 each),
     w2a2 23.2M vs 25.6M (4 each); pointwise 64 -> 128 at 14x14 w8a8 2.83M vs 3.42M.
     """
-    pc = swar_lanes(wl, w_bits, a_bits, word_bits)[0]
+    pc = swar_lanes(wl, w_bits, a_bits, word_bits, channel_block(wl, w_bits, a_bits, word_bits))[0]
     pp = pixel_lanes(wl, w_bits, a_bits, word_bits, lane_block(wl, w_bits, a_bits, word_bits))[0]
     fill_c = wl.cg / -(-wl.cg // pc)
     fill_p = wl.ow / -(-wl.ow // pp)
@@ -204,12 +286,13 @@ def swar_layout(wl: Conv2dWorkload, w_bits: int, a_bits: int, word_bits: int = 6
 
 def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0,
                 word_bits: int = 64, layout: str | None = None, block: int | None = None,
-                **_) -> KernelDef:
+                block_words: int | None = None, **_) -> KernelDef:
     """The swar kernel of ``wl`` in ``layout`` (``"channels"`` or ``"pixels"``; None: the one
     :func:`swar_layout` picks) on ``word_bits`` (64, or 32: RV32's registers) words.
-    ``block``: input channels per lane sum of the pixel layout (None: :func:`lane_block`).
-    ``attrs["layout"]``, ``attrs["lanes"]``, ``attrs["lane_bits"]`` (and ``attrs["block"]``
-    for a blocked pixel kernel) say which it is."""
+    ``block``: input channels per lane sum of the pixel layout (None: :func:`lane_block`);
+    ``block_words``: packed words per lane sum of the channel layout (None:
+    :func:`channel_block`). ``attrs["layout"]``, ``attrs["lanes"]``, ``attrs["lane_bits"]``
+    (and ``attrs["block"]`` / ``attrs["block_words"]`` for a blocked kernel) say which it is."""
     if word_bits not in (32, 64):
         raise ValueError(f"swar word_bits must be 32 or 64, got {word_bits}")
     if block is not None and not (0 < block <= wl.cg and wl.cg % block == 0):
@@ -222,7 +305,16 @@ def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0
         block = block or lane_block(wl, w_bits, a_bits, word_bits)
         return _swar_pixels(wl, w_bits, a_bits, pad_value, word_bits,
                             None if block == wl.cg else block)
-    return _swar_channels(wl, w_bits, a_bits, pad_value, word_bits)
+    if block_words is not None:
+        nwp = -(-wl.cg // swar_lanes(wl, w_bits, a_bits, word_bits, block_words)[0])
+        if not (0 < block_words <= nwp and nwp % block_words == 0):
+            raise ValueError(f"swar block_words must divide the {nwp} packed words per "
+                             f"window column, got {block_words}")
+    else:
+        block_words = channel_block(wl, w_bits, a_bits, word_bits)
+    nwp = -(-wl.cg // swar_lanes(wl, w_bits, a_bits, word_bits, block_words)[0])
+    return _swar_channels(wl, w_bits, a_bits, pad_value, word_bits,
+                          None if block_words == nwp else block_words)
 
 
 def _swar_pixels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
@@ -289,7 +381,8 @@ def swar_kernel_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
     if layout == "pixels":
         return (layout, *pixel_lanes(wl, w_bits, a_bits, word_bits,
                                      lane_block(wl, w_bits, a_bits, word_bits)))
-    return (layout, *swar_lanes(wl, w_bits, a_bits, word_bits))
+    return (layout, *swar_lanes(wl, w_bits, a_bits, word_bits,
+                                channel_block(wl, w_bits, a_bits, word_bits)))
 
 
 def _pixels_blocked(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
