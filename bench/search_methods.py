@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", action="store_true", help="print saved results only")
     args = ap.parse_args(argv)
     exe = str(Path(sys.executable).parent / "tvm-mpq")
+    os.makedirs(args.out, exist_ok=True)  # the first method's log sits beside its workdir
     prev = None
     for m in args.methods:
         wd = os.path.join(args.out, m)

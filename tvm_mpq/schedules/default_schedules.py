@@ -117,9 +117,7 @@ def swar_tile(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8,
     block = None if block == wl.cg else block
     lanes = pixel_lanes(wl, w_bits, a_bits, word_bits, block)[0]
     cols = -(-wl.ow // lanes)
-    if block is not None:
-        return 1, fit_tile(cols, 7)
-    if wl.groups > 1 and wl.kg == 1:
+    if block is not None or (wl.groups > 1 and wl.kg == 1):
         return 1, fit_tile(cols, 7)
     if wl.kh * wl.kw > 1:
         return fit_tile(wl.kg, 4), fit_tile(cols, 2)
@@ -137,7 +135,11 @@ def _schedule_swar(kd: KernelDef) -> tvm.IRModule:
     else:
         sch = s_tir.Schedule(_schedule_direct(kd, kt=kt, owt=owt, block="swar_acc"))
     if kd.attrs.get("layout") != "pixels":
-        _channel_epilogue(sch, kd)
+        # lanes unrolled; in pointwise / dense layers the read-out where the tile is written
+        # back (Spike, rv32imc pointwise 64 -> 128 14x14 w4a4 2.79M -> 2.71M; neutral on 3x3)
+        sch.unroll(sch.get_loops(sch.get_sblock("swar_pack"))[-1])
+        if wl.kh * wl.kw == 1:
+            sch.reverse_compute_inline(sch.get_sblock(kd.output.op.name))
         return sch.mod
     cols = -(-wl.ow // kd.attrs["lanes"])
     out = sch.get_sblock(kd.output.op.name)
@@ -147,17 +149,6 @@ def _schedule_swar(kd: KernelDef) -> tvm.IRModule:
     sch.unroll(lane)
     sch.unroll(sch.get_loops(sch.get_sblock("swar_pack"))[-1])
     return sch.mod
-
-
-def _channel_epilogue(sch: s_tir.Schedule, kd: KernelDef) -> None:
-    """Channel lanes: the lanes of a packed word unrolled and, in pointwise and dense layers,
-    the lane read-out computed where the register tile is written back (no int32 round trip
-    through memory; Spike, rv32imc pointwise 64 -> 128 at 14x14 w4a4 2.79M -> 2.71M with
-    the signed lanes; neutral on 3x3 layers, so kept apart there)."""
-    sch.unroll(sch.get_loops(sch.get_sblock("swar_pack"))[-1])
-    wl = _conv_workload(kd)
-    if wl.kh * wl.kw == 1:
-        sch.reverse_compute_inline(sch.get_sblock(kd.output.op.name))
 
 
 def _schedule_blocked(kd: KernelDef, kt: int, owt: int) -> s_tir.Schedule:
@@ -189,10 +180,8 @@ def _schedule_blocked(kd: KernelDef, kt: int, owt: int) -> s_tir.Schedule:
     rb = role["rb"]
     sch.compute_at(acc, rb)
     sch.set_scope(acc, 0, "local")
-    inner = sch.get_loops(acc)[_depth(sch, acc, rb):]
-    if not inner:  # a 1 x 1 tile of one-word blocks: nothing left to tile or reduce
-        return sch
-    ar = _roles(sch, acc, inner)
+    inner = sch.get_loops(acc)[_depth(sch, acc, rb):]  # none: a 1 x 1 tile of 1-word blocks
+    ar = _roles(sch, acc, inner) if inner else {}
     red = [ar[r] for r in ("rc", "ry", "rx", "rj") if r in ar]
     atile = [ar[r] for r in ("k", "ow") if r in ar]
     for lp in atile:
@@ -201,9 +190,8 @@ def _schedule_blocked(kd: KernelDef, kt: int, owt: int) -> s_tir.Schedule:
         return sch
     sch.reorder(*red, *atile)
     sch.decompose_reduction(acc, red[0])
-    # long blocks of channel words: 4 words per iteration (rv32imc dense w4a4, 128-word
-    # blocks: 534K -> 444K instructions; 8 per iteration 440K)
-    if "rj" in ar and int(sch.get(ar["rj"]).extent) % 4 == 0 and int(sch.get(ar["rj"]).extent) > 4:
+    # 4 channel words per iteration (rv32imc dense w4a4, blocks of 128: 534K -> 444K; 8: 440K)
+    if "rj" in ar and (e := int(sch.get(ar["rj"]).extent)) % 4 == 0 and e > 4:
         sch.unroll(sch.split(ar["rj"], [None, 4])[1])
     # the kernel rows too on RV32 (Spike, reference layer w4a4: 43.1M -> 42.6M; on RV64 +0.2%)
     for r in ("rx", "ry") if kd.word_bits == 32 else ("rx",):
