@@ -46,13 +46,18 @@ def swar_lanes(wl: Conv2dWorkload, w_bits: int, a_bits: int,
     most lanes that satisfy both win (ULPPACK, Won et al., MLSys 2022, on plain integer
     multiplies).
     """
-    span = ((1 << a_bits) - 1) * (2 if w_bits == 1 else (1 << w_bits) - 1)
+    span = _lane_span(w_bits, a_bits)
     for p in range(8, 0, -1):
         s = word_bits // p
         t = wl.kh * wl.kw * (block_words or -(-wl.cg // p))
         if t * p * span < (1 << s) or p == 1:
             return p, s
     raise AssertionError("unreachable")
+
+
+def _lane_span(w_bits: int, a_bits: int) -> int:
+    """max(a) * (max(w) - min(w)): the width of one signed lane term's range."""
+    return ((1 << a_bits) - 1) * (2 if w_bits == 1 else (1 << w_bits) - 1)
 
 
 def channel_lane_bias(wl: Conv2dWorkload, w_bits: int, a_bits: int, word_bits: int = 64,
@@ -87,7 +92,7 @@ def channel_block(wl: Conv2dWorkload, w_bits: int, a_bits: int,
     taps = wl.kh * wl.kw
     if taps > 1:  # with a kernel window the tiles of block sums spill (pixel lanes block)
         return None
-    span = ((1 << a_bits) - 1) * (2 if w_bits == 1 else (1 << w_bits) - 1)
+    span = _lane_span(w_bits, a_bits)
 
     def per_mac(p: int, bw: int | None) -> float:
         nwp = -(-wl.cg // p)
@@ -128,9 +133,8 @@ def _swar_channels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
     pointwise and dense layers the kt output channels of the default schedule's register tile
     side by side (one pointer for the tile's weight loads: on RV32 four row pointers ran out
     of registers; on 3x3 layers it lost, rv64gc 64 -> 64 w2a2 23.2M vs 25.1M), else kt = 1;
-    activations are
-    padded (with ``pad_value``) and packed in the kernel, shifted so that the dot product's
-    lane ends at the word's top bit. The sum is read back as ``((acc + B) >> shift) - beta``
+    activations are padded (with ``pad_value``) and packed in the kernel, shifted so that the
+    dot product's lane ends at the word's top bit. The sum is read back as ``((acc + B) >> shift) - beta``
     (B: :func:`channel_lane_bias` in every lane), so no zero-point correction is needed.
     ``block_words``: packed words per lane sum (None: all); each block's lane is added into
     an int32 sum, so it only holds a block's sum.
@@ -307,14 +311,12 @@ def conv2d_swar(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int = 0
         block = block or lane_block(wl, w_bits, a_bits, word_bits)
         return _swar_pixels(wl, w_bits, a_bits, pad_value, word_bits,
                             None if block == wl.cg else block)
-    if block_words is not None:
-        nwp = -(-wl.cg // swar_lanes(wl, w_bits, a_bits, word_bits, block_words)[0])
-        if not (0 < block_words <= nwp and nwp % block_words == 0):
-            raise ValueError(f"swar block_words must divide the {nwp} packed words per "
-                             f"window column, got {block_words}")
-    else:
-        block_words = channel_block(wl, w_bits, a_bits, word_bits)
+    given = block_words is not None
+    block_words = block_words if given else channel_block(wl, w_bits, a_bits, word_bits)
     nwp = -(-wl.cg // swar_lanes(wl, w_bits, a_bits, word_bits, block_words)[0])
+    if given and not (0 < block_words <= nwp and nwp % block_words == 0):
+        raise ValueError(f"swar block_words must divide the {nwp} packed words per "
+                         f"window column, got {block_words}")
     return _swar_channels(wl, w_bits, a_bits, pad_value, word_bits,
                           None if block_words == nwp else block_words)
 
