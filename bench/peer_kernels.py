@@ -14,9 +14,12 @@ to int8 included. Layers (NHWC for the library, NCHW for ours):
 
 Ours: the fastest of our variants (int8, swar, bitserial, unpack; default schedules) at each
 bits pair, measured by ``measure_many`` (cached in ``--out``), **plus our requantization**:
-the int32 -> uint8 epilogue the compiler emits after each quantized layer
+the int32 -> uint8 epilogue the compiler emits after each quantized layer, fused into the
+kernel where the compiler fuses it (``tvm_mpq.schedules.epilogue.fuses``; marked "fused"),
+else as its own pass
 (``tvm_mpq.measure.overhead.requantize_case``: per-channel dyadic rescale in the profile's
-form, ReLU folded into the clamp), measured on the same simulator over the layer's output.
+form, ReLU folded into the clamp; rows unrolled as in the artifact,
+``tvm_mpq.schedules.glue``), measured on the same simulator over the layer's output.
 Both sides therefore go from int8 inputs to int8 outputs. Ratio = library / ours (> 1:
 ours needs fewer instructions).
 
@@ -196,19 +199,67 @@ def our_counts(profile: str, out: str) -> dict[tuple[str, int, int], tuple[int, 
 
 def requant_counts(profile: str, out: str) -> dict[str, int]:
     """Instructions of our requantize epilogue over each layer class's output (one call)."""
+    from dataclasses import replace
+
     import numpy as np
 
     from tvm_mpq.measure.baremetal import run_kernels
     from tvm_mpq.measure.overhead import requantize_case
+    from tvm_mpq.schedules.glue import schedule_glue
     from tvm_mpq.targets import get_profile
 
     prof = get_profile(profile)
     rng = np.random.default_rng(0)
     cases = {n: requantize_case(f"rq_{n}", tuple(wl.output_shape), prof.xlen, rng)
              for n, wl in our_workloads().items()}
+    # scheduled as the standalone artifact runs the glue
+    cases = {n: replace(c, func=schedule_glue(c.func)) for n, c in cases.items()}
     runs = run_kernels(list(cases.values()), prof, "spike",
                        workdir=os.path.join(out, f"requant_{profile}"))
     return {n: r.instructions for n, r in zip(cases, runs, strict=True) if r.status == "ok"}
+
+
+def fused_counts(profile: str, out: str,
+                 picks: dict[tuple[str, int, int], str]) -> dict[tuple[str, int, int], int]:
+    """Instructions of the picked kernels with the requantize epilogue fused, for those the
+    compiler fuses on ``profile`` (:func:`tvm_mpq.schedules.epilogue.fuses`): what the
+    compiled model runs for them instead of kernel + epilogue pass."""
+    import numpy as np
+    from tvm import te
+
+    from tvm_mpq.compiler.dyadic_ops import dyadic_consts, dyadic_form, requantize_dyadic_te
+    from tvm_mpq.measure.baremetal import KernelCase, run_kernels
+    from tvm_mpq.quant.dyadic import dyadic_params, requantize_dyadic_ref
+    from tvm_mpq.schedules import make_kernel
+    from tvm_mpq.schedules.epilogue import fused_schedule, fuses
+    from tvm_mpq.schedules.ms_tune import reference_output, validation_inputs
+    from tvm_mpq.targets import get_profile
+
+    prof, wls, cases = get_profile(profile), our_workloads(), {}
+    for (layer, wb, ab), variant in picks.items():
+        kd = make_kernel(wls[layer], variant, wb, ab, word_bits=prof.word_bits)
+        if not fuses(kd, prof):
+            continue
+        x, w = validation_inputs(kd, 0)[0]
+        acc = np.asarray(reference_output(kd, x, w)).astype(np.int64)
+        k = acc.shape[1]
+        # results spread over the codes as a layer's do (about half clamped by the ReLU)
+        real = 80.0 / np.maximum(acc.std(axis=(0, 2, 3)), 1.0)
+        m, kk, t = dyadic_params(real, np.zeros(k, np.int64), 0)
+        form = dyadic_form(t, prof.xlen)
+        consts = dyadic_consts(m, kk, t, form)
+        ph = [te.placeholder((k,), str(c.dtype), f"c{i}") for i, c in enumerate(consts)]
+        fk = kd.with_epilogue(
+            lambda o, p, form=form: requantize_dyadic_te(o, p, 0, 255, "uint8", 1, form),
+            ph, f"0,255,{form}")
+        name = f"fused_{layer}_w{wb}a{ab}"
+        args = fk.make_args(x, w, consts)
+        ref = requantize_dyadic_ref(acc, m, kk, t, 0, 255, ch_axis=1).astype(np.uint8)
+        func = fused_schedule(fk, profile)["main"].with_attr("global_symbol", name)
+        cases[(layer, wb, ab)] = KernelCase(name, func, args, {len(args) - 1: ref})
+    runs = run_kernels(list(cases.values()), prof, "spike",
+                       workdir=os.path.join(out, f"fused_{profile}"))
+    return {key: r.instructions for key, r in zip(cases, runs, strict=True) if r.status == "ok"}
 
 
 def main() -> None:
@@ -232,6 +283,7 @@ def main() -> None:
         lib = library_counts(src, prof, args.out)
         ours = our_counts(name, args.out)
         rq = requant_counts(name, args.out)
+        fused = fused_counts(name, args.out, {k: v for k, (_, v) in ours.items()})
         for layer, (s8, s4) in LIBRARY.items():
             ref = lib.get(s8)
             cells = [name, layer, f"{ref:,}" if ref else "failed", f"{rq[layer]:,}"
@@ -239,6 +291,8 @@ def main() -> None:
             for w, a in BITS:
                 n, v = ours.get((layer, w, a), (None, "-"))
                 n = n + rq[layer] if n and layer in rq else None
+                if (layer, w, a) in fused:  # what the compiler emits: the epilogue inside
+                    n, v = fused[(layer, w, a)], f"{v} fused"
                 ok = n and ref
                 mark = "" if not ok else (" ok" if ref / n >= GOALS[(w, a)] else " (goal "
                                           f"{GOALS[(w, a)]}x)")

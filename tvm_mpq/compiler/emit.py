@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import tvm
-from tvm import relax
+from tvm import relax, te
 
 from tvm_mpq.compiler.dyadic_ops import dyadic_consts, dyadic_form, requantize_dyadic_te
 from tvm_mpq.compiler.int_ops import (
@@ -46,6 +46,7 @@ from tvm_mpq.quant import integer as I
 from tvm_mpq.quant.plan import QuantPlan, resolve_variant
 from tvm_mpq.quant.qparams import QuantParams
 from tvm_mpq.schedules import DenseWorkload, KernelDef, make_kernel
+from tvm_mpq.schedules.epilogue import fused_schedule, fuses
 from tvm_mpq.schedules.workload import workload_from_layer
 from tvm_mpq.targets import Profile
 
@@ -184,17 +185,32 @@ class Emitter:
         else:
             xq = bb.emit_te(lambda t: quantize_codes_te(t, spec_in), x,
                             primfunc_name_hint="quantize")
-        acc, site = self._call_kernel(bb, kd, info.name, xq, qp.w_q.astype(np.int64))
-        self.sites.append(site)
+        w_q = qp.w_q.astype(np.int64)
         if pn.spec is None:  # the output is read as float: dequantize in the epilogue
+            acc, site = self._call_kernel(bb, kd, info.name, xq, w_q)
+            self.sites.append(site)
             return self._dequantize(bb, acc, qp)
         p = I.layer_params(qp, pn.spec)
         form = dyadic_form(p["t"], self.xlen)
-        consts = [relax.const(c, str(c.dtype))  # int64 K: relax.const would narrow it
-                  for c in dyadic_consts(p["m"], p["k"], p["t"], form)]
+        values = dyadic_consts(p["m"], p["k"], p["t"], form)
+        consts = [relax.const(c, str(c.dtype)) for c in values]  # int64 K: kept 64-bit
         lo, hi = pn.lo, pn.hi
-        return bb.emit_te(lambda a, *c: requantize_dyadic_te(a, list(c), lo, hi, "uint8", 1, form),
-                          acc, *consts, primfunc_name_hint="requantize")
+
+        def requant(a: Any, c: list) -> Any:
+            return requantize_dyadic_te(a, list(c), lo, hi, "uint8", 1, form)
+
+        tuned = self.schedule_for is not None and self.schedule_for(kd) is not None
+        if fuses(kd, self.profile) and not tuned:  # a tuned schedule is for the kernel alone
+            k = int(kd.output.shape[1])  # the epilogue inside the kernel (schedules.epilogue)
+            ph = [te.placeholder((k,), str(c.dtype), f"rq{i}") for i, c in enumerate(values)]
+            fused = kd.with_epilogue(requant, ph, f"{lo},{hi},{form}")
+            y, site = self._call_kernel(bb, fused, info.name, xq, w_q, consts)
+            self.sites.append(site)
+            return y
+        acc, site = self._call_kernel(bb, kd, info.name, xq, w_q)
+        self.sites.append(site)
+        return bb.emit_te(lambda a, *c: requant(a, c), acc, *consts,
+                          primfunc_name_hint="requantize")
 
     def float_glue_layer(self, info: LayerInfo, node: Any, importer: Any) -> Any:
         """A call site with the float glue: quantize, kernel, dequantize (None: unplanned)."""
@@ -236,24 +252,30 @@ class Emitter:
         self.fp32_sites.append(site)
         return y
 
-    def _call_kernel(self, bb: Any, kd: KernelDef, name: str, x: Any,
-                     weight: np.ndarray) -> tuple[Any, QuantizedSite]:
+    def _call_kernel(self, bb: Any, kd: KernelDef, name: str, x: Any, weight: np.ndarray,
+                     extra: list[Any] = ()) -> tuple[Any, QuantizedSite]:
         """``call_tir`` of kernel ``kd`` (scheduled if a schedule is provided) on ``x`` with the
-        pre-packed ``weight`` as a constant; a dense layer runs as its 1x1 conv (reshapes)."""
+        pre-packed ``weight`` as a constant (then ``extra``: its epilogue's constants); a dense
+        layer runs as its 1x1 conv (reshapes)."""
         wl = kd.workload
-        scheduled = self.schedule_for(kd) if self.schedule_for else None
+        tuned = self.schedule_for is not None and kd.epilogue is None
+        scheduled = self.schedule_for(kd) if tuned else None
         gv = self._kernel_gv(bb, kd, scheduled, name)
         if isinstance(wl, DenseWorkload):
             x = bb.emit(relax.op.reshape(x, (wl.m, wl.d, 1, 1)))
         w_arg = relax.const(np.ascontiguousarray(kd.prepare_weight(weight)))
-        out_shape = [int(d) for d in kd.output.shape]
-        y = bb.emit(relax.call_tir(gv, [x, w_arg], relax.TensorType(out_shape, kd.out_dtype)))
+        res = kd.result
+        out_shape = [int(d) for d in res.shape]
+        y = bb.emit(relax.call_tir(gv, [x, w_arg, *extra],
+                                   relax.TensorType(out_shape, str(res.dtype))))
         if isinstance(wl, DenseWorkload):
             y = bb.emit(relax.op.reshape(y, wl.output_shape))
         return y, QuantizedSite(name, kd, gv.name_hint, scheduled is not None)
 
     def _kernel_gv(self, bb: Any, kd: KernelDef, scheduled: tvm.IRModule | None, name: str):
-        if scheduled is None:  # our default schedule for the profile, else the plain lowering
+        if kd.epilogue is not None:
+            func = fused_schedule(kd, self.profile.name)["main"]
+        elif scheduled is None:  # our default schedule for the profile, else the plain lowering
             from tvm_mpq.schedules.default_schedules import default_schedule
 
             default = default_schedule(kd, self.profile.name)

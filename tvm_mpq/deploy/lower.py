@@ -20,6 +20,9 @@ def lower_for_standalone(mod: tvm.IRModule, target: tvm.target.Target,
             shapes make FuseTIR fail, and their schedules must stay as tuned).
         fuse: fuse the elementwise / reduction TE ops (dequantize + relu + quantize, ...). The
             fused functions perform the same float32 operations as the unfused ones.
+
+    The PrimFuncs outside ``opaque`` (the glue) get the unrolled rows of
+    :func:`~tvm_mpq.schedules.glue.schedule_glue`, as their measurement does.
     """
     import tvm
     from tvm import relax
@@ -34,5 +37,11 @@ def lower_for_standalone(mod: tvm.IRModule, target: tvm.target.Target,
         passes += [relax.transform.FuseOps(), relax.transform.FuseTIR()]
     passes += [relax.transform.DeadCodeElimination(), relax.transform.RewriteDataflowReshape(),
                relax.transform.ToNonDataflow()]
+    from tvm_mpq.schedules.glue import schedule_glue
+
     with target:
-        return tvm.transform.Sequential(passes)(mod)
+        mod = tvm.transform.Sequential(passes)(mod)
+    for gv, f in list(mod.functions.items()):
+        if gv.name_hint not in opaque and isinstance(f, tvm.tirx.PrimFunc):
+            mod[gv] = schedule_glue(f)
+    return mod

@@ -17,8 +17,9 @@ bit-exact against the numpy reference in :mod:`.reference`.
 #: (``swar.lane_block``). 8: swar channel lanes hold signed weights read back with a lane bias
 #: (no window sums; the read-out fused into pointwise / dense tiles), are summed over blocks
 #: of packed words in dense layers (``swar.channel_block``), and a tile's packed weights sit
-#: side by side (``swar.channel_ktile``).
-KERNELS_REVISION = 8
+#: side by side (``swar.channel_ktile``). 9: depthwise swar kernels read their lanes out lane
+#: by lane; the pixel lanes' signed read-out stays exact under a fused epilogue.
+KERNELS_REVISION = 9
 
 from tvm_mpq.schedules.build import build_kernel, resolve_target  # noqa: E402
 from tvm_mpq.schedules.host_run import run_conv2d, run_dense  # noqa: E402

@@ -363,13 +363,17 @@ def _swar_pixels(wl: Conv2dWorkload, w_bits: int, a_bits: int, pad_value: int,
                                     * w[k, rc, ry, rx].astype(wdt), axis=[rc, ry, rx]),
         name="swar_acc")
     bias = sum(1 << (i * s + s - 1) for i in range(p)) % (1 << word_bits)
-    half = tvm.tirx.const(1 << (s - 1), wdt)
     mask = tvm.tirx.const((1 << min(s, word_bits)) - 1, wdt)
 
     def out(n, k, oh, ow):
         v = acc[n, k, oh, ow % q_] + tvm.tirx.const(bias, wdt)
         lane = (v >> ((ow // q_) * s).astype(wdt)) & mask
-        return (lane - half).astype("int32")  # two's complement: the low 32 bits are L
+        # L in signed arithmetic wide enough to hold it, not as the low 32 bits of the
+        # unsigned difference: TVM folds a consumer's widening cast of that truncation into
+        # the unsigned value (a fused requantize epilogue read 2^32 + L)
+        if s < 32:
+            return lane.astype("int32") - tvm.tirx.const(1 << (s - 1), "int32")
+        return (lane.astype("int64") - tvm.tirx.const(1 << 31, "int64")).astype("int32")
 
     res = te.compute(wl.output_shape, out, name="conv2d_swar")
     return KernelDef(wl, "swar", w_bits, a_bits, [x, w, res],
