@@ -273,6 +273,9 @@ class Emitter:
         return y, QuantizedSite(name, kd, gv.name_hint, scheduled is not None)
 
     def _kernel_gv(self, bb: Any, kd: KernelDef, scheduled: tvm.IRModule | None, name: str):
+        key = f"{kd.describe()} pad{kd.pad_value} wb{kd.word_bits} {scheduled is not None}"
+        if key in self._funcs:  # the same kernel (and epilogue) as an earlier layer
+            return self._funcs[key]
         if kd.epilogue is not None:
             func = fused_schedule(kd, self.profile.name)["main"]
         elif scheduled is None:  # our default schedule for the profile, else the plain lowering
@@ -282,9 +285,6 @@ class Emitter:
             func = default["main"] if default is not None else kd.prim_func("main")
         else:
             func = scheduled["main"]
-        key = f"{kd.describe()} pad{kd.pad_value} wb{kd.word_bits} {scheduled is not None}"
-        if key in self._funcs:
-            return self._funcs[key]
         bits = "" if kd.variant == "fp32" else f"_w{kd.w_bits}a{kd.a_bits}"
         fname = f"qk_{kd.variant}{bits}_" + name.replace(".", "_")
         func = func.without_attr("global_symbol") if "global_symbol" in (func.attrs or {}) else func
