@@ -10,7 +10,9 @@ the input zero point). Around it:
   global average pooling and activations between quantized layers run on codes
   (:mod:`tvm_mpq.compiler.int_ops`). A float value is quantized once where it enters integer
   code, and codes are dequantized once where a float operator (an fp32 layer, the float
-  output) reads them. Equals ``fake_quant(..., integer_only=True)`` bit for bit.
+  output) reads them. Equals ``fake_quant(..., integer_only=True)`` bit for bit. Where
+  :func:`~tvm_mpq.schedules.epilogue.fuses` says so, the epilogue runs inside the kernel
+  (one PrimFunc storing the codes; the epilogue's constants follow the weight).
 * ``glue="float"`` (for comparison): quantize the float input, run the kernel, dequantize
   ``float32(acc - z * sum_w[k]) * float32(s_a * s_w[k]) + bias[k]``; everything between
   layers stays float. Equals ``fake_quant(..., integer_accumulate=True)``.
