@@ -225,9 +225,8 @@ def fused_counts(profile: str, out: str,
     compiler fuses on ``profile`` (:func:`tvm_mpq.schedules.epilogue.fuses`): what the
     compiled model runs for them instead of kernel + epilogue pass."""
     import numpy as np
-    from tvm import te
 
-    from tvm_mpq.compiler.dyadic_ops import dyadic_consts, dyadic_form, requantize_dyadic_te
+    from tvm_mpq.compiler.dyadic_ops import dyadic_consts, dyadic_form, with_requantize
     from tvm_mpq.measure.baremetal import KernelCase, run_kernels
     from tvm_mpq.quant.dyadic import dyadic_params, requantize_dyadic_ref
     from tvm_mpq.schedules import make_kernel
@@ -248,10 +247,7 @@ def fused_counts(profile: str, out: str,
         m, kk, t = dyadic_params(real, np.zeros(k, np.int64), 0)
         form = dyadic_form(t, prof.xlen)
         consts = dyadic_consts(m, kk, t, form)
-        ph = [te.placeholder((k,), str(c.dtype), f"c{i}") for i, c in enumerate(consts)]
-        fk = kd.with_epilogue(
-            lambda o, p, form=form: requantize_dyadic_te(o, p, 0, 255, "uint8", 1, form),
-            ph, f"0,255,{form}")
+        fk = with_requantize(kd, consts, 0, 255, form)
         name = f"fused_{layer}_w{wb}a{ab}"
         args = fk.make_args(x, w, consts)
         ref = requantize_dyadic_ref(acc, m, kk, t, 0, 255, ch_axis=1).astype(np.uint8)

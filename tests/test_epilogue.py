@@ -7,9 +7,8 @@ import pytest
 import tvm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tvm import te
 
-from tvm_mpq.compiler.dyadic_ops import dyadic_consts, requantize_dyadic_te
+from tvm_mpq.compiler.dyadic_ops import dyadic_consts, with_requantize
 from tvm_mpq.quant.dyadic import dyadic_params, requantize_dyadic_ref
 from tvm_mpq.schedules import Conv2dWorkload, make_kernel
 from tvm_mpq.schedules.epilogue import fused_schedule, fuses
@@ -30,9 +29,7 @@ def _fused(kd, seed: int = 0):
     real = rng.uniform(0.5, 1.5, k) * 200.0 / max(1, int(np.abs(acc).max()))
     m, kk, t = dyadic_params(real, rng.integers(-100, 100, k), 0)
     consts = dyadic_consts(m, kk, t, "wide")
-    ph = [te.placeholder((k,), str(c.dtype), f"c{i}") for i, c in enumerate(consts)]
-    fk = kd.with_epilogue(lambda o, p: requantize_dyadic_te(o, p, 3, 250, "uint8", 1, "wide"),
-                          ph, "3,250,wide")
+    fk = with_requantize(kd, consts, 3, 250, "wide")
     ref = requantize_dyadic_ref(acc, m, kk, t, 3, 250, ch_axis=1).astype(np.uint8)
     return fk, fk.make_args(x, w, consts), ref
 

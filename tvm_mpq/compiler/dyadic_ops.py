@@ -15,13 +15,17 @@ Two forms compute the same ``clamp((x * M + K) >> T, lo, hi)``:
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tvm
 from tvm import te
 
-__all__ = ["FORMS", "dyadic_consts", "dyadic_expr", "dyadic_form", "requantize_dyadic_te"]
+if TYPE_CHECKING:
+    from tvm_mpq.schedules.kernel import KernelDef
+
+__all__ = ["FORMS", "dyadic_consts", "dyadic_expr", "dyadic_form", "requantize_dyadic_te",
+           "with_requantize"]
 
 FORMS = ("wide", "hi32")
 
@@ -85,3 +89,14 @@ def requantize_dyadic_te(x: te.Tensor, consts: list[Any], lo: int, hi: int,
         return tvm.tirx.max(tvm.tirx.min(y, hi_c), lo_c).astype(out_dtype)
 
     return te.compute(x.shape, f, name=name)
+
+
+def with_requantize(kd: KernelDef, consts: list[np.ndarray], lo: int, hi: int,
+                    form: str = "wide") -> KernelDef:
+    """Kernel ``kd`` with :func:`requantize_dyadic_te` fused after its output to uint8
+    (:meth:`~tvm_mpq.schedules.kernel.KernelDef.with_epilogue`): the per-channel constant
+    arrays ``consts`` (:func:`dyadic_consts` of ``form``) become parameters after the weight."""
+    k = int(kd.output.shape[1])
+    ph = [te.placeholder((k,), str(c.dtype), f"rq{i}") for i, c in enumerate(consts)]
+    return kd.with_epilogue(lambda o, p: requantize_dyadic_te(o, p, lo, hi, "uint8", 1, form),
+                            ph, f"{lo},{hi},{form}")

@@ -31,9 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 import tvm
-from tvm import relax, te
+from tvm import relax
 
-from tvm_mpq.compiler.dyadic_ops import dyadic_consts, dyadic_form, requantize_dyadic_te
+from tvm_mpq.compiler.dyadic_ops import (
+    dyadic_consts,
+    dyadic_form,
+    requantize_dyadic_te,
+    with_requantize,
+)
 from tvm_mpq.compiler.int_ops import (
     add_codes_te,
     clamp_codes_te,
@@ -188,8 +193,9 @@ class Emitter:
             xq = bb.emit_te(lambda t: quantize_codes_te(t, spec_in), x,
                             primfunc_name_hint="quantize")
         w_q = qp.w_q.astype(np.int64)
+        tuned = self._tuned(kd)
         if pn.spec is None:  # the output is read as float: dequantize in the epilogue
-            acc, site = self._call_kernel(bb, kd, info.name, xq, w_q)
+            acc, site = self._call_kernel(bb, kd, info.name, xq, w_q, tuned)
             self.sites.append(site)
             return self._dequantize(bb, acc, qp)
         p = I.layer_params(qp, pn.spec)
@@ -197,22 +203,15 @@ class Emitter:
         values = dyadic_consts(p["m"], p["k"], p["t"], form)
         consts = [relax.const(c, str(c.dtype)) for c in values]  # int64 K: kept 64-bit
         lo, hi = pn.lo, pn.hi
-
-        def requant(a: Any, c: list) -> Any:
-            return requantize_dyadic_te(a, list(c), lo, hi, "uint8", 1, form)
-
-        tuned = self.schedule_for is not None and self.schedule_for(kd) is not None
-        if fuses(kd, self.profile) and not tuned:  # a tuned schedule is for the kernel alone
-            k = int(kd.output.shape[1])  # the epilogue inside the kernel (schedules.epilogue)
-            ph = [te.placeholder((k,), str(c.dtype), f"rq{i}") for i, c in enumerate(values)]
-            fused = kd.with_epilogue(requant, ph, f"{lo},{hi},{form}")
-            y, site = self._call_kernel(bb, fused, info.name, xq, w_q, consts)
+        if tuned is None and fuses(kd, self.profile):  # a tuned schedule is for the kernel alone
+            fused = with_requantize(kd, values, lo, hi, form)  # inside the kernel
+            y, site = self._call_kernel(bb, fused, info.name, xq, w_q, None, consts)
             self.sites.append(site)
             return y
-        acc, site = self._call_kernel(bb, kd, info.name, xq, w_q)
+        acc, site = self._call_kernel(bb, kd, info.name, xq, w_q, tuned)
         self.sites.append(site)
-        return bb.emit_te(lambda a, *c: requant(a, c), acc, *consts,
-                          primfunc_name_hint="requantize")
+        return bb.emit_te(lambda a, *c: requantize_dyadic_te(a, list(c), lo, hi, "uint8", 1, form),
+                          acc, *consts, primfunc_name_hint="requantize")
 
     def float_glue_layer(self, info: LayerInfo, node: Any, importer: Any) -> Any:
         """A call site with the float glue: quantize, kernel, dequantize (None: unplanned)."""
@@ -224,7 +223,8 @@ class Emitter:
         bb = importer.block_builder
         xq = bb.emit_te(lambda t: quantize_te(t, qp), _input_var(node, importer),
                         primfunc_name_hint="quantize")
-        acc, site = self._call_kernel(bb, kd, info.name, xq, qp.w_q.astype(np.int64))
+        acc, site = self._call_kernel(bb, kd, info.name, xq, qp.w_q.astype(np.int64),
+                                      self._tuned(kd))
         self.sites.append(site)
         return self._dequantize(bb, acc, qp)
 
@@ -247,21 +247,25 @@ class Emitter:
         bb = importer.block_builder
         kd = make_kernel(workload_from_layer(info), "fp32", 8, 8, word_bits=self.profile.word_bits)
         w = mod.weight.detach().cpu().numpy().astype(np.float32)
-        y, site = self._call_kernel(bb, kd, info.name, _input_var(node, importer), w)
+        y, site = self._call_kernel(bb, kd, info.name, _input_var(node, importer), w,
+                                    self._tuned(kd))
         if mod.bias is not None:
             bias = relax.const(mod.bias.detach().cpu().numpy().astype(np.float32))
             y = bb.emit_te(bias_te, y, bias, primfunc_name_hint="bias_add")
         self.fp32_sites.append(site)
         return y
 
+    def _tuned(self, kd: KernelDef) -> tvm.IRModule | None:
+        """The provided (tuned) schedule of ``kd``, or None."""
+        return self.schedule_for(kd) if self.schedule_for is not None else None
+
     def _call_kernel(self, bb: Any, kd: KernelDef, name: str, x: Any, weight: np.ndarray,
+                     scheduled: tvm.IRModule | None,
                      extra: list[Any] = ()) -> tuple[Any, QuantizedSite]:
-        """``call_tir`` of kernel ``kd`` (scheduled if a schedule is provided) on ``x`` with the
-        pre-packed ``weight`` as a constant (then ``extra``: its epilogue's constants); a dense
-        layer runs as its 1x1 conv (reshapes)."""
+        """``call_tir`` of kernel ``kd`` (with ``scheduled``, its :meth:`_tuned` schedule, else
+        the default one) on ``x`` with the pre-packed ``weight`` as a constant (then
+        ``extra``: its epilogue's constants); a dense layer runs as its 1x1 conv (reshapes)."""
         wl = kd.workload
-        tuned = self.schedule_for is not None and kd.epilogue is None
-        scheduled = self.schedule_for(kd) if tuned else None
         gv = self._kernel_gv(bb, kd, scheduled, name)
         if isinstance(wl, DenseWorkload):
             x = bb.emit(relax.op.reshape(x, (wl.m, wl.d, 1, 1)))

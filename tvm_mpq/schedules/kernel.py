@@ -96,9 +96,10 @@ class KernelDef:
                   extra: list[np.ndarray] = ()) -> list[np.ndarray]:
         """Numpy arguments (input, prepared weight, ``extra``: the epilogue's params, output
         buffer) for a call."""
-        if len(extra) != (0 if self.epilogue is None else len(self.epilogue.params)):
+        want = 0 if self.epilogue is None else len(self.epilogue.params)
+        if len(extra) != want:
             raise ValueError(f"{self.describe()}: {len(extra)} epilogue arguments given for "
-                             f"{0 if self.epilogue is None else len(self.epilogue.params)}")
+                             f"{want}")
         res = self.result
         out = np.zeros([int(d) for d in res.shape], str(res.dtype))
         return [self.prepare_input(x), self.prepare_weight(w), *extra, out]
