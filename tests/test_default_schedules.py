@@ -88,6 +88,35 @@ def test_register_tiles_fit_the_workload(case) -> None:
         assert wl.kg % kt == 0 and wl.ow % owt == 0 and kt * owt <= 16
 
 
+@settings(max_examples=200, deadline=None)
+@given(conv_cases())
+def test_integer_direct_tiles_load_the_least_per_mac(case) -> None:
+    """int8 / unpack: of the tiles that divide the layer within the register budget (8
+    accumulators with a kernel window, 16 without), the one with the fewest loads per MAC."""
+    wl = case[0]
+    if (wl.groups > 1 and wl.kg == 1) or wl.oh * wl.ow == 1:
+        return  # depthwise and dense keep their own tiles
+    cap = 8 if wl.kh * wl.kw > 1 else 16
+
+    def loads(kt: int, owt: int) -> float:
+        return ((owt - 1) * wl.stride[1] + wl.kw + kt * wl.kw) / (kt * owt * wl.kw)
+
+    kt, owt = direct_tile(wl, "int8")
+    assert direct_tile(wl, "unpack") == (kt, owt) and kt * owt <= cap and owt <= 7
+    assert all(loads(kt, owt) <= loads(a, b) for a in range(1, cap + 1) for b in range(1, 8)
+               if wl.kg % a == 0 and wl.ow % b == 0 and a * b <= cap)
+
+
+def test_direct_tiles_of_measured_layers() -> None:
+    """The tiles measured best on Spike (docstring of ``direct_tile``)."""
+    c = Conv2dWorkload.make
+    assert direct_tile(REF_LAYER, "int8") == (2, 4) and direct_tile(REF_LAYER, "fp32") == (4, 4)
+    assert direct_tile(c((1, 64, 14, 14), (64, 64, 3, 3), 1, 1), "int8") == (1, 7)
+    assert direct_tile(c((1, 64, 14, 14), (128, 64, 1, 1), 1, 0), "int8") == (8, 2)
+    assert direct_tile(c((1, 96, 7, 7), (160, 96, 1, 1), 1, 0), "int8") == (2, 7)
+    assert direct_tile(c((1, 96, 4, 4), (16, 96, 1, 1), 1, 0), "int8") == (4, 4)
+
+
 def test_bitserial_is_tiled_only_where_measured_faster() -> None:
     # vector cores without popcount keep the plain (vectorized) lowering up to W*A = 4
     assert not bitserial_is_tiled(2, 2, "rv64gcv") and bitserial_is_tiled(4, 4, "rv64gcv")
@@ -172,8 +201,9 @@ def test_swar_beats_int8_on_rv64gc() -> None:
 @pytest.mark.slow
 def test_register_tiles_reference_layer() -> None:
     """Regression guard for the tiled default schedules on the reference layer (rv64gc_zbb,
-    measured 44.3M fp32 = 1.53 instructions per MAC, int8 2.76; MetaSchedule's 32 trials
-    reached 51.3M fp32) and for pixel lanes on depthwise (swar w4a4 0.85M vs int8 1.34M)."""
+    measured 44.3M fp32 = 1.53 instructions per MAC, int8 2.55 (2.76 with load clustering);
+    MetaSchedule's 32 trials reached 51.3M fp32) and for pixel lanes on depthwise (swar w4a4
+    0.85M vs int8 1.34M)."""
     from tvm_mpq.measure.baremetal import run_kernels
 
     dw = Conv2dWorkload.make((1, 64, 28, 28), (64, 1, 3, 3), 1, 1, groups=64)
@@ -182,7 +212,7 @@ def test_register_tiles_reference_layer() -> None:
                                     "rv64gc_zbb"), "rv64gc_zbb", "spike")
     assert all(r.status == "ok" for r in runs), [r.message for r in runs]
     fp32, int8, dw_int8, dw_swar = (r.instructions for r in runs)
-    assert fp32 <= 51_300_000 and int8 <= 2.8 * REF_LAYER.macs, (fp32, int8)
+    assert fp32 <= 51_300_000 and int8 <= 2.6 * REF_LAYER.macs, (fp32, int8)
     assert 1.5 * dw_swar < dw_int8, (dw_swar, dw_int8)
 
 

@@ -49,6 +49,20 @@ def test_riscv_profiles_use_an_in_order_scheduling_model_without_extra_features(
         assert d["mattr"] == list(prof.mattr)
 
 
+def test_riscv_profiles_compile_without_load_clustering():
+    """Every RISC-V profile passes RISCV_LLVM_OPTIONS to codegen (TVM's cl-opt), and LLVM
+    accepts them; the host keeps its own options."""
+
+    from tvm_mpq.targets import RISCV_LLVM_OPTIONS
+
+    for name in ("rv64gc", "rv64gc_zbb", "rv64gcv", "rv32imc"):
+        tgt = get_profile(name).target("baremetal")
+        assert [str(o) for o in tgt.attrs["cl-opt"]] == list(RISCV_LLVM_OPTIONS)
+    assert "-misched-cluster:bool=false" not in get_profile("host").target_dict().get("cl-opt", [])
+    kd = make_kernel(WL, "int8", 8, 8, word_bits=32)
+    assert tvm.compile(kd.prim_func("k"), target=get_profile("rv32imc").target("baremetal"))
+
+
 @pytest.mark.parametrize("alias, name", [("riscv", "rv64gc_zbb"), ("RISCV64-ZBB", "rv64gc_zbb"),
                                          ("riscv64", "rv64gc"), ("riscv64-v", "rv64gcv"),
                                          ("riscv32", "rv32imc"), ("llvm", "host")])

@@ -6,8 +6,8 @@ runs: padded elements, packed words, MACs, plane popcounts, register tiles, ... 
 model's analytic prior (:mod:`tvm_mpq.costmodel.analytic`) fits instructions per iteration
 on them; the features (:mod:`tvm_mpq.costmodel.features`) summarise them per MAC.
 
-The counts follow the schedules' own tile choices (:func:`~tvm_mpq.schedules.default_schedules.
-bitserial_tile`, :func:`~tvm_mpq.schedules.default_schedules.swar_tile`) and a small model of
+The counts follow the schedules' own tile choices (:mod:`tvm_mpq.schedules.tiles`:
+``bitserial_tile``, ``swar_tile``, ``direct_tile``) and a small model of
 what LLVM fully unrolls (:func:`reduction_unrolled`), measured on Spike.
 
 Public API::
@@ -25,14 +25,10 @@ import numpy as np
 
 from tvm_mpq.costmodel.query import CostQuery
 from tvm_mpq.schedules.conv2d import grouped_planes, pixel_block, plane_accumulators
-from tvm_mpq.schedules.default_schedules import (
-    bitserial_is_tiled,
-    bitserial_tile,
-    direct_tile,
-    swar_tile,
-)
+from tvm_mpq.schedules.default_schedules import bitserial_is_tiled
 from tvm_mpq.schedules.registry import dense_as_conv
 from tvm_mpq.schedules.swar import channel_block, lane_block, swar_kernel_lanes
+from tvm_mpq.schedules.tiles import bitserial_tile, direct_tile, swar_tile
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload, Workload
 from tvm_mpq.targets import get_profile
 

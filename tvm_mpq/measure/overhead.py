@@ -55,8 +55,9 @@ FP32_SUFFIX = "|fp32"
 #: (2: quantize rounds with llvm.lrint; fp32 layers' bias pass. 3: per glue; the integer
 #: glue's requantize epilogue and fp32 boundary conversions. 4: measured in ELFs linked
 #: without relaxation, like the kernels. 5: rows unrolled, as the standalone artifact runs
-#: them: ``tvm_mpq.schedules.glue``)
-PASSES_REVISION = 5
+#: them: ``tvm_mpq.schedules.glue``. 6: compiled with the profiles' LLVM options,
+#: ``targets.RISCV_LLVM_OPTIONS``)
+PASSES_REVISION = 6
 #: the glues the passes are measured for (as :data:`tvm_mpq.compiler.emit.GLUES`)
 GLUES = ("integer", "float")
 

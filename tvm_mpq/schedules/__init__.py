@@ -11,15 +11,17 @@ bit-exact against the numpy reference in :mod:`.reference`.
 #: scalar cores without popcount too. 4 (never released in a result): a local-buffer
 #: workaround for the swar miscompile fixed in 5. 5: swar window sums from the padded input
 #: (the packed form was miscompiled by TVM 0.27 for small windows). 6: register-tiled
-#: default schedules for fp32 / int8 / unpack (``default_schedules.direct_tile``); swar packs
+#: default schedules for fp32 / int8 / unpack (``tiles.direct_tile``); swar packs
 #: output columns where that fills more lanes (``swar.swar_layout``). 7: swar pixel lanes
 #: summed over blocks of input channels where narrower lanes fit more per word
 #: (``swar.lane_block``). 8: swar channel lanes hold signed weights read back with a lane bias
 #: (no window sums; the read-out fused into pointwise / dense tiles), are summed over blocks
 #: of packed words in dense layers (``swar.channel_block``), and a tile's packed weights sit
 #: side by side (``swar.channel_ktile``). 9: depthwise swar kernels read their lanes out lane
-#: by lane; the pixel lanes' signed read-out stays exact under a fused epilogue.
-KERNELS_REVISION = 9
+#: by lane; the pixel lanes' signed read-out stays exact under a fused epilogue. 10: compiled
+#: without load clustering (``targets.RISCV_LLVM_OPTIONS``); int8 / unpack tiles chosen per
+#: layer by loads per MAC (``tiles.direct_tile``).
+KERNELS_REVISION = 10
 
 from tvm_mpq.schedules.build import build_kernel, resolve_target  # noqa: E402
 from tvm_mpq.schedules.host_run import run_conv2d, run_dense  # noqa: E402

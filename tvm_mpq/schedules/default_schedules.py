@@ -11,7 +11,7 @@ get the tiles, from :func:`bitserial_is_tiled`. docs/kernels.md has the design.
 
 fp32 / int8 / unpack / swar: a register tile of kt x owt accumulators (``_schedule_direct``)
 around the reduction, the kernel columns unrolled; the tile per layer class comes from
-instruction counts on Spike (:func:`direct_tile`, :func:`swar_tile`). Larger tiles lose:
+instruction counts on Spike (:mod:`.tiles`: ``direct_tile``, ``swar_tile``). Larger tiles lose:
 LLVM hoists every load of the unrolled body and spills.
 
 Every schedule falls back to ``None`` (the plain lowering) when a primitive fails, so any
@@ -21,13 +21,20 @@ valid workload still compiles.
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import Any
 
 import tvm
 from tvm import s_tir
 
 from tvm_mpq.schedules.kernel import KernelDef
 from tvm_mpq.schedules.registry import dense_as_conv
+from tvm_mpq.schedules.tiles import (  # noqa: F401 - re-exported: the tiles' old home
+    BitserialTile,
+    bitserial_tile,
+    direct_tile,
+    fit_tile,
+    swar_tile,
+)
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload
 
 log = logging.getLogger(__name__)
@@ -35,93 +42,6 @@ log = logging.getLogger(__name__)
 def _conv_workload(kd: KernelDef) -> Conv2dWorkload:
     wl = kd.workload
     return dense_as_conv(wl) if isinstance(wl, DenseWorkload) else wl
-
-
-def fit_tile(extent: int, want: int) -> int:
-    """The tile size used for a loop of ``extent`` when ``want`` is asked: the largest divisor
-    of ``extent`` up to ``want`` (ragged tiles add predicates to the unrolled body)."""
-    return max(d for d in range(1, min(want, extent) + 1) if extent % d == 0)
-
-
-class BitserialTile(NamedTuple):
-    """The register tile of the default bitserial schedule (:func:`bitserial_tile`).
-
-    Attributes:
-        kt, owt: output channels x output columns per tile.
-        k_outer: k tiles outermost (weights reused across the row) instead of innermost.
-        unroll_ry: the kernel rows are unrolled too (the whole window is).
-    """
-
-    kt: int
-    owt: int
-    k_outer: bool
-    unroll_ry: bool
-
-
-def bitserial_tile(wl: Conv2dWorkload, w_bits: int, a_bits: int) -> BitserialTile:
-    """The register tile the default schedule gives bitserial conv ``wl`` at these bits
-    (the cost model's analytic terms count the schedule's loops with it).
-
-    Measured on rv64gc_zbb (Spike, 1x64x28x28 -> 64, 3x3; rocket-rv64 model). What limits
-    the tile is registers: G accumulators per output (A for bipolar 1-bit weights, W+A-1
-    with grouped planes, see ``conv2d.grouped_planes``), plus the loaded words. Measured:
-    G = 1 (w1a1) is best with 4 outputs along ow sharing each weight word and k innermost
-    (the window's activation words stay in registers across k); G <= 3 (w2a2) with 2
-    outputs; larger G with one output, k outermost and the whole kernel window unrolled
-    (w4a4: 83.6% of the 64/(3WA) limit vs 68% with a 2x2 tile of serial planes). A k tile
-    never straddles two groups (they read different activation words).
-    """
-    from tvm_mpq.schedules.conv2d import plane_accumulators
-
-    g = plane_accumulators(w_bits, a_bits)
-    if wl.kh * wl.kw == 1:  # pointwise: no window, so more outputs fit the registers
-        if g == 1:
-            tile = BitserialTile(1, fit_tile(wl.ow, 7), False, False)
-        elif g <= 3 and fit_tile(wl.ow, 4) == 4:  # 4 along ow ...
-            tile = BitserialTile(1, 4, False, False)
-        elif g <= 3:  # ... else 2 x 2 (k x ow)
-            tile = BitserialTile(fit_tile(wl.kg, 2), fit_tile(wl.ow, 2), False, False)
-        else:
-            tile = BitserialTile(1, fit_tile(wl.ow, 2), False, False)
-    elif g == 1:
-        tile = BitserialTile(1, fit_tile(wl.ow, 4), False, False)
-    elif g <= 3:
-        tile = BitserialTile(1, fit_tile(wl.ow, 2), False, False)
-    else:
-        tile = BitserialTile(1, 1, True, True)
-    if wl.groups > 1 and tile.kt > 1 and wl.kg % tile.kt:
-        tile = tile._replace(kt=1)
-    return tile
-
-
-def swar_tile(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8,
-              layout: str | None = None, word_bits: int = 64,
-              block: int | None = None) -> tuple[int, int]:
-    """``(kt, owt)``: the k x ow register tile of 64-bit accumulators the default swar schedule
-    uses for ``wl`` at these bits (ow counts packed words in the pixel layout; ``layout``
-    None: the one :func:`~tvm_mpq.schedules.swar.swar_layout` picks).
-
-    Channel lanes: 4 x 4 where the extents allow. Pixel lanes (Spike, rv64gc_zbb,
-    instructions per MAC): depthwise 3x3 1 x 7 words (w4a4 1.89; 4 x 4 1.97); 3x3 conv
-    4 x 2 (w8a8 1.54, 4 x 7 spills: 2.2); pointwise 4 x 4 at 2 lanes (w8a8 1.81), else
-    1 x 14 (w4a4 1.07 vs 1.18). Blocked pixel lanes (``block`` channels per lane sum; None:
-    :func:`~tvm_mpq.schedules.swar.lane_block`): 1 x 7 (rv64gc w4a4 0.75 per MAC; 4 x 1
-    0.93, 2 x 2 1.00; rv32imc w4a4 1.49, 2 x 2 1.53, 1 x 14 1.92).
-    """
-    from tvm_mpq.schedules.swar import channel_ktile, lane_block, pixel_lanes, swar_layout
-
-    layout = layout or swar_layout(wl, w_bits, a_bits, word_bits)
-    if layout == "channels":  # the weights are packed for this kt (swar.channel_ktile)
-        return channel_ktile(wl, w_bits, a_bits, word_bits), fit_tile(wl.ow, 4)
-    block = lane_block(wl, w_bits, a_bits, word_bits) if block is None else block
-    block = None if block == wl.cg else block
-    lanes = pixel_lanes(wl, w_bits, a_bits, word_bits, block)[0]
-    cols = -(-wl.ow // lanes)
-    if block is not None or (wl.groups > 1 and wl.kg == 1):
-        return 1, fit_tile(cols, 7)
-    if wl.kh * wl.kw > 1:
-        return fit_tile(wl.kg, 4), fit_tile(cols, 2)
-    return (fit_tile(wl.kg, 4), fit_tile(cols, 4)) if lanes <= 2 else (1, fit_tile(cols, 14))
 
 
 def _schedule_swar(kd: KernelDef) -> tvm.IRModule:
@@ -203,24 +123,6 @@ def _schedule_blocked(kd: KernelDef, kt: int, owt: int) -> s_tir.Schedule:
     for lp in sch.get_loops(sch.get_sblock("swar_acc_init"))[_depth(sch, acc, rb):]:
         sch.unroll(lp)
     return sch
-
-
-def direct_tile(wl: Conv2dWorkload, variant: str) -> tuple[int, int]:
-    """``(kt, owt)``: the k x ow register tile of the default fp32 / int8 / unpack schedule.
-
-    Measured on Spike (rv64gc_zbb, rv64gc and rv32imc give the same choice; instructions per
-    MAC, plain lowering -> tile): 3x3 conv 1x64x28x28 -> 64 fp32 3.56 -> 1.53 (4x4), int8
-    4.34 -> 2.76 (2x4; 4x4 spills: 3.36); pointwise 64 -> 32 fp32 7.1 -> 1.79, int8 7.1 ->
-    2.86 (4x4); depthwise 3x3 fp32 2.90 -> 2.19, int8 3.68 -> 2.96 (1 x 7 columns); dense
-    256 -> 64 fp32 6.0 -> 2.9, int8 7.0 -> 3.5 (8 output features).
-    """
-    if wl.groups > 1 and wl.kg == 1:  # depthwise: one output channel per group
-        return 1, fit_tile(wl.ow, 7)
-    if wl.oh * wl.ow == 1:  # dense (a 1x1 conv on a 1x1 map): tile the output features
-        return fit_tile(wl.kg, 8), 1
-    if wl.kh * wl.kw > 1 and variant != "fp32":  # integer 3x3: 4x4 runs out of registers
-        return fit_tile(wl.kg, 2), fit_tile(wl.ow, 4)
-    return fit_tile(wl.kg, 4), fit_tile(wl.ow, 4)
 
 
 def _roles(sch: s_tir.Schedule, block: Any, loops: list) -> dict[str, Any]:
