@@ -10,16 +10,10 @@ from hypothesis import strategies as st
 from tvm_mpq.schedules import Conv2dWorkload, make_kernel
 from tvm_mpq.schedules.build import build_kernel, kernel_module, run_built
 from tvm_mpq.schedules.conv2d import plane_accumulators
-from tvm_mpq.schedules.default_schedules import (
-    bitserial_is_tiled,
-    bitserial_tile,
-    default_schedule,
-    direct_tile,
-    fit_tile,
-    swar_tile,
-)
+from tvm_mpq.schedules.default_schedules import bitserial_is_tiled, default_schedule
 from tvm_mpq.schedules.ms_tune import reference_output, validation_inputs
 from tvm_mpq.schedules.swar import swar_kernel_lanes
+from tvm_mpq.schedules.tiles import bitserial_tile, direct_tile, fit_tile, swar_tile
 from tvm_mpq.schedules.workload import DenseWorkload
 
 REF_LAYER = Conv2dWorkload.make((1, 64, 28, 28), (64, 64, 3, 3), 1, 1)

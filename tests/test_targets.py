@@ -52,7 +52,6 @@ def test_riscv_profiles_use_an_in_order_scheduling_model_without_extra_features(
 def test_riscv_profiles_compile_without_load_clustering():
     """Every RISC-V profile passes RISCV_LLVM_OPTIONS to codegen (TVM's cl-opt), and LLVM
     accepts them; the host keeps its own options."""
-
     from tvm_mpq.targets import RISCV_LLVM_OPTIONS
 
     for name in ("rv64gc", "rv64gc_zbb", "rv64gcv", "rv32imc"):

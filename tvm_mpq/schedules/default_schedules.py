@@ -28,13 +28,7 @@ from tvm import s_tir
 
 from tvm_mpq.schedules.kernel import KernelDef
 from tvm_mpq.schedules.registry import dense_as_conv
-from tvm_mpq.schedules.tiles import (  # noqa: F401 - re-exported: the tiles' old home
-    BitserialTile,
-    bitserial_tile,
-    direct_tile,
-    fit_tile,
-    swar_tile,
-)
+from tvm_mpq.schedules.tiles import bitserial_tile, direct_tile, swar_tile
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload
 
 log = logging.getLogger(__name__)
