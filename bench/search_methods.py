@@ -9,7 +9,8 @@ simulator) against ``best_uniform`` (the cheaper of uniform fp32 and uniform w8a
 fastest kernels, measured in the same run), its accuracy drop on test images the search
 never saw (``--unseen`` images after the first ``--eval`` that the search uses; the torch
 integer-only reference, bit-exact to the compiled model, of the plan as chosen: QAT-fine-
-tuned when it was), the hypervolume of the measured front in (cost / best_uniform, drop on
+tuned when it was) and on the search's images, each ± its standard error (per-image
+outcomes paired with fp32's), the hypervolume of the measured front in (cost / best_uniform, drop on
 the search images) with reference point (1.2, 0.05), and the wall time of the method's own
 stages (search to final) on this machine; the shared front end (import, sensitivity,
 measurement) is printed once.
@@ -60,14 +61,20 @@ def seed_workdir(src: str, dst: str) -> None:
         a.backup(b)
 
 
-def unseen_drop(res: Any, args: argparse.Namespace) -> tuple[float, float]:
-    """``(fp32 accuracy, drop in points)`` of the best plan on the unseen test images."""
+def unseen_drop(res: Any, args: argparse.Namespace) -> tuple[float, float, float]:
+    """``(fp32 accuracy, drop in points, its standard error in points)`` of the best plan on
+    the unseen test images (the error from the per-image outcomes paired with fp32's)."""
     import torch
 
     from tvm_mpq.quant.qparams_cache import QParamsCache
     from tvm_mpq.tuner.plans import full_plan
     from tvm_mpq.tuner.stages.beacons import load_qat
-    from tvm_mpq.zoo.fashion_mnist import calib_subset, evaluate, load_fashion_mnist
+    from tvm_mpq.zoo.fashion_mnist import (
+        calib_subset,
+        correct_predictions,
+        load_fashion_mnist,
+        paired_drop_se,
+    )
     from tvm_mpq.zoo.models import load_pretrained
 
     torch.set_num_threads(2)
@@ -78,9 +85,9 @@ def unseen_drop(res: Any, args: argparse.Namespace) -> tuple[float, float]:
     plan = full_plan(res.best.plan, model)
     ft, qp = load_qat(res.best.qat_dir) if res.best.qat_dir else (None, None)
     fwd = cache.forward(plan, ft, qp, integer_only=res.glue == "integer")
-    fp32 = evaluate(model.eval(), x, y, batch_size=256)
-    acc = evaluate(fwd, x, y, batch_size=256, pad_last=True)
-    return fp32, 100 * (fp32 - acc)
+    ref = correct_predictions(model.eval(), x, y, batch_size=256)
+    ok = correct_predictions(fwd, x, y, batch_size=256, pad_last=True)
+    return float(ref.mean()), 100 * float(ref.mean() - ok.mean()), 100 * paired_drop_se(ref, ok)
 
 
 def row(method: str, out: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -99,12 +106,14 @@ def row(method: str, out: str, args: argparse.Namespace) -> dict[str, Any]:
          "wall_s": own, "timings": res.timings}
     if res.best is None or res.best.measured_cost is None:
         return {**r, "best": None, "ratio": None, "drop_unseen": None, "drop_search": None}
-    fp32, drop = unseen_drop(res, args)
+    fp32, drop, se = unseen_drop(res, args)
     whole, whole_base = res.best.model_cost, res.baselines["best_uniform"].model_cost
     if whole is None or whole_base is None:  # no end-to-end run: the kernel sums
         whole, whole_base = res.best.measured_cost, base
     return {**r, "best": whole, "ratio": whole / whole_base, "best_uniform_model": whole_base,
-            "drop_unseen": drop, "drop_search": 100 * res.best.drop, "fp32_unseen": fp32,
+            "drop_unseen": drop, "drop_unseen_se": se, "drop_search": 100 * res.best.drop,
+            "drop_search_se": None if res.best.drop_se is None else 100 * res.best.drop_se,
+            "fp32_unseen": fp32,
             "bits": res.best.plan.summary()}
 
 
@@ -154,8 +163,14 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['wall_s']:.0f} |")
             continue
         print(f"| {r['method']} | {r['best']:,.0f} | {r['ratio']:.3f} | "
-              f"{r['drop_unseen']:.2f} pt | {r['drop_search']:.2f} pt | {r['hv']:.4f} | "
+              f"{_pm(r['drop_unseen'], r['drop_unseen_se'])} | "
+              f"{_pm(r['drop_search'], r.get('drop_search_se'))} | {r['hv']:.4f} | "
               f"{r['wall_s']:.0f} |")
+
+
+def _pm(v: float, se: float | None) -> str:
+    """A drop in points with its standard error where known."""
+    return f"{v:.2f} pt" if se is None else f"{v:.2f} ± {se:.2f} pt"
 
 
 if __name__ == "__main__":

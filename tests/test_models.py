@@ -5,11 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from tvm_mpq.zoo import fashion_mnist as data
 from tvm_mpq.zoo import models
-from tvm_mpq.zoo.fashion_mnist import calib_subset, evaluate, load_fashion_mnist, make_loader
+from tvm_mpq.zoo.fashion_mnist import (
+    calib_subset,
+    correct_predictions,
+    evaluate,
+    load_fashion_mnist,
+    make_loader,
+    paired_drop_se,
+)
 from tvm_mpq.zoo.models import MODELS, build, checkpoint_path, load_pretrained
 
 SMALL = {  # quick-to-run sizes of every registered model
@@ -150,6 +159,29 @@ def test_evaluate_module_and_numpy_callable() -> None:
     # a Relax VM returns a 1-tuple; constant logits predict class 0 everywhere
     zeros = evaluate(lambda b: (torch.zeros(len(b), 10),), x, y)
     assert zeros == pytest.approx(float((y == 0).float().mean()))
+    # the per-image outcomes behind it: constant logits are right exactly on class 0
+    ok = correct_predictions(lambda b: (torch.zeros(len(b), 10),), x, y)
+    assert ok.dtype == bool and np.array_equal(ok, (y == 0).numpy())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=2, max_size=400))
+def test_paired_drop_se_counts_disagreements(pairs) -> None:
+    a, b = (np.array(v, dtype=bool) for v in zip(*pairs, strict=True))
+    n = len(a)
+    worse, better = int((a & ~b).sum()), int((~a & b).sum())  # fp32 right only / plan only
+    drop = (worse - better) / n
+    # variance of the per-image differences (1, -1 or 0), unbiased, over n
+    want = np.sqrt(((worse + better) / n - drop ** 2) * n / (n - 1) / n)
+    assert paired_drop_se(a, b) == pytest.approx(want, abs=1e-12)
+    assert paired_drop_se(a, a) == 0.0  # the same outcomes: no noise in the difference
+
+
+def test_paired_drop_se_rejects_mismatched_outcomes() -> None:
+    with pytest.raises(ValueError, match="different shapes"):
+        paired_drop_se(np.ones(5, bool), np.ones(6, bool))
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_drop_se(np.ones(1, bool), np.zeros(1, bool))
 
 
 # --------------------------------------------------------------------------- checkpoints

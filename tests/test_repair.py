@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from tvm_mpq.search.front import FrontMember, SearchResult
 from tvm_mpq.search.refine import repair
@@ -79,3 +80,32 @@ def test_repair_needs_refined_front_and_skips_when_nothing_to_gain():
     n0 = len(calls)
     assert repair(prob, front, eval_fn, max_drop=1.0, baseline=BASELINE) == []
     assert len(calls) == n0
+
+
+def test_lowering_bound_adds_the_paired_standard_error():
+    """Free Bits' "costly bits down" keeps a step by drop + z SE on the evaluation images."""
+    from types import SimpleNamespace
+
+    from tvm_mpq.quant.plan import QuantPlan
+    from tvm_mpq.tuner.stages.repair import LOWER_CONFIDENCE, drop_bound
+    from tvm_mpq.zoo.fashion_mnist import paired_drop_se
+
+    rng = np.random.default_rng(0)
+    ref = rng.random(1000) < 0.9
+    worse = ref & (rng.random(1000) < 0.03)  # the plan loses ~3% of fp32's right answers
+    out = ref & ~worse
+    plan = QuantPlan({})
+    calls = []
+    state = SimpleNamespace(
+        eval_fn=None, model=torch.nn.Sequential(torch.nn.Linear(2, 2)), n_eval=1000,
+        fp32_accuracy=float(ref.mean()),
+        forward=lambda p: calls.append(p) or "fwd", outcomes=lambda f, n: out,
+        drop_se=lambda o: paired_drop_se(ref, o), plan_accuracy=lambda p: float(out.mean()))
+    drop = ref.mean() - out.mean()
+    se = paired_drop_se(ref, out)
+    assert se > 0.004  # a 3-point drop on 1000 images is about half a point uncertain
+    assert drop_bound(state, 0.0)(plan) == pytest.approx(drop)
+    assert drop_bound(state, LOWER_CONFIDENCE)(plan) == pytest.approx(drop + LOWER_CONFIDENCE * se)
+    # with eval_fn there are no per-image outcomes: the drop itself
+    state.eval_fn = lambda f: 0.0
+    assert drop_bound(state, 1.0)(plan) == pytest.approx(drop)

@@ -32,7 +32,7 @@ def tuned(tmp_path_factory):
 
 
 def test_result_is_measured(tuned):
-    _, _, _, res = tuned
+    _, x, _, res = tuned
     assert res.profile == "rv64gc_zbb" and res.cost_unit == "instructions"
     assert res.pareto, "empty front"
     for p in [*res.pareto, *res.baselines.values()]:
@@ -51,6 +51,12 @@ def test_result_is_measured(tuned):
         assert mem["weight_bytes"] >= p.size_bytes  # the search's size is a lower bound
     assert "RAM (KiB)" in res.table() and f"| {res.baselines['w8a8'].memory['ram_bytes']:,} |" \
         in __import__("tvm_mpq.tuner.report", fromlist=["x"]).memory_table(res)
+    # the drop's standard error from per-image outcomes: fp32 is right on every image (the
+    # labels are its predictions), so for compiled accuracy a it is sqrt(a (1 - a) / (n - 1))
+    for p in res.baselines.values():
+        a, n = p.compiled_accuracy, len(x)
+        assert p.drop_se == pytest.approx(np.sqrt(a * (1 - a) / (n - 1)), abs=1e-12)
+    assert res.baselines["fp32"].drop_se == 0.0
     # "w8a8" takes each layer's fastest measured 8-bit kernel, so it can only beat the int8 one
     assert res.baselines["w8a8"].measured_cost <= res.baselines["int8"].measured_cost
     if res.best is not None:

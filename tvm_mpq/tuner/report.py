@@ -54,7 +54,8 @@ def summary_table(res: Any) -> str:
     lines = ["| " + " | ".join(_COLS) + " |", "|" + "---|" * len(_COLS)]
     for p in rows:
         ratio = f"{p.measured_cost / ref:.3f}" if p.measured_cost and ref else "-"
-        drop = f"{100 * p.drop:.2f}" if p.drop is not None else "-"
+        drop = "-" if p.drop is None else f"{100 * p.drop:.2f}" + (
+            "" if p.drop_se is None else f" ± {100 * p.drop_se:.2f}")
         lines.append("| " + " | ".join([
             p.label, _bits_summary(p.plan), _fmt(p.measured_cost), ratio, _fmt(p.model_cost),
             _metric(res, p.accuracy), _metric(res, p.compiled_accuracy), drop,
@@ -102,7 +103,8 @@ def write_report(res: Any, directory: str) -> str:
         summary_table(res), "",
         "measured cost = sum of measured per-layer kernel costs + each layer's measured "
         "passes for this glue; whole model = the standalone "
-        "artifact's retired instructions (entry/exit conversions, adds and pooling included).", "",
+        "artifact's retired instructions (entry/exit conversions, adds and pooling included); "
+        "drop ± its standard error from the per-image outcomes paired with fp32's.", "",
         *(["Memory of the standalone artifacts (bytes; RAM = data + bss + arena + measured "
            "stack, flash = text + rodata + data; the arena's lower bound is the largest set "
            "of simultaneously live tensors):", "", memory_table(res), ""]

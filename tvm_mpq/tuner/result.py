@@ -37,6 +37,11 @@ class PlanPoint:
         drop: fp32 accuracy minus ``accuracy`` (fraction). With ``metric_mode="min"`` the
             accuracies are scores, minus ``eval_fn``'s value (higher is better), and the drop
             is the metric's increase.
+        drop_se: standard error of ``drop`` (fraction) from the paired per-image outcomes of
+            the plan and fp32 on the evaluation images (compiled model where it was
+            evaluated, else the reference; :func:`~tvm_mpq.zoo.fashion_mnist.paired_drop_se`),
+            set by the final stage on the best plan and the baselines; None with ``eval_fn``
+            (a score has no per-image outcomes).
         proxy_drop: sensitivity proxy of the drop.
         size_bytes: weight bytes.
         ram_bytes, flash_bytes: the standalone artifact's exact RAM (data + bss + arena +
@@ -67,6 +72,7 @@ class PlanPoint:
     flash_bytes: float | None = None
     memory: dict[str, Any] | None = None
     standalone_dir: str | None = None
+    drop_se: float | None = None
 
     @property
     def cost(self) -> float:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from tvm_mpq.measure.runner import Runner, create_runner
@@ -214,18 +215,44 @@ class TuneState:
         """Accuracy of ``forward`` on the held-out data (its first ``n`` images), or
         ``eval_fn(forward)``: a score, higher is better (``-eval_fn(forward)`` with
         ``metric_mode="min"``)."""
-        from tvm_mpq.zoo.fashion_mnist import evaluate
-
         if self.eval_fn is not None:
             v = float(self.eval_fn(forward))
             if v != v:  # NaN: every comparison with it would pass silently
                 raise ValueError("eval_fn returned NaN: it must return a number")
             return -v if self.config.budgets.metric_mode == "min" else v
+        return float(self.outcomes(forward, n).mean())
+
+    def outcomes(self, forward: Callable[[Any], Any], n: int | None = None) -> np.ndarray:
+        """Per-image top-1 outcomes (bool) of ``forward`` on the held-out images (the first
+        ``n``); ValueError with ``eval_fn`` only (a score has none)."""
+        from tvm_mpq.zoo.fashion_mnist import correct_predictions
+
+        if self.eval_x is None:
+            raise ValueError("per-image outcomes need eval_data; this run has eval_fn only")
         x, y = (self.eval_x, self.eval_y) if n is None else (self.eval_x[:n], self.eval_y[:n])
         if self.glue == "integer":  # the integer-only reference exports its graph once per
             # input shape: one batch shape (the last batch padded) saves an export per plan
-            return float(evaluate(forward, x, y, batch_size=min(256, len(x)), pad_last=True))
-        return float(evaluate(forward, x, y, batch_size=256))
+            return correct_predictions(forward, x, y, batch_size=min(256, len(x)),
+                                       pad_last=True)
+        return correct_predictions(forward, x, y, batch_size=256)
+
+    @functools.cached_property
+    def fp32_outcomes(self) -> np.ndarray | None:
+        """:meth:`outcomes` of the fp32 model on the first ``n_eval`` images (None with
+        ``eval_fn``): the reference of every paired drop's standard error."""
+        if self.eval_fn is not None:
+            return None
+        return self.outcomes(self.forward(QuantPlan.fp32(self.model)), self.n_eval)
+
+    def drop_se(self, outcomes: np.ndarray | None) -> float | None:
+        """Standard error (fraction) of a plan's drop from its per-image ``outcomes`` on the
+        first ``n_eval`` images, paired with fp32's (None without outcomes)."""
+        from tvm_mpq.zoo.fashion_mnist import paired_drop_se
+
+        ref = self.fp32_outcomes
+        if outcomes is None or ref is None or len(ref) < 2:
+            return None
+        return paired_drop_se(ref, outcomes)
 
     def plan_accuracy(self, plan: QuantPlan) -> float:
         """Real accuracy of a search plan (the layers it does not cover stay fp32)."""

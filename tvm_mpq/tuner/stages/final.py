@@ -47,6 +47,11 @@ def measure_end_to_end(state: TuneState, p: PlanPoint, compiled_eval: bool) -> N
             p.model_cost = state.runner.time_model(cm, x1.numpy())
         if compiled_eval:
             _compiled_accuracy(state, p, m_p, qp_p, x1)
+        if p.drop_se is None and state.eval_fn is None and p.drop is not None:
+            from tvm_mpq.tuner.plans import full_plan
+
+            fwd = state.forward(full_plan(p.plan, state.model), m_p, qp_p)
+            p.drop_se = state.drop_se(state.outcomes(fwd, state.n_eval))
     except Exception as e:  # record the failure on the point; the others still run
         log.warning("final measurement of %s failed: %s", p.label, e)
         p.notes += f" final measurement failed: {type(e).__name__}: {e}"
@@ -70,11 +75,22 @@ def _compiled_accuracy(state: TuneState, p: PlanPoint, model: Any, qparams: Any,
         remote = state.runner.remote_model(cm)
         if remote is not None:
             with remote as device:
-                p.compiled_accuracy = state.accuracy_of(device.predict, state.n_eval)
+                _record_accuracy(state, p, device.predict)
             p.notes = (p.notes + " compiled accuracy through the board").strip()
             return
     cmb = mpq_compile(model, batch, p.plan, "host", qparams=qparams, glue=state.glue)
-    p.compiled_accuracy = state.accuracy_of(cmb.predict, state.n_eval)  # pads the last batch
+    _record_accuracy(state, p, cmb.predict)  # (pads the last batch)
+
+
+def _record_accuracy(state: TuneState, p: PlanPoint, predict: Any) -> None:
+    """``p``'s compiled accuracy and, with eval_data, its drop's standard error from the
+    same per-image outcomes (no second pass)."""
+    if state.eval_fn is not None:
+        p.compiled_accuracy = state.accuracy_of(predict, state.n_eval)
+        return
+    out = state.outcomes(predict, state.n_eval)
+    p.compiled_accuracy = float(out.mean())
+    p.drop_se = state.drop_se(out)
 
 
 def best_uniform(baselines: dict[str, PlanPoint]) -> PlanPoint | None:
@@ -129,6 +145,21 @@ def outcome_message(state: TuneState) -> str:
             + "; the front is returned anyway")
 
 
+def _noise_note(state: TuneState) -> str:
+    """A warning for the message when the best plan's drop has a standard error over half
+    the accuracy budget: its images cannot tell a plan within the budget from one over it
+    (the search's choices near the budget are then chosen by noise)."""
+    best, budget = state.best, state.config.budgets.max_accuracy_drop
+    if best is None or best.drop_se is None or not budget or 200 * best.drop_se <= budget:
+        return ""
+    n = len(state.fp32_outcomes)
+    need = math.ceil(n * (400 * best.drop_se / budget) ** 2)
+    return (f"; caution: on {n} evaluation images the best plan's drop is "
+            f"{100 * best.drop:.2f} ± {100 * best.drop_se:.2f} points (one standard error), "
+            f"noise comparable to the {budget:g}-point budget: about {need} images would "
+            "bring the error to a quarter of it")
+
+
 class FinalStage(Stage):
     """``state.result``; depends on every setting (the result records them all)."""
 
@@ -162,6 +193,7 @@ class FinalStage(Stage):
             whole = _ratios(best, baselines, "model_cost", ".3f")
             if whole:
                 message += f"; whole model {best.model_cost:.4g} {state.unit} ({', '.join(whole)})"
+        message += _noise_note(state)
         settings = {**state.config.to_dict(),
                     "measured_kernels": state.db.count(state.profile.name, state.runner.backend)}
         state.result = TuneResult(state.pareto, best, baselines, message, state.profile.name,
