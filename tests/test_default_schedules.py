@@ -13,7 +13,7 @@ from tvm_mpq.schedules.conv2d import plane_accumulators
 from tvm_mpq.schedules.default_schedules import bitserial_is_tiled, default_schedule
 from tvm_mpq.schedules.ms_tune import reference_output, validation_inputs
 from tvm_mpq.schedules.swar import swar_kernel_lanes
-from tvm_mpq.schedules.tiles import bitserial_tile, direct_tile, fit_tile, swar_tile
+from tvm_mpq.schedules.tiles import DirectTile, bitserial_tile, direct_tile, fit_tile, swar_tile
 from tvm_mpq.schedules.workload import DenseWorkload
 
 REF_LAYER = Conv2dWorkload.make((1, 64, 28, 28), (64, 64, 3, 3), 1, 1)
@@ -78,8 +78,9 @@ def test_register_tiles_fit_the_workload(case) -> None:
     dense = layout == "channels" and wl.oh * wl.ow * wl.kh * wl.kw == 1  # 8 outputs, 1 column
     assert wl.kg % kt == 0 and cols % owt == 0 and kt <= (8 if dense else 4) and owt <= 14
     for variant in ("fp32", "int8", "unpack"):
-        kt, owt = direct_tile(wl, variant)
-        assert wl.kg % kt == 0 and wl.ow % owt == 0 and kt * owt <= 16
+        t = direct_tile(wl, variant)
+        assert wl.kg % t.kt == 0 and wl.oh % t.oht == 0 and wl.ow % t.owt == 0
+        assert t.kt * t.oht * t.owt <= 16 and wl.cg % t.rc_unroll == 0
 
 
 @settings(max_examples=200, deadline=None)
@@ -90,25 +91,37 @@ def test_integer_direct_tiles_load_the_least_per_mac(case) -> None:
     wl = case[0]
     if (wl.groups > 1 and wl.kg == 1) or wl.oh * wl.ow == 1:
         return  # depthwise and dense keep their own tiles
-    cap = 8 if wl.kh * wl.kw > 1 else 16
+    window = wl.kh * wl.kw > 1
+    cap = 8 if window else 16
 
-    def loads(kt: int, owt: int) -> float:
-        return ((owt - 1) * wl.stride[1] + wl.kw + kt * wl.kw) / (kt * owt * wl.kw)
+    def loads(kt: int, oht: int, owt: int) -> float:  # counted here from first principles
+        rows, cols = (oht - 1) * wl.stride[0] + wl.kh, (owt - 1) * wl.stride[1] + wl.kw
+        return (kt * wl.kh * wl.kw + rows * cols) / (kt * oht * owt * wl.kh * wl.kw)
 
-    kt, owt = direct_tile(wl, "int8")
-    assert direct_tile(wl, "unpack") == (kt, owt) and kt * owt <= cap and owt <= 7
-    assert all(loads(kt, owt) <= loads(a, b) for a in range(1, cap + 1) for b in range(1, 8)
-               if wl.kg % a == 0 and wl.ow % b == 0 and a * b <= cap)
+    t = direct_tile(wl, "int8")
+    area = t.kt * t.oht * t.owt
+    assert direct_tile(wl, "unpack") == t and area <= cap and t.owt <= 7
+    # two rows only with a kernel window and two or more channels; 4 channels per iteration
+    assert t.oht == 1 or (window and t.kt >= 2 and t.oht == 2)
+    assert t.rc_unroll == (fit_tile(wl.cg, 4) if window else 1)
+    valid = [(a, r, b) for a in range(1, cap + 1) for r in (1, 2) for b in range(1, 8)
+             if wl.kg % a == 0 and wl.oh % r == 0 and wl.ow % b == 0 and a * r * b <= cap
+             and (r == 1 or (window and a >= 2))]
+    assert all(loads(t.kt, t.oht, t.owt) <= loads(*v) + 1e-12 for v in valid)
 
 
 def test_direct_tiles_of_measured_layers() -> None:
     """The tiles measured best on Spike (docstring of ``direct_tile``)."""
     c = Conv2dWorkload.make
-    assert direct_tile(REF_LAYER, "int8") == (2, 4) and direct_tile(REF_LAYER, "fp32") == (4, 4)
-    assert direct_tile(c((1, 64, 14, 14), (64, 64, 3, 3), 1, 1), "int8") == (1, 7)
-    assert direct_tile(c((1, 64, 14, 14), (128, 64, 1, 1), 1, 0), "int8") == (8, 2)
-    assert direct_tile(c((1, 96, 7, 7), (160, 96, 1, 1), 1, 0), "int8") == (2, 7)
-    assert direct_tile(c((1, 96, 4, 4), (16, 96, 1, 1), 1, 0), "int8") == (4, 4)
+    assert direct_tile(REF_LAYER, "int8") == DirectTile(2, 2, 2, 4)  # kt, owt, oht, rc_unroll
+    assert direct_tile(REF_LAYER, "fp32") == DirectTile(4, 4, 1, 1)
+    assert direct_tile(c((1, 64, 14, 14), (64, 64, 3, 3), 1, 1), "int8") == (2, 2, 2, 4)
+    assert direct_tile(c((1, 64, 7, 7), (128, 64, 3, 3), 1, 1), "int8") == (1, 7, 1, 4)
+    assert direct_tile(c((1, 64, 14, 14), (128, 64, 1, 1), 1, 0), "int8") == (8, 2, 1, 1)
+    assert direct_tile(c((1, 96, 7, 7), (160, 96, 1, 1), 1, 0), "int8") == (2, 7, 1, 1)
+    assert direct_tile(c((1, 96, 4, 4), (16, 96, 1, 1), 1, 0), "int8") == (4, 4, 1, 1)
+    dense = c((1, 1024, 1, 1), (256, 1024, 1, 1), 1, 0)  # features blocked by 16, 2 channels
+    assert direct_tile(dense, "int8") == (16, 1, 1, 2) and direct_tile(dense, "unpack") == (8, 1, 1, 1)
 
 
 def test_bitserial_is_tiled_only_where_measured_faster() -> None:

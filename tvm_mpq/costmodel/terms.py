@@ -28,7 +28,7 @@ from tvm_mpq.schedules.conv2d import grouped_planes, pixel_block, plane_accumula
 from tvm_mpq.schedules.default_schedules import bitserial_is_tiled
 from tvm_mpq.schedules.registry import dense_as_conv
 from tvm_mpq.schedules.swar import channel_block, lane_block, swar_kernel_lanes
-from tvm_mpq.schedules.tiles import bitserial_tile, direct_tile, swar_tile
+from tvm_mpq.schedules.tiles import bitserial_tile, direct_loads, direct_tile, swar_tile
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload, Workload
 from tvm_mpq.targets import get_profile
 
@@ -90,9 +90,9 @@ ANALYTIC_TERMS: tuple[str, ...] = (
     "swar_pack_words",  # packed activation words
     "swar_extract",  # outputs read back from their lanes (shift, mask, unbias)
     "swar_flush",    # blocked lanes: lane sums emptied into int32 after each block
-    # fp32 / int8 / unpack: direct_tile's kt x owt register tiles (rx unrolled)
-    "dir_wload",     # weights loaded (once per tile and tap)
-    "dir_aload",     # activations loaded (the tile's columns, shared across rx, per row)
+    # fp32 / int8 / unpack: direct_tile's kt x oht x owt register tiles (rx unrolled)
+    "dir_wload",     # weights loaded (once per tile, channel and tap)
+    "dir_aload",     # activations loaded (the input rows x columns of a tile, per channel)
     "dir_red",       # reduction loop iterations (tiles * cg * kh)
     "dir_tiles",     # output tiles
 )
@@ -255,17 +255,20 @@ def _swar_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload, wbits: i
 def _direct_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload) -> None:
     """The register-tiled direct lowering of fp32 / int8 / unpack (:func:`direct_tile`).
 
-    Every MAC costs its multiply and add; per tile and reduction step (channel, kernel row)
-    the tile's kt x kw weights and owt + kw - 1 activation columns are loaded once.
+    Every MAC costs its multiply and add; per tile and input channel the tile's weights and
+    the activations its windows cover are loaded once (:func:`direct_loads`); the reduction
+    loop iterates per channel and kernel row, or per ``rc_unroll`` channels where the kernel
+    rows are unrolled.
     """
-    kt, owt = direct_tile(cv, q.variant)
-    tiles = float(cv.n * (cv.k // kt) * cv.oh * (cv.ow // owt))
-    steps = float(cv.cg * cv.kh)
+    d = direct_tile(cv, q.variant)
+    tiles = float(cv.n * (cv.k // d.kt) * (cv.oh // d.oht) * (cv.ow // d.owt))
+    wload, aload = direct_loads(cv, d.kt, d.oht, d.owt)
+    rows_unrolled = d.oht > 1 or d.rc_unroll > 1
     t["macs"] = float(cv.macs)
     t["dir_tiles"] = tiles
-    t["dir_red"] = tiles * steps
-    t["dir_wload"] = tiles * steps * kt * cv.kw
-    t["dir_aload"] = tiles * steps * ((owt - 1) * cv.stride[1] + cv.kw)
+    t["dir_red"] = tiles * (cv.cg / d.rc_unroll if rows_unrolled else cv.cg * cv.kh)
+    t["dir_wload"] = tiles * cv.cg * wload
+    t["dir_aload"] = tiles * cv.cg * aload
     if q.variant == "unpack" and q.w_bits < 8:
         inner = cv.kw if cv.kw > 1 else cv.cg
         unrolled = inner * _UNPACK_BODY <= _UNROLL_BUDGET

@@ -20,8 +20,10 @@ bit-exact against the numpy reference in :mod:`.reference`.
 #: side by side (``swar.channel_ktile``). 9: depthwise swar kernels read their lanes out lane
 #: by lane; the pixel lanes' signed read-out stays exact under a fused epilogue. 10: compiled
 #: without load clustering (``targets.RISCV_LLVM_OPTIONS``); int8 / unpack tiles chosen per
-#: layer by loads per MAC (``tiles.direct_tile``).
-KERNELS_REVISION = 10
+#: layer by loads per MAC (``tiles.direct_tile``). 11: int8 / unpack tiles with a kernel window
+#: span 2 output rows and unroll 4 input channels; int8 weights of one-pixel outputs (dense)
+#: blocked by 16 output features (``conv2d.feature_block``).
+KERNELS_REVISION = 11
 
 from tvm_mpq.schedules.build import build_kernel, resolve_target  # noqa: E402
 from tvm_mpq.schedules.host_run import run_conv2d, run_dense  # noqa: E402

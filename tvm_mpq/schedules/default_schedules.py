@@ -267,9 +267,12 @@ def _schedule_bitserial(kd: KernelDef, kt: int | None = None, owt: int | None = 
 
 
 def _schedule_direct(kd: KernelDef, kt: int = 4, owt: int = 2, unroll_rx: bool = True,
-                     k_outer: bool = False, block: str | None = None) -> tvm.IRModule:
-    """int8 / unpack / swar (and fp32 if asked): register tile of kt x owt accumulators of the
-    reduction ``block`` (default: the output stage)."""
+                     k_outer: bool = False, block: str | None = None, oht: int = 1,
+                     rc_unroll: int = 1) -> tvm.IRModule:
+    """int8 / unpack / swar (and fp32 if asked): register tile of kt x oht x owt accumulators
+    of the reduction ``block`` (default: the output stage); ``rc_unroll`` input channels per
+    reduction iteration. With ``oht > 1`` or ``rc_unroll > 1`` the kernel rows are unrolled
+    too (tiles.DirectTile)."""
     wl = _conv_workload(kd)
     if wl.groups > 1 and wl.kg % kt:
         kt = 1
@@ -278,12 +281,13 @@ def _schedule_direct(kd: KernelDef, kt: int = 4, owt: int = 2, unroll_rx: bool =
     acc = sch.cache_write(out, 0, "local")
     n, k, oh, ow = sch.get_loops(acc)
     ko, ki = sch.split(k, [None, kt])
+    oho, ohi = sch.split(oh, [None, oht])
     owo, owi = sch.split(ow, [None, owt])
     if k_outer:
-        sch.reorder(n, ko, oh, owo, ki, owi)
+        sch.reorder(n, ko, oho, owo, ki, ohi, owi)
     else:
-        sch.reorder(n, oh, owo, ko, ki, owi)
-    for lp in (ki, owi):
+        sch.reorder(n, oho, owo, ko, ki, ohi, owi)
+    for lp in (ki, ohi, owi):
         sch.unroll(lp)
     sch.compute_at(out, ko)
     inner = sch.get_loops(out)[_depth(sch, acc, ko):]
@@ -298,6 +302,10 @@ def _schedule_direct(kd: KernelDef, kt: int = 4, owt: int = 2, unroll_rx: bool =
         sch.unroll(lp)
     if "rx" in role and unroll_rx:
         sch.unroll(role["rx"])
+    if rc_unroll > 1 and "rc" in role:
+        sch.unroll(sch.split(role["rc"], [None, rc_unroll])[1])
+    if (oht > 1 or rc_unroll > 1) and "ry" in role:
+        sch.unroll(role["ry"])
     init = sch.get_sblock((block or kd.output.op.name) + "_init")
     for lp in sch.get_loops(init)[_depth(sch, acc, ko):]:
         sch.unroll(lp)
@@ -358,8 +366,8 @@ def default_schedule(kd: KernelDef, target: Any = None) -> tvm.IRModule | None:
             # (conv3x3_64_28 w4a4 channel lanes 46.9M -> 30.3M)
             return _schedule_swar(kd)
         if kd.variant in ("fp32", "int8", "unpack"):
-            kt, owt = direct_tile(_conv_workload(kd), kd.variant)
-            return _schedule_direct(kd, kt=kt, owt=owt)
+            t = direct_tile(_conv_workload(kd), kd.variant)
+            return _schedule_direct(kd, kt=t.kt, owt=t.owt, oht=t.oht, rc_unroll=t.rc_unroll)
     except Exception as e:  # noqa: BLE001 - any primitive failing means: plain lowering
         log.debug("default schedule for %s failed, using the plain lowering: %s",
                   kd.describe(), e)

@@ -96,30 +96,71 @@ def swar_tile(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8,
     return (fit_tile(wl.kg, 4), fit_tile(cols, 4)) if lanes <= 2 else (1, fit_tile(cols, 14))
 
 
-def direct_tile(wl: Conv2dWorkload, variant: str) -> tuple[int, int]:
-    """``(kt, owt)``: the k x ow register tile of the default fp32 / int8 / unpack schedule.
+class DirectTile(NamedTuple):
+    """The register tile of the default fp32 / int8 / unpack schedule (:func:`direct_tile`).
+
+    Attributes:
+        kt, owt: output channels x output columns per tile.
+        oht: output rows per tile (> 1: the kernel rows are unrolled and an input row's
+            activations serve every output row whose window covers it).
+        rc_unroll: input channels per iteration of the reduction loop (its body unrolled).
+    """
+
+    kt: int
+    owt: int
+    oht: int = 1
+    rc_unroll: int = 1
+
+
+def direct_loads(wl: Conv2dWorkload, kt: int, oht: int, owt: int) -> tuple[int, int]:
+    """``(weights, activations)`` a ``kt x oht x owt`` register tile loads per input channel:
+    its kt x kh x kw weights, and the input rows x columns its windows cover, each once (the
+    kernel window unrolled keeps them in registers; with one output row that is kh rows of
+    the tile's columns, the per-row count before rows were tiled)."""
+    rows = (oht - 1) * wl.stride[0] + wl.kh
+    cols = (owt - 1) * wl.stride[1] + wl.kw
+    return kt * wl.kh * wl.kw, rows * cols
+
+
+def direct_tile(wl: Conv2dWorkload, variant: str) -> DirectTile:
+    """The register tile of the default fp32 / int8 / unpack schedule (:class:`DirectTile`).
 
     fp32: 4x4 (3x3 conv 1x64x28x28 -> 64, instructions per MAC on Spike, plain lowering ->
     tile: 3.56 -> 1.53; pointwise 64 -> 32: 7.1 -> 1.79). int8 / unpack: of the tiles that
     divide the layer, up to 8 accumulators with a kernel window (its unrolled activation
     columns stay live too; 16 spill) and 16 without, the one that loads the fewest weights and
-    activations per MAC (rv64gc_zbb and rv32imc alike; per MAC, old fixed tile -> this):
-    3x3 1x64x28x28 -> 64 2.55 (2x4 both), 1x64x14x14 -> 64 2.93 -> 2.63 (1x7), 1x64x7x7 ->
-    128 3.68 -> 2.63; pointwise 1x64x14x14 -> 128 3.17 -> 2.86 (8x2), 1x96x7x7 -> 160 4.04 ->
-    3.17 (2x7), 1x96x4x4 -> 16 2.73 (4x4 both). Depthwise 3x3 int8 3.68 -> 2.96 (1 x 7
-    columns); dense 256 -> 64 int8 7.0 -> 3.5 (8 output features).
+    activations per MAC (:func:`direct_loads`; rv64gc_zbb and rv32imc alike). With a kernel
+    window the tile may span 2 output rows when it spans 2 or more channels (1 channel x 2
+    rows x 4 columns measured 2.64 per MAC against 2.51 for 2 x 2 x 2, which the load count
+    ranks the other way), and the reduction loop takes 4 input channels per iteration.
+    Per MAC, old tile -> this (rv32imc): 3x3 1x64x28x28 -> 64 2x4 2.55 -> 2x2x2 2.51,
+    1x64x14x14 -> 64 1x7 2.63 -> 2x2x2 2.50, 1x64x7x7 -> 128 1x7 2.63 -> 2.60 (4 channels per
+    iteration); pointwise 1x64x14x14 -> 128 8x2 2.86, 1x96x7x7 -> 160 2x7 3.17, 1x96x4x4 ->
+    16 4x4 2.73 (no channel unrolling: 2 channels per iteration helps the 2x7 tile, 2.92, and
+    loses on 4x4 tiles, 4.00 -> 4.17). Depthwise 3x3 int8 3.68 -> 2.96 (1 x 7 columns).
+    Dense (and pointwise on a 1x1 map) int8: the weight blocked by features
+    (``conv2d.feature_block``), 16 features x 2 channels per iteration (1024 -> 256: OIHW 8
+    features 3.88, blocked 8 features 3.50, 8 x 4 channels 3.22, 16 x 2 3.16); unpack and
+    fp32 keep OIHW and 8 features (256 -> 64 int8 7.0 -> 3.5 before the blocking).
     """
     if wl.groups > 1 and wl.kg == 1:  # depthwise: one output channel per group
-        return 1, fit_tile(wl.ow, 7)
+        return DirectTile(1, fit_tile(wl.ow, 7))
     if wl.oh * wl.ow == 1:  # dense (a 1x1 conv on a 1x1 map): tile the output features
-        return fit_tile(wl.kg, 8), 1
+        if variant == "int8" and wl.kh * wl.kw == 1 and wl.groups == 1:
+            # the weight is blocked by the tile's features (conv2d.feature_block)
+            return DirectTile(fit_tile(wl.kg, 16), 1, 1, fit_tile(wl.cg, 2))
+        return DirectTile(fit_tile(wl.kg, 8), 1)
     if variant == "fp32":
-        return fit_tile(wl.kg, 4), fit_tile(wl.ow, 4)
-    cap = 8 if wl.kh * wl.kw > 1 else 16
+        return DirectTile(fit_tile(wl.kg, 4), fit_tile(wl.ow, 4))
+    window = wl.kh * wl.kw > 1
+    cap = 8 if window else 16
 
-    def loads(t: tuple[int, int]) -> float:  # per MAC, one kernel row: kt x kw weights, columns
-        return ((t[1] - 1) * wl.stride[1] + wl.kw + t[0] * wl.kw) / (t[0] * t[1] * wl.kw)
+    def loads(t: tuple[int, int, int]) -> float:  # per MAC
+        return sum(direct_loads(wl, *t)) / (t[0] * t[1] * t[2] * wl.kh * wl.kw)
 
-    tiles = [(kt, owt) for kt in range(1, min(cap, wl.kg) + 1) if wl.kg % kt == 0
-             for owt in range(1, min(7, wl.ow) + 1) if wl.ow % owt == 0 and kt * owt <= cap]
-    return min(tiles, key=lambda t: (loads(t), -t[0] * t[1]))
+    tiles = [(kt, oht, owt) for kt in range(1, min(cap, wl.kg) + 1) if wl.kg % kt == 0
+             for oht in ((1, 2) if window and kt >= 2 and wl.oh % 2 == 0 else (1,))
+             for owt in range(1, min(7, wl.ow) + 1)
+             if wl.ow % owt == 0 and kt * oht * owt <= cap]
+    kt, oht, owt = min(tiles, key=lambda t: (loads(t), -t[0] * t[1] * t[2], t[1]))
+    return DirectTile(kt, owt, oht, fit_tile(wl.cg, 4) if window else 1)
