@@ -118,6 +118,26 @@ def test_cost_weight_moves_the_plan_to_cheaper_options(setup, tmp_path):
                     cache_key="other weights")
 
 
+def test_bitops_supernet_is_reused_when_the_kernel_costs_change(setup, tmp_path):
+    """The logits are keyed on the costs trained against: new kernel measurements retrain a
+    measured-cost supernet but not a bit-ops one."""
+    model, x, y, prob, qparams_of, macs = setup
+    table = _table_of(model, x[:1])
+    dearer = MPQProblem(table, lambda qs: 2.0 * np.asarray(_synthetic_cost(qs)),
+                        _synthetic_sens(table, BITS), PROFILE, bits=BITS)
+    assert dearer.fingerprint() != prob.fingerprint()
+    wd = str(tmp_path)
+    for cost in ("bitops", "measured"):
+        cfg = DNASSettings(steps=4, batch_size=64, cost_weights=(1.0,), cost=cost)
+        dnas_search(prob, fold_bn(model), qparams_of, (x, y), cfg, macs=macs, workdir=wd)
+    bitops = DNASSettings(steps=4, batch_size=64, cost_weights=(1.0,), cost="bitops")
+    again = dnas_search(dearer, fold_bn(model), qparams_of, None, bitops, macs=macs, workdir=wd)
+    assert again.members  # from the cached logits: no training data was needed
+    measured = DNASSettings(steps=4, batch_size=64, cost_weights=(1.0,), cost="measured")
+    with pytest.raises(TypeError):  # other costs to train against: trains, and None is no data
+        dnas_search(dearer, fold_bn(model), qparams_of, None, measured, macs=macs, workdir=wd)
+
+
 def test_bitops_cost_is_macs_times_bits(setup):
     *_, prob, _, macs = setup
     costs = option_costs(prob, "bitops", macs)

@@ -262,8 +262,9 @@ def dnas_search(problem: MPQProblem, folded: nn.Module, qparams_of: Callable[[in
         settings: :class:`DNASSettings` (the sweep is ``settings.cost_weights``).
         macs: layer name -> MACs (``cost="bitops"``).
         workdir: each weight's logits are saved there (``dnas_<key>_w<weight>.json``, keyed on
-            the settings, the problem and ``cache_key``) and reused by any later search with
-            the same key (a resumed run, or another search method on the same supernet).
+            the settings, the layers, options and costs trained against, and ``cache_key``)
+            and reused by any later search with the same key (a resumed run, another search
+            method on the same supernet, or a bit-ops search after new kernel measurements).
         cache_key: JSON-able identity of what the problem does not fix: the model's
             weights, the calibration and the training data.
         refine_plan: applied to each plan found (e.g. :func:`free_bits`, for Free Bits).
@@ -275,7 +276,7 @@ def dnas_search(problem: MPQProblem, folded: nn.Module, qparams_of: Callable[[in
     costs = option_costs(problem, settings.cost, macs)
     genomes = []
     for wgt in settings.cost_weights:
-        key = _key(settings, problem, cache_key)
+        key = _key(settings, problem, costs, cache_key)
         alpha = _cached_logits(workdir, key, problem, wgt)
         if alpha is None:
             alpha = train_supernet(folded, problem, qparams_of, train_data, costs, wgt,
@@ -308,10 +309,22 @@ def _logits_path(workdir: str | None, key: dict[str, Any], wgt: float) -> str | 
     return os.path.join(workdir, f"dnas_{h[:12]}_w{wgt:g}.json")
 
 
-def _key(settings: DNASSettings, problem: MPQProblem, extra: Any) -> dict[str, Any]:
+def _key(settings: DNASSettings, problem: MPQProblem, costs: Sequence[np.ndarray],
+         extra: Any) -> dict[str, Any]:
+    """What a supernet's training depends on: the settings, the searched layers and their
+    options, the per-option costs it trains against (with the unsearched call sites' for
+    measured costs) and ``extra``. Not the rest of the problem: a bit-ops supernet is the same
+    whatever the kernels measured (it is reused across kernel revisions)."""
     d = {k: getattr(settings, k) for k in settings.__dataclass_fields__ if k != "cost_weights"}
     d["tau"] = list(settings.tau)
-    return {"settings": d, "problem": problem.fingerprint(), "data": extra}
+    h = hashlib.sha256()
+    for c in costs:
+        h.update(np.ascontiguousarray(c, dtype=np.float64).tobytes())
+    if settings.cost == "measured":
+        h.update(repr(float(problem.fixed_latency)).encode())
+    return {"settings": d, "layers": list(problem.layer_names),
+            "options": [list(o) for o in problem.options], "costs": h.hexdigest()[:16],
+            "data": extra}
 
 
 def _cached_logits(workdir: str | None, key: dict[str, Any], problem: MPQProblem,
