@@ -56,7 +56,6 @@ def test_result_is_measured(tuned):
     for p in res.baselines.values():
         a, n = p.compiled_accuracy, len(x)
         assert p.drop_se == pytest.approx(np.sqrt(a * (1 - a) / (n - 1)), abs=1e-12)
-    assert res.baselines["fp32"].drop_se == 0.0
     # "w8a8" takes each layer's fastest measured 8-bit kernel, so it can only beat the int8 one
     assert res.baselines["w8a8"].measured_cost <= res.baselines["int8"].measured_cost
     if res.best is not None:
