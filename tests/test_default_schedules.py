@@ -208,7 +208,8 @@ def test_swar_beats_int8_on_rv64gc() -> None:
 @pytest.mark.slow
 def test_register_tiles_reference_layer() -> None:
     """Regression guard for the tiled default schedules on the reference layer (rv64gc_zbb,
-    measured 44.3M fp32 = 1.53 instructions per MAC, int8 2.55 (2.76 with load clustering);
+    measured 44.3M fp32 = 1.53 instructions per MAC, int8 2.506 with the 2 x 2 x 2 tile
+    (2.55 with 2 x 4, 2.76 with load clustering);
     MetaSchedule's 32 trials reached 51.3M fp32) and for pixel lanes on depthwise (swar w4a4
     0.85M vs int8 1.34M)."""
     from tvm_mpq.measure.baremetal import run_kernels
@@ -219,7 +220,7 @@ def test_register_tiles_reference_layer() -> None:
                                     "rv64gc_zbb"), "rv64gc_zbb", "spike")
     assert all(r.status == "ok" for r in runs), [r.message for r in runs]
     fp32, int8, dw_int8, dw_swar = (r.instructions for r in runs)
-    assert fp32 <= 51_300_000 and int8 <= 2.6 * REF_LAYER.macs, (fp32, int8)
+    assert fp32 <= 51_300_000 and int8 <= 2.52 * REF_LAYER.macs, (fp32, int8)
     assert 1.5 * dw_swar < dw_int8, (dw_swar, dw_int8)
 
 
