@@ -39,7 +39,8 @@ def drop_bound(state: TuneState, z: float) -> Callable[[QuantPlan], float]:
         if state.eval_fn is not None:
             return state.fp32_accuracy - state.plan_accuracy(plan)
         out = state.outcomes(state.forward(full_plan(plan, state.model)), state.n_eval)
-        return state.fp32_accuracy - float(out.mean()) + z * state.drop_se(out)
+        se = state.drop_se(out)  # (None on a single image: no error to add)
+        return state.fp32_accuracy - float(out.mean()) + z * (se or 0.0)
 
     return bound
 
