@@ -263,10 +263,9 @@ def _direct_counts(t: dict[str, float], q: CostQuery, cv: Conv2dWorkload) -> Non
     d = direct_tile(cv, q.variant)
     tiles = float(cv.n * (cv.k // d.kt) * (cv.oh // d.oht) * (cv.ow // d.owt))
     wload, aload = direct_loads(cv, d.kt, d.oht, d.owt)
-    rows_unrolled = d.oht > 1 or d.rc_unroll > 1
     t["macs"] = float(cv.macs)
     t["dir_tiles"] = tiles
-    t["dir_red"] = tiles * (cv.cg / d.rc_unroll if rows_unrolled else cv.cg * cv.kh)
+    t["dir_red"] = tiles * (cv.cg / d.rc_unroll if d.rows_unrolled else cv.cg * cv.kh)
     t["dir_wload"] = tiles * cv.cg * wload
     t["dir_aload"] = tiles * cv.cg * aload
     if q.variant == "unpack" and q.w_bits < 8:

@@ -71,11 +71,9 @@ def feature_block(wl: Conv2dWorkload) -> int | None:
     row apart (over the 12-bit load offset for c > 2048 / kt), each on its own pointer,
     incremented per channel (dense 1024 -> 256, Spike, instructions per MAC: 3.88 in OIHW,
     3.16 blocked by 16, two channels per iteration)."""
-    from tvm_mpq.schedules.tiles import direct_tile
+    from tvm_mpq.schedules.tiles import direct_tile, feature_blocked
 
-    if wl.oh * wl.ow != 1 or wl.kh * wl.kw != 1 or wl.groups != 1:
-        return None
-    return direct_tile(wl, "int8").kt
+    return direct_tile(wl, "int8").kt if feature_blocked(wl) else None
 
 
 def conv2d_int8(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8, pad_value: int = 0,
@@ -83,16 +81,16 @@ def conv2d_int8(wl: Conv2dWorkload, w_bits: int = 8, a_bits: int = 8, pad_value:
     """uint8 activations x int8 weights -> int32 (any bits <= 8 stored as bytes); the weight
     in OIHW, or blocked by output features on a one-pixel output (:func:`feature_block`)."""
     x = te.placeholder(wl.input_shape, "uint8", "x")
+    data = pad_te(x, wl, pad_value)
     kt = feature_block(wl)
     if kt is None:
         w = te.placeholder(wl.weight_shape, "int8", "w")
-        out = _direct(wl, pad_te(x, wl, pad_value), w, "int32", "conv2d_int8")
+        out = _direct(wl, data, w, "int32", "conv2d_int8")
         return KernelDef(wl, "int8", w_bits, a_bits, [x, w, out],
                          prepare_weight=lambda a: a.astype(np.int8),
                          prepare_input=lambda a: a.astype(np.uint8), pad_value=pad_value)
     w = te.placeholder((wl.k // kt, wl.c, kt), "int8", "w")
     rc = te.reduce_axis((0, wl.c), "rc")
-    data = pad_te(x, wl, pad_value)
     out = te.compute(
         wl.output_shape,
         lambda n, k, oh, ow: te.sum(

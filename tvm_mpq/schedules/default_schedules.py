@@ -28,7 +28,7 @@ from tvm import s_tir
 
 from tvm_mpq.schedules.kernel import KernelDef
 from tvm_mpq.schedules.registry import dense_as_conv
-from tvm_mpq.schedules.tiles import bitserial_tile, direct_tile, swar_tile
+from tvm_mpq.schedules.tiles import DirectTile, bitserial_tile, direct_tile, swar_tile
 from tvm_mpq.schedules.workload import Conv2dWorkload, DenseWorkload
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ def _schedule_direct(kd: KernelDef, kt: int = 4, owt: int = 2, unroll_rx: bool =
         sch.unroll(role["rx"])
     if rc_unroll > 1 and "rc" in role:
         sch.unroll(sch.split(role["rc"], [None, rc_unroll])[1])
-    if (oht > 1 or rc_unroll > 1) and "ry" in role:
+    if DirectTile(kt, owt, oht, rc_unroll).rows_unrolled and "ry" in role:
         sch.unroll(role["ry"])
     init = sch.get_sblock((block or kd.output.op.name) + "_init")
     for lp in sch.get_loops(init)[_depth(sch, acc, ko):]:

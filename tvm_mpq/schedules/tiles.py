@@ -111,6 +111,19 @@ class DirectTile(NamedTuple):
     oht: int = 1
     rc_unroll: int = 1
 
+    @property
+    def rows_unrolled(self) -> bool:
+        """Whether the schedule unrolls the kernel rows (two output rows, or several input
+        channels per reduction iteration)."""
+        return self.oht > 1 or self.rc_unroll > 1
+
+
+def feature_blocked(wl: Conv2dWorkload) -> bool:
+    """Whether ``wl``'s int8 weight is stored blocked by output features
+    (``conv2d.feature_block``): a layer whose output is one pixel, with a 1x1 kernel and no
+    groups (a dense layer, or a pointwise conv on a 1x1 map)."""
+    return wl.oh * wl.ow == 1 and wl.kh * wl.kw == 1 and wl.groups == 1
+
 
 def direct_loads(wl: Conv2dWorkload, kt: int, oht: int, owt: int) -> tuple[int, int]:
     """``(weights, activations)`` a ``kt x oht x owt`` register tile loads per input channel:
@@ -146,8 +159,7 @@ def direct_tile(wl: Conv2dWorkload, variant: str) -> DirectTile:
     if wl.groups > 1 and wl.kg == 1:  # depthwise: one output channel per group
         return DirectTile(1, fit_tile(wl.ow, 7))
     if wl.oh * wl.ow == 1:  # dense (a 1x1 conv on a 1x1 map): tile the output features
-        if variant == "int8" and wl.kh * wl.kw == 1 and wl.groups == 1:
-            # the weight is blocked by the tile's features (conv2d.feature_block)
+        if variant == "int8" and feature_blocked(wl):  # (conv2d.feature_block)
             return DirectTile(fit_tile(wl.kg, 16), 1, 1, fit_tile(wl.cg, 2))
         return DirectTile(fit_tile(wl.kg, 8), 1)
     if variant == "fp32":
