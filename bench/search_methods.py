@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 #: method name -> extra ``tvm-mpq tune`` options
 METHODS: dict[str, list[str]] = {
-    "nsga2": [],
-    "nsga2-lsq": ["--qat-beacons", "3", "--qat", "lsq"],
+    "nsga2": ["--search", "nsga2"],
+    "nsga2-lsq": ["--search", "nsga2", "--qat-beacons", "3", "--qat", "lsq"],
     "dnas": ["--search", "dnas"],
-    "hybrid": ["--search", "hybrid"],
+    "hybrid": ["--search", "hybrid", "--dnas-cost", "measured"],
     "hybrid-bitops": ["--search", "hybrid", "--dnas-cost", "bitops"],
 }
 #: the stages every method shares (the front end, printed once)

@@ -105,7 +105,10 @@ def test_lowering_bound_adds_the_paired_standard_error():
     se = paired_drop_se(ref, out)
     assert se > 0.004  # a 3-point drop on 1000 images is about half a point uncertain
     assert drop_bound(state, 0.0)(plan) == pytest.approx(drop)
-    assert drop_bound(state, LOWER_CONFIDENCE)(plan) == pytest.approx(drop + LOWER_CONFIDENCE * se)
+    bound = drop_bound(state, LOWER_CONFIDENCE)
+    assert bound(plan) == pytest.approx(drop + LOWER_CONFIDENCE * se)
+    # every evaluated plan's accuracy is kept, so the plan kept is not evaluated again
+    assert list(bound.accuracy.values()) == [pytest.approx(out.mean())]
     # with eval_fn there are no per-image outcomes: the drop itself
     state.eval_fn = lambda f: 0.0
     assert drop_bound(state, 1.0)(plan) == pytest.approx(drop)

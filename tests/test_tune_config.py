@@ -148,7 +148,7 @@ def test_search_setting_and_cli_options():
     parser = build_parser()
     d = cli_tune.config_from_args(parser.parse_args(["tune"])).search
     assert (d.search, d.dnas_cost, d.dnas_steps, d.dnas_cost_weights) == (
-        "nsga2", "measured", 120, TuneConfig().search.dnas_cost_weights)  # CLI = API defaults
+        "nsga2", None, 120, TuneConfig().search.dnas_cost_weights)  # CLI = API defaults
     cfg = cli_tune.config_from_args(parser.parse_args(
         ["tune", "--search", "hybrid", "--dnas-cost", "bitops", "--dnas-steps", "7",
          "--dnas-cost-weights", "0.1", "1"])).search
@@ -156,6 +156,24 @@ def test_search_setting_and_cli_options():
         "hybrid", "bitops", 7, (0.1, 1.0))
     with pytest.raises(SystemExit):
         parser.parse_args(["tune", "--search", "random"])
+
+
+def test_dnas_cost_default_is_bitops_for_the_hybrid_only():
+    from tvm_mpq.tuner.config import resolve_search
+
+    default = TuneConfig()
+    assert (default.search.search, default.search.dnas_cost) == ("nsga2", None)
+
+    def resolved(**kw):
+        s = resolve_search(default.replace(**kw)).search
+        return s.search, s.dnas_cost
+
+    assert resolved() == ("nsga2", "measured")
+    assert resolved(search="hybrid") == ("hybrid", "bitops")  # Free Bits' agnostic supernet
+    assert resolved(search="dnas") == ("dnas", "measured")  # hardware-aware by measurement
+    assert resolved(search="hybrid", dnas_cost="measured") == ("hybrid", "measured")
+    cfg = default.replace(search="dnas", dnas_cost="bitops")
+    assert resolve_search(cfg) is cfg  # a set value is kept as given
 
 
 def test_memory_budgets_setting_and_cli_options():

@@ -57,8 +57,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="nsga2 (NSGA-II over post-training plans), dnas (differentiable "
                         "supernet search on the measured costs) or hybrid (Free Bits: DNAS, "
                         "free bits up / costly bits down on measured costs, LSQ fine-tuning)")
-    p.add_argument("--dnas-cost", choices=DNAS_COSTS, default="measured",
-                   help="the supernet's cost term: measured kernel costs or bit operations")
+    p.add_argument("--dnas-cost", choices=DNAS_COSTS, default=None,
+                   help="the supernet's cost term: measured kernel costs or bit operations "
+                        "(default: bitops for hybrid, as in Free Bits; measured for dnas)")
     p.add_argument("--dnas-steps", type=int, default=120,
                    help="supernet training steps per cost weight (--search dnas / hybrid)")
     p.add_argument("--dnas-cost-weights", type=float, nargs="+",

@@ -123,7 +123,8 @@ def tune(
               ``dnas_cost_weights`` [0.005, 0.01, 0.02, 0.05, 0.1], ``dnas_steps`` [120] steps each on
               ``train_data``), or "hybrid" (Free Bits: that search, then free bits up and
               costly bits down on the measured costs with real accuracy checks, then LSQ
-              beacons, at least 2). ``dnas_cost`` ["measured"]: or "bitops" (MACs x w x a,
+              beacons, at least 2). ``dnas_cost`` [None: "bitops" for "hybrid", as in Free
+              Bits, "measured" for "dnas"]: "measured" or "bitops" (MACs x w x a,
               hardware-agnostic). See :mod:`tvm_mpq.search.dnas`.
 
     Returns:

@@ -21,7 +21,7 @@ from tvm_mpq.quant.plan import QuantPlan
 from tvm_mpq.quant.qparams_cache import QParamsCache
 from tvm_mpq.targets import Profile
 from tvm_mpq.tuner.checkpoint import data_fingerprint, model_fingerprint
-from tvm_mpq.tuner.config import TuneConfig
+from tvm_mpq.tuner.config import TuneConfig, resolve_search
 from tvm_mpq.tuner.costs import open_db
 
 __all__ = ["TuneState"]
@@ -51,6 +51,8 @@ class TuneState:
     """Inputs of a :func:`tvm_mpq.tune` run and its stages' outputs (None until produced).
 
     Attributes:
+        config: the run's settings, defaults made concrete
+            (:func:`~tvm_mpq.tuner.config.resolve_search`).
         eval_x, eval_y: held-out images and labels (None with ``eval_fn`` only).
         fingerprints: stage name -> fingerprint of this run.
         loaded, ran: stage names loaded from their checkpoint / computed, in order.
@@ -89,6 +91,9 @@ class TuneState:
     loaded: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.config = resolve_search(self.config)  # the stages see concrete settings
+
     @classmethod
     def create(cls, model: torch.nn.Module, example_inputs: Any, target: Any, config: TuneConfig,
                *, calib_data: Any, eval_data: Any = None, eval_fn: Any = None,
@@ -105,6 +110,7 @@ class TuneState:
         )
 
         check_search_space(config.search.bits, config.search.variants)
+        config = resolve_search(config)
         runner = _runner(config)
         profile = runner.check_profile(target)
         runner.check_tools(profile)  # a missing tool / an unreachable tracker, before any stage

@@ -14,7 +14,7 @@ unseen images; its start plan, 0.70, dropped 0.80)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from typing import Any
 
 from tvm_mpq.quant.plan import QuantPlan
@@ -22,7 +22,7 @@ from tvm_mpq.tuner.stages.base import Stage, stage_file
 from tvm_mpq.tuner.stages.refine import load_front, save_front
 from tvm_mpq.tuner.state import TuneState
 
-__all__ = ["LOWER_CONFIDENCE", "LOWER_EVALS", "RepairStage", "drop_bound"]
+__all__ = ["LOWER_CONFIDENCE", "LOWER_EVALS", "DropBound", "RepairStage", "drop_bound"]
 
 #: accuracy evaluations Free Bits' "costly bits down" may spend on the cheapest plan
 LOWER_EVALS = 12
@@ -30,19 +30,37 @@ LOWER_EVALS = 12
 LOWER_CONFIDENCE = 1.0
 
 
-def drop_bound(state: TuneState, z: float) -> Callable[[QuantPlan], float]:
+class DropBound:
     """``plan -> drop + z * its standard error`` (fractions) on the run's evaluation images;
-    with ``eval_fn`` (no per-image outcomes) the drop itself."""
-    from tvm_mpq.tuner.plans import full_plan
+    with ``eval_fn`` (no per-image outcomes) the drop itself. ``accuracy`` keeps every
+    evaluated plan's accuracy (keyed by :func:`_plan_key`), so the kept plan is not
+    evaluated again."""
 
-    def bound(plan: QuantPlan) -> float:
-        if state.eval_fn is not None:
-            return state.fp32_accuracy - state.plan_accuracy(plan)
-        out = state.outcomes(state.forward(full_plan(plan, state.model)), state.n_eval)
-        se = state.drop_se(out)  # (None on a single image: no error to add)
-        return state.fp32_accuracy - float(out.mean()) + z * (se or 0.0)
+    def __init__(self, state: TuneState, z: float) -> None:
+        self.state, self.z = state, z
+        self.accuracy: dict[str, float] = {}
 
-    return bound
+    def __call__(self, plan: QuantPlan) -> float:
+        from tvm_mpq.tuner.plans import full_plan
+
+        st = self.state
+        if st.eval_fn is not None:
+            acc, se = st.plan_accuracy(plan), None
+        else:
+            out = st.outcomes(st.forward(full_plan(plan, st.model)), st.n_eval)
+            acc, se = float(out.mean()), st.drop_se(out)  # (se None on a single image)
+        self.accuracy[_plan_key(plan)] = acc
+        return st.fp32_accuracy - acc + self.z * (se or 0.0)
+
+
+def _plan_key(plan: QuantPlan) -> str:
+    return json.dumps(plan.to_dict(), sort_keys=True)
+
+
+def drop_bound(state: TuneState, z: float) -> DropBound:
+    """``plan -> drop + z * its standard error`` (fractions) on the run's evaluation images;
+    with ``eval_fn`` (no per-image outcomes) the drop itself (:class:`DropBound`)."""
+    return DropBound(state, z)
 
 
 class RepairStage(Stage):
@@ -98,12 +116,14 @@ class RepairStage(Stage):
         start = min(ok, key=lambda m: m.latency)
         fp32 = state.fp32_accuracy
         guarded = state.eval_fn is None  # the start's bound is measured (one of the evals)
-        plan = lower_costly_bits(prob, start.plan, drop_bound(state, LOWER_CONFIDENCE),
-                                 max_drop, max_evals=LOWER_EVALS,
+        bound = drop_bound(state, LOWER_CONFIDENCE)
+        plan = lower_costly_bits(prob, start.plan, bound, max_drop, max_evals=LOWER_EVALS,
                                  start_drop=None if guarded else start.drop)
         if plan == start.plan:
             return
-        m = measured_member(prob, plan, state.plan_accuracy(plan), fp32)
+        acc = bound.accuracy.get(_plan_key(plan))  # (the kept plan was one of the evals)
+        m = measured_member(prob, plan, state.plan_accuracy(plan) if acc is None else acc,
+                            fp32)
         state.refined = SearchResult(ref.members + [m], ref.feasible,
                                      ref.message + " | costly bits lowered (Free Bits)",
                                      ref.n_gen, ref.n_evals, ref.objective_names, refined=True)
