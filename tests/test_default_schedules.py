@@ -402,3 +402,18 @@ def test_pixel_lanes_hold_every_sum(case, word_bits) -> None:
     assert p * s <= word_bits or p == 1
     q = -(-wl.ow // p)
     assert (p - 1) * q < wl.ow <= p * q
+
+
+@pytest.mark.xfail(strict=True, reason="known bug (session 15): swar pixel lanes in 32-bit "
+                   "words: the second output column of a padding-only output reads 16382 "
+                   "for -2 (a lost sign extension)")
+def test_pixel_lanes_on_padding_only_outputs_host() -> None:
+    """The case hypothesis found for test_blocked_pixel_lanes_bit_exact_host: w2a8, one
+    input pixel, 1x1 kernel, stride 2, padding 1: all 4 outputs see only padding, and the
+    second column comes out wrong. Strict: it fails once the bug is fixed (then drop the
+    mark)."""
+    from tvm_mpq.schedules.swar import conv2d_swar
+
+    wl = Conv2dWorkload.make((1, 1, 1, 1), (1, 1, 1, 1), 2, 1)
+    kd = conv2d_swar(wl, 2, 8, pad_value=2, layout="pixels", word_bits=32, block=1)
+    _check_host(kd)
