@@ -110,7 +110,6 @@ class TuneState:
         )
 
         check_search_space(config.search.bits, config.search.variants)
-        config = resolve_search(config)
         runner = _runner(config)
         profile = runner.check_profile(target)
         runner.check_tools(profile)  # a missing tool / an unreachable tracker, before any stage

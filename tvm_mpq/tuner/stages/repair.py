@@ -14,10 +14,10 @@ unseen images; its start plan, 0.70, dropped 0.80)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tvm_mpq.quant.plan import QuantPlan
+from tvm_mpq.tuner.checkpoint import digest
 from tvm_mpq.tuner.stages.base import Stage, stage_file
 from tvm_mpq.tuner.stages.refine import load_front, save_front
 from tvm_mpq.tuner.state import TuneState
@@ -33,7 +33,7 @@ LOWER_CONFIDENCE = 1.0
 class DropBound:
     """``plan -> drop + z * its standard error`` (fractions) on the run's evaluation images;
     with ``eval_fn`` (no per-image outcomes) the drop itself. ``accuracy`` keeps every
-    evaluated plan's accuracy (keyed by :func:`_plan_key`), so the kept plan is not
+    evaluated plan's accuracy (keyed by the digest of the plan), so the kept plan is not
     evaluated again."""
 
     def __init__(self, state: TuneState, z: float) -> None:
@@ -49,12 +49,8 @@ class DropBound:
         else:
             out = st.outcomes(st.forward(full_plan(plan, st.model)), st.n_eval)
             acc, se = float(out.mean()), st.drop_se(out)  # (se None on a single image)
-        self.accuracy[_plan_key(plan)] = acc
+        self.accuracy[digest(plan.to_dict())] = acc
         return st.fp32_accuracy - acc + self.z * (se or 0.0)
-
-
-def _plan_key(plan: QuantPlan) -> str:
-    return json.dumps(plan.to_dict(), sort_keys=True)
 
 
 def drop_bound(state: TuneState, z: float) -> DropBound:
@@ -121,7 +117,7 @@ class RepairStage(Stage):
                                  start_drop=None if guarded else start.drop)
         if plan == start.plan:
             return
-        acc = bound.accuracy.get(_plan_key(plan))  # (the kept plan was one of the evals)
+        acc = bound.accuracy.get(digest(plan.to_dict()))  # (the kept plan was one of the evals)
         m = measured_member(prob, plan, state.plan_accuracy(plan) if acc is None else acc,
                             fp32)
         state.refined = SearchResult(ref.members + [m], ref.feasible,
